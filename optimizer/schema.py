@@ -1,0 +1,220 @@
+"""Structured-config schemas (dataclasses) for every catalog and app config.
+
+Every YAML file under ``conf/`` extends one of these schemas through its defaults list, so that a
+misspelt key or a wrong type fails at compose time with Hydra's own message. The schemas are stored
+in Hydra's ConfigStore by :func:`register_configs` under names distinct from the YAML files
+(``base_hardware``, ``base_model``, ...), which is the pattern Hydra 1.3 recommends.
+
+Nothing below :mod:`optimizer.params` ever sees a ``DictConfig``: these dataclasses are turned into
+arrays there and only there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+PRECISION_KEYS: tuple[str, ...] = ("bf16", "fp8", "int8", "int4", "fp4")
+"""Canonical precision keys, in the order used for every array axis over precisions."""
+
+GPU_FAMILIES: tuple[str, ...] = ("ampere", "ada", "hopper", "blackwell", "cdna3", "cdna4")
+"""GPU architecture families; calibration may fit one efficiency factor per family."""
+
+
+@dataclass
+class DenseTflops:
+    """Dense (no sparsity) tensor-core peak per math precision, TFLOPS (TOPS for int8).
+
+    ``None`` means the GPU has no tensor-core support for that precision.
+    """
+
+    bf16: Optional[float] = None
+    fp8: Optional[float] = None
+    int8: Optional[float] = None
+    fp4: Optional[float] = None
+
+
+@dataclass
+class HardwareConfig:
+    """One GPU type. Every number is sourced in the YAML file that fills it."""
+
+    key: str = MISSING  # canonical key, e.g. "h200-sxm"
+    name: str = MISSING  # full product name
+    family: str = MISSING  # one of GPU_FAMILIES
+    memory_gb: float = MISSING  # HBM / GDDR capacity per GPU, GB (1e9 bytes)
+    mem_bw_tb_s: float = MISSING  # memory bandwidth per GPU, TB/s (1e12 bytes/s)
+    dense_tflops: DenseTflops = field(default_factory=DenseTflops)
+    power_w: float = MISSING  # board power (TDP/TGP), W
+    scaleup_bw_gb_s: float = 0.0  # scale-up link bandwidth per GPU per direction, GB/s (0 = PCIe only)
+    scaleup_domain_gpus: int = 1  # GPUs in one scale-up (NVLink / xGMI) domain
+    price_usd_per_gpu_hour: float = MISSING  # default rental price, USD per GPU-hour
+    price_date: str = MISSING  # date of that price
+    price_source: str = MISSING  # where that price comes from
+    capex_usd_per_gpu: Optional[float] = None  # purchase price per GPU incl. server share, USD (None = unknown)
+    capex_source: str = ""
+    spec_source: str = MISSING  # where the specs come from
+    notes: str = ""
+
+
+@dataclass
+class QualityRetention:
+    """Quality retained relative to BF16 (fraction, BF16 = 1.0) per precision."""
+
+    bf16: float = 1.0
+    fp8: float = MISSING
+    int8: float = MISSING
+    int4: float = MISSING
+    fp4: float = MISSING
+
+
+@dataclass
+class ModelConfig:
+    """One LLM architecture. Every number is sourced in the YAML file that fills it."""
+
+    key: str = MISSING  # canonical key, e.g. "llama-3.3-70b"
+    name: str = MISSING
+    total_params_b: float = MISSING  # all weights incl. every MoE expert, billions
+    active_params_b: float = MISSING  # weights used per token (FLOPs), billions
+    routed_expert_params_b: float = 0.0  # weights in routed experts (all layers), billions; 0 for dense
+    num_experts: int = 0  # routed experts per MoE layer (0 = dense)
+    experts_per_token: int = 0  # routed experts chosen per token (top-k)
+    shared_experts: int = 0  # always-active shared experts per MoE layer
+    layers: int = MISSING
+    hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_kv_heads: int = MISSING  # 0 for MLA (latent shared by all heads)
+    head_dim: int = MISSING  # q/k head dim (for MLA: the nope+rope qk dim)
+    attention: str = "gqa"  # "gqa" or "mla"
+    mla_kv_lora_rank: int = 0  # MLA only: cached latent size
+    mla_rope_dim: int = 0  # MLA only: cached decoupled RoPE key size
+    full_attention_layers: int = MISSING  # layers attending to the whole context
+    window_layers: int = 0  # sliding-window / chunked-attention layers
+    window_tokens: int = 0  # their window (or chunk) length, tokens
+    kv_bytes_per_token_bf16: float = MISSING  # KV bytes per context token over the full-attention layers at 2 B/element
+    window_kv_bytes_per_token_bf16: float = 0.0  # KV bytes per token over window layers at 2 B/element (capped at window_tokens)
+    max_context: int = MISSING  # tokens
+    quality: QualityRetention = field(default_factory=QualityRetention)
+    quality_source: str = MISSING  # which quant_quality.csv rows / evidence were used
+    source: str = MISSING
+    notes: str = ""
+
+
+@dataclass
+class PrecisionConfig:
+    """A serving precision (weights / activations / KV cache)."""
+
+    key: str = MISSING  # one of PRECISION_KEYS
+    bytes_per_weight: float = MISSING  # incl. quantisation scales
+    bytes_per_kv: float = MISSING  # bytes per KV-cache element
+    compute: str = MISSING  # which DenseTflops field is the math roof: bf16 | fp8 | int8 | fp4
+    weight_only: bool = False  # True: weights dequantised to 16-bit before the matmul
+    source: str = MISSING
+    notes: str = ""
+
+
+@dataclass
+class EfficiencyConfig:
+    """Calibrated efficiency factors of the roofline model (fitted by tokenmargin-calibrate).
+
+    Per-family factors are keyed by GPU family; ``default_*`` applies to families absent from the fit.
+    """
+
+    bw_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak memory bandwidth, per family
+    flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak tensor FLOPS, per family
+    default_bw_eff: float = 0.8
+    default_flops_eff: float = 0.6
+    step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, kernel launches), ms
+    mem_util: float = 0.9  # usable share of HBM for weights + KV cache
+    source: str = ""  # command and data that produced the values
+
+
+@dataclass
+class WorkloadConfig:
+    """The traffic a deployment serves."""
+
+    isl: float = 1000.0  # mean input (prompt) tokens per request
+    osl: float = 1000.0  # mean output tokens per request
+    cached_share: float = 0.0  # share of input tokens served from the prefix cache (skip prefill)
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding (off when draft_len == 0)."""
+
+    draft_len: int = 0  # k, draft tokens proposed per target step
+    acceptance: float = 0.7  # a, iid per-token acceptance probability
+    draft_cost_ratio: float = 0.05  # one draft step's time as a fraction of a target decode step
+
+
+@dataclass
+class CostConfig:
+    """How a GPU-hour is priced: "rental" (hardware price) or "tco"."""
+
+    mode: str = "rental"  # rental | tco
+    price_usd_per_gpu_hour: Optional[float] = None  # override the hardware catalog's rental price
+    depreciation_years: float = 4.0  # ASSUMPTION: straight-line over 4 years
+    power_usd_per_kwh: float = 0.08  # ASSUMPTION
+    pue: float = 1.3  # ASSUMPTION: data-centre power usage effectiveness
+    capex_usd_per_gpu: Optional[float] = None  # override the catalog capex (tco mode)
+
+
+@dataclass
+class TargetConfig:
+    """Latency targets for the SLO-bounded operating point (None = unconstrained)."""
+
+    tpot_ms: Optional[float] = None  # time per output token, ms
+    ttft_ms: Optional[float] = None  # time to first token, ms
+    concurrency: Optional[float] = None  # fixed concurrent sequences per replica
+
+
+@dataclass
+class EstimateConfig:
+    """`tokenmargin-estimate` app config."""
+
+    hardware: HardwareConfig = MISSING
+    model: ModelConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    efficiency: EfficiencyConfig = MISSING
+    tp: int = 1  # tensor-parallel degree (GPUs per replica)
+    isl: float = 1000.0
+    osl: float = 1000.0
+    cached_share: float = 0.0
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    cases: Optional[str] = None  # CSV of measured cases to predict instead of one deployment
+    output_name: str = "estimate.csv"
+
+
+@dataclass
+class CalibrateConfig:
+    """`tokenmargin-calibrate` app config."""
+
+    efficiency: EfficiencyConfig = MISSING
+    cases: Optional[str] = None  # CSV in the measured_throughput.csv format (None = bundled copy)
+    per_family: bool = True  # fit bandwidth / compute efficiency per GPU family
+    steps: int = 600
+    learning_rate: float = 0.05
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="hardware", name="base_hardware", node=HardwareConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="precision", name="base_precision", node=PrecisionConfig)
+    cs.store(group="efficiency", name="base_efficiency", node=EfficiencyConfig)
+    cs.store(name="base_estimate", node=EstimateConfig)
+    cs.store(name="base_calibrate", node=CalibrateConfig)
+
+
+__all__: list[Any] = [
+    "PRECISION_KEYS", "GPU_FAMILIES", "DenseTflops", "HardwareConfig", "QualityRetention", "ModelConfig",
+    "PrecisionConfig", "EfficiencyConfig", "WorkloadConfig", "SpeculativeConfig", "CostConfig",
+    "TargetConfig", "EstimateConfig", "CalibrateConfig", "register_configs",
+]
