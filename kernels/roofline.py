@@ -6,16 +6,20 @@ A *deployment* is (model, precision, GPU type, tensor-parallel degree). All size
 Decode step (Pope et al. 2023; Austin et al., *How to Scale Your Model*, "All About Transformer
 Inference"; ECONOMICS.md §3.1)::
 
-    bytes(B)  = W_dense + W_experts · f_distinct(B·q) + B · KV_seq(ctx)
-    flops(B)  = B · q · (2 · N_active + A · ctx)
+    bytes(B)  = W_dense + W_experts · f_distinct(B·q) / η_moe + B · KV_seq(ctx)
+    flops(B)  = B · q · (2 · (N_active − N_expert) + 2 · N_expert / η_moe + A · ctx)
     T_step(B) = t_0 + smax(bytes / (tp · BW · η_bw), flops / (tp · F · η_fl)) + T_allreduce(B·q)
 
 with ``q`` tokens per sequence per step (1, or k+1 when verifying speculative drafts), ``A`` the
 attention FLOPs per (query token × context token) and ``f_distinct`` the expected share of routed
-experts touched (:mod:`kernels.moe`). Prefill is compute-bound and batched across requests, so its
+experts touched (:mod:`kernels.moe`). ``η_moe`` is the efficiency of routed-expert (grouped, few
+rows per expert, plus dispatch) GEMMs relative to dense ones; it is 1 for dense models' weights. Prefill is compute-bound and batched across requests, so its
 weight reads are amortised::
 
-    T_prefill = (2 · N_active · n_new + A · (isl² − cached²)/2) / (tp · F · η_fl) + T_allreduce(n_new)
+    T_prefill = (2 · N_active · n_new + A · (isl² − cached²)/2) / (tp · F · η_pf) + T_allreduce(n_new)
+
+Prefill has its own compute efficiency ``η_pf``: its GEMMs have thousands of rows and run near the
+measured best matmul rate, while decode GEMMs have only ``B`` rows.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Deployment(NamedTuple):
     num_experts: jnp.ndarray  # routed experts per MoE layer (1 for dense)
     experts_per_token: jnp.ndarray  # top-k (1 for dense)
     active_params: jnp.ndarray  # parameters used per token (FLOPs = 2·this), count
+    expert_active_params: jnp.ndarray  # of which in routed experts (routed params · k/E), count
     kv_full_bytes_per_token: jnp.ndarray  # KV bytes per context token, full-attention layers
     kv_window_bytes_per_token: jnp.ndarray  # KV bytes per context token, windowed layers (capped)
     window_tokens: jnp.ndarray  # window / chunk length of the windowed layers, tokens
@@ -55,7 +60,9 @@ class Efficiency(NamedTuple):
     """Calibrated efficiency factors (see ``tokenmargin-calibrate``)."""
 
     bw_eff: jnp.ndarray  # achieved / peak memory bandwidth, in (0, 1]
-    flops_eff: jnp.ndarray  # achieved / peak tensor FLOPS, in (0, 1]
+    flops_eff: jnp.ndarray  # achieved / peak tensor FLOPS in decode steps, in (0, 1]
+    prefill_flops_eff: jnp.ndarray  # achieved / peak tensor FLOPS in prefill, in (0, 1]
+    moe_eff: jnp.ndarray  # relative efficiency of routed-expert (grouped) GEMMs vs dense ones, in (0, 1]
     step_overhead_s: jnp.ndarray  # fixed time per decode step, s
     mem_util: jnp.ndarray  # usable share of HBM for weights + KV, in (0, 1]
 
@@ -133,9 +140,11 @@ def decode_step(dep: Deployment, eff: Efficiency, batch: jnp.ndarray, context: j
     """
     tokens = batch * tokens_per_seq
     touched = distinct_expert_fraction(tokens, dep.num_experts, dep.experts_per_token)
-    bytes_moved = (dep.dense_weight_bytes + dep.expert_weight_bytes * touched
+    bytes_moved = (dep.dense_weight_bytes + dep.expert_weight_bytes * touched / eff.moe_eff
                    + batch * kv_bytes_per_sequence(dep, context))
-    flops = tokens * (2.0 * dep.active_params + attention_flops_per_token(dep, context))
+    flops = tokens * (2.0 * (dep.active_params - dep.expert_active_params)
+                      + 2.0 * dep.expert_active_params / eff.moe_eff
+                      + attention_flops_per_token(dep, context))
     memory_s = bytes_moved / (dep.tp * dep.mem_bw * eff.bw_eff)
     compute_s = flops / (dep.tp * dep.peak_flops * eff.flops_eff)
     comm_s = allreduce_time(dep, tokens)
@@ -153,11 +162,11 @@ def prefill_time(dep: Deployment, eff: Efficiency, isl: jnp.ndarray,
     """
     cached = isl * cached_share
     new = isl - cached
-    linear = 2.0 * dep.active_params * new
+    linear = 2.0 * (dep.active_params - dep.expert_active_params + dep.expert_active_params / eff.moe_eff) * new
     full_attn = dep.attn_full_flops * 0.5 * (isl**2 - cached**2)
     w = dep.window_tokens
     # Windowed layers: each new token attends to at most `w` tokens.
     win_ctx = jnp.maximum(soft_clip_below(0.5 * (isl + cached), w, WINDOW_SOFTNESS_TOKENS), 0.0)
     window_attn = dep.attn_window_flops * new * win_ctx
-    compute_s = (linear + full_attn + window_attn) / (dep.tp * dep.peak_flops * eff.flops_eff)
+    compute_s = (linear + full_attn + window_attn) / (dep.tp * dep.peak_flops * eff.prefill_flops_eff)
     return compute_s + allreduce_time(dep, new)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kernels.roofline import Deployment, Efficiency
-from kernels.serving import Workload, max_throughput_point
+from kernels.serving import Workload, max_throughput_point, operating_point
 from optimizer import catalog
 from optimizer.errors import ConfigError, DataError
 from optimizer.params import build_deployment
@@ -27,6 +27,12 @@ REQUIRED_COLUMNS = ("model_key", "gpu_key", "precision_key", "tp", "num_gpus", "
 
 BUNDLED_CASES = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "measured_throughput.csv"
 """Copy of shared/data/measured_throughput.csv shipped with the project (the calibration set)."""
+
+BUNDLED_LATENCY = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "measured_online_latency.csv"
+"""Finite-rate rows of shared/data/measured_online_serving_latency.csv with catalog keys added."""
+
+LATENCY_COLUMNS = ("model_key", "gpu_key", "precision_key", "tp", "isl", "osl", "tput_req_s", "mean_ttft_ms",
+                   "mean_itl_ms")
 
 
 def read_cases(path: str | Path) -> pd.DataFrame:
@@ -61,6 +67,8 @@ class EfficiencyTable(NamedTuple):
 
     bw_eff: jnp.ndarray  # (n_family,)
     flops_eff: jnp.ndarray  # (n_family,)
+    prefill_flops_eff: jnp.ndarray  # (n_family,)
+    moe_eff: jnp.ndarray  # ()
     step_overhead_s: jnp.ndarray  # ()
     mem_util: jnp.ndarray  # ()
 
@@ -69,8 +77,9 @@ def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64) -> EfficiencyTabl
     """Per-family arrays from an :class:`EfficiencyConfig`."""
     bw = [eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]
     fl = [eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]
-    return EfficiencyTable(jnp.asarray(bw, dtype), jnp.asarray(fl, dtype),
-                           jnp.asarray(eff.step_overhead_ms / 1000.0, dtype), jnp.asarray(eff.mem_util, dtype))
+    pf = [eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]
+    return EfficiencyTable(jnp.asarray(bw, dtype), jnp.asarray(fl, dtype), jnp.asarray(pf, dtype),
+                           jnp.asarray(eff.moe_eff, dtype), jnp.asarray(eff.step_overhead_ms / 1000.0, dtype), jnp.asarray(eff.mem_util, dtype))
 
 
 def build_cases(df: pd.DataFrame, dtype=jnp.float64) -> tuple[CaseBatch, np.ndarray, list[str]]:
@@ -106,6 +115,54 @@ def build_cases(df: pd.DataFrame, dtype=jnp.float64) -> tuple[CaseBatch, np.ndar
     return batch, np.asarray(rows), reasons
 
 
+class LatencyBatch(NamedTuple):
+    """Stacked arrays of online-serving latency measurements (leading axis = case)."""
+
+    dep: Deployment
+    wl: Workload
+    family: jnp.ndarray  # (n,) int index into GPU_FAMILIES
+    concurrency: jnp.ndarray  # (n,) mean sequences in flight, Little's law: rate · (TTFT + (osl−1)·ITL)
+    measured_itl_s: jnp.ndarray  # (n,) mean inter-token latency, s
+
+
+def build_latency_cases(df: pd.DataFrame, dtype=jnp.float64) -> LatencyBatch | None:
+    """Arrays for latency rows (columns LATENCY_COLUMNS); rows that cannot be built are dropped."""
+    missing = [c for c in LATENCY_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"latency cases lack column(s) {missing}; required: {list(LATENCY_COLUMNS)}")
+    deps, wls, fams, conc, itl = [], [], [], [], []
+    for rec in df.to_dict(orient="records"):
+        try:
+            hw = catalog.load_hardware(str(rec["gpu_key"]))
+            dep = build_deployment(hw, catalog.load_model(str(rec["model_key"])),
+                                   catalog.load_precision(str(rec["precision_key"])), int(rec["tp"]), dtype)
+        except ConfigError:
+            continue
+        deps.append(dep)
+        wls.append(Workload(jnp.asarray(float(rec["isl"]), dtype), jnp.asarray(float(rec["osl"]), dtype),
+                            jnp.asarray(0.0, dtype)))
+        fams.append(GPU_FAMILIES.index(hw.family))
+        w = (float(rec["mean_ttft_ms"]) + (float(rec["osl"]) - 1.0) * float(rec["mean_itl_ms"])) / 1000.0
+        conc.append(max(float(rec["tput_req_s"]) * w, 1.0))
+        itl.append(float(rec["mean_itl_ms"]) / 1000.0)
+    if not deps:
+        return None
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    return LatencyBatch(stack(deps), stack(wls), jnp.asarray(fams), jnp.asarray(conc, dtype),
+                        jnp.asarray(itl, dtype))
+
+
+def predict_itl(batch: LatencyBatch, table: EfficiencyTable) -> jnp.ndarray:
+    """Predicted time per output token at each case's concurrency, s (vmapped, differentiable)."""
+
+    def one(dep, wl, fam, conc):
+        eff = Efficiency(table.bw_eff[fam], table.flops_eff[fam], table.prefill_flops_eff[fam],
+                         table.moe_eff, table.step_overhead_s, table.mem_util)
+        return operating_point(dep, eff, wl, conc).tpot_s
+
+    return jax.vmap(one)(batch.dep, batch.wl, batch.family, batch.concurrency)
+
+
 def predict(batch: CaseBatch, table: EfficiencyTable):
     """Max-throughput operating point of every case (vmapped), per-GPU output tok/s and fits.
 
@@ -113,7 +170,8 @@ def predict(batch: CaseBatch, table: EfficiencyTable):
     """
 
     def one(dep, wl, fam):
-        eff = Efficiency(table.bw_eff[fam], table.flops_eff[fam], table.step_overhead_s, table.mem_util)
+        eff = Efficiency(table.bw_eff[fam], table.flops_eff[fam], table.prefill_flops_eff[fam],
+                         table.moe_eff, table.step_overhead_s, table.mem_util)
         p = max_throughput_point(dep, eff, wl)
         return p.output_tok_s, p.fits
 

@@ -96,6 +96,7 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
         num_experts=f(model.num_experts if moe else 1.0),
         experts_per_token=f(model.experts_per_token if moe else 1.0),
         active_params=f(model.active_params_b * GB),
+        expert_active_params=f(routed * model.experts_per_token / model.num_experts if moe else 0.0),
         kv_full_bytes_per_token=f(model.kv_bytes_per_token_bf16 * bkv),
         kv_window_bytes_per_token=f(model.window_kv_bytes_per_token_bf16 * bkv),
         window_tokens=f(model.window_tokens), attn_full_flops=f(attn_full),
@@ -109,7 +110,8 @@ def efficiency_for(eff: EfficiencyConfig, family: str, dtype=jnp.float64) -> Eff
     f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
     return Efficiency(bw_eff=f(eff.bw_eff.get(family, eff.default_bw_eff)),
                       flops_eff=f(eff.flops_eff.get(family, eff.default_flops_eff)),
-                      step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util))
+                      prefill_flops_eff=f(eff.prefill_flops_eff.get(family, eff.default_prefill_flops_eff)),
+                      moe_eff=f(eff.moe_eff), step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util))
 
 
 def build_workload(isl: float, osl: float, cached_share: float = 0.0, dtype=jnp.float64) -> Workload:

@@ -122,9 +122,12 @@ class EfficiencyConfig:
     """
 
     bw_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak memory bandwidth, per family
-    flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak tensor FLOPS, per family
+    flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak tensor FLOPS in decode, per family
+    prefill_flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak FLOPS in prefill, per family
     default_bw_eff: float = 0.8
     default_flops_eff: float = 0.6
+    default_prefill_flops_eff: float = 0.6
+    moe_eff: float = 1.0  # efficiency of routed-expert GEMMs relative to dense GEMMs (all families)
     step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, kernel launches), ms
     mem_util: float = 0.9  # usable share of HBM for weights + KV cache
     source: str = ""  # command and data that produced the values
@@ -195,6 +198,9 @@ class CalibrateConfig:
     efficiency: EfficiencyConfig = MISSING
     cases: Optional[str] = None  # CSV in the measured_throughput.csv format (None = bundled copy)
     per_family: bool = True  # fit bandwidth / compute efficiency per GPU family
+    fit_mem_util: bool = True  # also fit the usable HBM share
+    use_latency: bool = True  # add online-serving inter-token latencies to the loss
+    latency_cases: Optional[str] = None  # CSV like benchmarks/data/measured_online_latency.csv (None = bundled)
     steps: int = 600
     learning_rate: float = 0.05
     seed: int = 0

@@ -21,6 +21,7 @@ def llama8b_h100_fp8() -> Deployment:
     return Deployment(
         weight_bytes=f(8.03e9), dense_weight_bytes=f(8.03e9), expert_weight_bytes=f(0.0),
         num_experts=f(1.0), experts_per_token=f(1.0), active_params=f(8.03e9),
+        expert_active_params=f(0.0),
         kv_full_bytes_per_token=f(65536.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
         attn_full_flops=f(4 * 32 * 32 * 128), attn_window_flops=f(0.0), layers=f(32.0),
         hidden_size=f(4096.0), hbm_bytes=f(80e9), mem_bw=f(3.35e12), peak_flops=f(1979e12),
@@ -33,6 +34,7 @@ def moe_like() -> Deployment:
     return Deployment(
         weight_bytes=f(671e9), dense_weight_bytes=f(17e9), expert_weight_bytes=f(654e9),
         num_experts=f(256.0), experts_per_token=f(8.0), active_params=f(37e9),
+        expert_active_params=f(654e9 * 8 / 256),
         kv_full_bytes_per_token=f(35136.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
         attn_full_flops=f(61 * 2 * 128 * (576 + 512)), attn_window_flops=f(0.0), layers=f(61.0),
         hidden_size=f(7168.0), hbm_bytes=f(141e9), mem_bw=f(4.8e12), peak_flops=f(1979e12),
@@ -52,7 +54,7 @@ def dep_moe() -> Deployment:
 @pytest.fixture
 def eff() -> Efficiency:
     f = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-    return Efficiency(f(0.8), f(0.6), f(0.002), f(0.9))
+    return Efficiency(f(0.8), f(0.6), f(0.7), f(1.0), f(0.002), f(0.9))
 
 
 @pytest.fixture

@@ -98,7 +98,13 @@ def test_kernels_jit_grad_vmap(dep8b, eff, wl):
     np.testing.assert_allclose(np.asarray(v), np.asarray(loop), rtol=1e-12)
     assert_grad_matches_fd(lambda b: f(b * 1e12) / 1000.0, 3.35, rtol=1e-4)
     assert_grad_matches_fd(
-        lambda fl: max_throughput_point(dep8b, eff._replace(flops_eff=fl), wl).output_tok_s, 0.6)
+        lambda fl: max_throughput_point(dep8b, eff._replace(prefill_flops_eff=fl), wl).output_tok_s, 0.7)
+    short = Workload(jnp.asarray(100.0), jnp.asarray(100.0), jnp.asarray(0.0))  # compute-bound decode
+    assert_grad_matches_fd(
+        lambda fl: operating_point(dep8b, eff._replace(flops_eff=fl), short, 3000.0).output_tok_s, 0.6)
+    assert_grad_matches_fd(
+        lambda m: operating_point(dep8b, eff, wl, 64.0).output_tok_s * 0 + max_throughput_point(
+            dep8b, eff._replace(mem_util=m), wl).output_tok_s, 0.9)
     assert_grad_matches_fd(
         lambda isl: max_throughput_point(dep8b, eff, wl._replace(isl=isl)).output_tok_s, 1000.0)
     assert_grad_matches_fd(
@@ -140,7 +146,7 @@ def test_fp8_never_loses_to_bf16_when_memory_bound(dep8b, eff, wl):
 
 
 def test_throughput_never_exceeds_roofline(dep8b, dep_moe, wl):
-    ideal = Efficiency(jnp.asarray(1.0), jnp.asarray(1.0), jnp.asarray(0.0), jnp.asarray(0.9))
+    ideal = Efficiency(*(jnp.asarray(x) for x in (1.0, 1.0, 1.0, 1.0, 0.0, 0.9)))
     for dep in (dep8b, dep_moe):
         for isl, osl in [(128.0, 128.0), (1000.0, 1000.0), (20000.0, 2000.0)]:
             w = Workload(jnp.asarray(isl), jnp.asarray(osl), jnp.asarray(0.0))

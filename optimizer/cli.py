@@ -1,0 +1,51 @@
+"""Console entry points: a few lines of Hydra each, calling plain Hydra-free functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import jax
+from omegaconf import DictConfig
+
+from optimizer.errors import TokenmarginError
+from optimizer.schema import register_configs
+
+jax.config.update("jax_enable_x64", True)  # money and calibration in float64
+register_configs()
+log = logging.getLogger("tokenmargin")
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _guard(fn, cfg):
+    """Run ``fn(cfg, outdir)``; a tokenmargin error prints one clear line and exits 1."""
+    try:
+        return fn(cfg, _output_dir())
+    except TokenmarginError as e:
+        log.error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="estimate")
+def estimate_main(cfg: DictConfig) -> None:
+    """`tokenmargin-estimate`: see optimizer.run_estimate."""
+    from optimizer.run_estimate import run
+
+    _guard(run, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="calibrate")
+def calibrate_main(cfg: DictConfig) -> None:
+    """`tokenmargin-calibrate`: see optimizer.run_calibrate."""
+    from optimizer.run_calibrate import run
+
+    _guard(run, cfg)
