@@ -14,6 +14,20 @@ from optimizer.errors import TokenmarginError
 from optimizer.schema import register_configs
 
 jax.config.update("jax_enable_x64", True)  # money and calibration in float64
+
+
+def _enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across runs (TOKENMARGIN_JAX_CACHE=off disables it)."""
+    import os
+
+    where = os.environ.get("TOKENMARGIN_JAX_CACHE", str(Path.home() / ".cache" / "tokenmargin" / "jax"))
+    if where.lower() in ("off", "0", "none", ""):
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+
+
+_enable_compilation_cache()
 register_configs()
 log = logging.getLogger("tokenmargin")
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -33,6 +47,14 @@ def _guard(fn, cfg):
         log.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+def main(cfg: DictConfig) -> None:
+    """`tokenmargin`: see optimizer.run."""
+    from optimizer.run import run
+
+    _guard(run, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="estimate")

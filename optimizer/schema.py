@@ -206,6 +206,100 @@ class CalibrateConfig:
     seed: int = 0
 
 
+@dataclass
+class OfferConfig:
+    """One model offered to a segment, with its reference (observed) list prices."""
+
+    input_usd_per_mtok: float = MISSING  # reference input price, USD per million tokens
+    output_usd_per_mtok: float = MISSING  # reference output price, USD per million tokens
+    volume_share: float = 1.0  # share of the segment's reference volume on this model (normalised)
+    price_source: str = MISSING  # where the reference prices come from, with date
+
+
+@dataclass
+class SegmentConfig:
+    """A customer segment: its traffic, the models it can be served, its demand and its SLO."""
+
+    tier: str = "interactive"  # interactive (served at peak within SLO) | batch (off-peak spare capacity)
+    offers: dict[str, OfferConfig] = field(default_factory=dict)  # model key -> offer
+    input_tokens_per_day: float = MISSING  # reference volume (at reference prices and quality)
+    isl: float = MISSING  # mean input tokens per request
+    osl: float = MISSING  # mean output tokens per request
+    cached_share: float = 0.0  # share of input tokens hitting the prefix cache
+    cached_price_ratio: float = 0.1  # cached-input price / input price (market convention 0.1x)
+    demand: str = "logit"  # logit | constant_elasticity
+    elasticity: float = MISSING  # own-price elasticity at the reference point (positive number)
+    ref_market_share: float = 0.3  # logit only: provider's share of the segment's market at reference
+    quality_sensitivity: float = 0.0  # utility (logit) or log-demand (CE) per percentage point of quality
+    latency_sensitivity: float = 0.0  # utility / log-demand per ms of TPOT above ref_tpot_ms
+    ref_tpot_ms: Optional[float] = None  # TPOT at which the reference volume was observed (None = tpot_ms)
+    tpot_ms: Optional[float] = None  # SLO: mean time per output token (None = no SLO)
+    ttft_ms: Optional[float] = None  # SLO: mean time to first token (None = no SLO)
+    peak_to_mean: float = 1.0  # peak / mean request rate of this segment's traffic
+    min_quality: Optional[float] = None  # floor on served quality retention (fraction of BF16)
+    price_floor_ratio: Optional[float] = None  # lowest price as a multiple of the reference price
+    price_ceiling_ratio: Optional[float] = None  # highest price as a multiple of the reference price
+    source: str = ""  # sources / assumptions of this segment's numbers
+
+
+@dataclass
+class DemandConfig:
+    """A demand scenario: the customer segments of one market."""
+
+    name: str = MISSING
+    description: str = ""
+    segments: dict[str, SegmentConfig] = field(default_factory=dict)
+
+
+@dataclass
+class FleetConfig:
+    """Which GPUs and precisions may be used, at what cost, under which caps."""
+
+    gpus: list[str] = field(default_factory=lambda: ["h100-sxm", "h200-sxm", "b200"])
+    precisions: list[str] = field(default_factory=lambda: ["bf16", "fp8", "int4", "fp4"])
+    gpu_caps: dict[str, float] = field(default_factory=dict)  # max GPUs per type
+    price_usd_per_gpu_hour: dict[str, float] = field(default_factory=dict)  # overrides of catalog prices
+    cost: CostConfig = field(default_factory=CostConfig)
+    budget_usd_per_day: Optional[float] = None  # cap on GPU spend per day
+    capex_budget_usd: Optional[float] = None  # cap on fleet purchase value
+    peak_utilization: float = 0.8  # utilisation cap at peak for interactive traffic
+    daily_utilization: float = 0.9  # cap on average daily utilisation incl. batch
+
+
+@dataclass
+class SolverConfig:
+    """Augmented-Lagrangian + Adam solver settings."""
+
+    starts: int = 8  # multistart rows solved at once (also the batch width of the integer repair)
+    outer_steps: int = 30  # augmented-Lagrangian multiplier updates (max)
+    inner_steps: int = 150  # Adam steps per outer step
+    learning_rate: float = 0.1  # initial Adam learning rate
+    final_learning_rate: float = 0.001  # exponentially decayed to this by the last step
+    penalty: float = 20.0  # PHR penalty rho on normalised constraints
+    tol_feasibility: float = 1e-4  # max normalised constraint violation for "converged"
+    tol_objective: float = 1e-6  # relative objective change between outer steps for "converged"
+    integer_fleet: bool = True  # round and repair the fleet to whole replicas
+    repair_rounds: int = 3  # greedy remove-one-replica rounds after rounding
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    plots: bool = True
+    progress: bool = True  # progress bar on solves (off when not a TTY or in multirun)
+
+
+@dataclass
+class RunConfig:
+    """`tokenmargin` app config."""
+
+    demand: DemandConfig = MISSING
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    efficiency: EfficiencyConfig = MISSING
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
@@ -217,6 +311,10 @@ def register_configs() -> None:
     cs.store(group="efficiency", name="base_efficiency", node=EfficiencyConfig)
     cs.store(name="base_estimate", node=EstimateConfig)
     cs.store(name="base_calibrate", node=CalibrateConfig)
+    cs.store(group="demand", name="base_demand", node=DemandConfig)
+    cs.store(group="fleet", name="base_fleet", node=FleetConfig)
+    cs.store(group="solver", name="base_solver", node=SolverConfig)
+    cs.store(name="base_run", node=RunConfig)
 
 
 __all__: list[Any] = [

@@ -1,0 +1,96 @@
+"""Solution → tables: the pricing plan (one row per segment × model) and the fleet (one per pool).
+
+pandas lives here, at the edge; every number is converted to float64 and rounded so no float32
+noise reaches an export.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from optimizer.objective import Breakdown
+from optimizer.problem import Labels, Problem
+
+
+def _r(x, nd=4):
+    return float(np.round(float(x), nd))
+
+
+def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
+    """One row per pool with GPUs: GPUs, replicas, cost, peak and daily utilisation."""
+    gpus, tp = np.asarray(b.gpus, float), np.asarray(prob.tp, float)
+    peak, daily = np.asarray(b.peak_load, float), np.asarray(b.daily_load, float)
+    price = np.asarray(prob.usd_per_gpu_hour, float)
+    rows = []
+    for (g, j, k), n in np.ndenumerate(gpus):
+        if n <= 1e-6:
+            continue
+        rows.append({
+            "gpu": labels.gpus[g], "model": labels.models[j], "precision": labels.precisions[k],
+            "tp": int(tp[g, j, k]), "replicas": _r(n / max(tp[g, j, k], 1), 3), "gpus": _r(n, 3),
+            "usd_per_gpu_hour": _r(price[g], 4), "cost_usd_per_day": _r(n * price[g] * 24, 2),
+            "peak_utilization": _r(peak[g, j, k] / n, 4), "daily_utilization": _r(daily[g, j, k] / n, 4),
+        })
+    return pd.DataFrame(rows, columns=["gpu", "model", "precision", "tp", "replicas", "gpus", "usd_per_gpu_hour",
+                                       "cost_usd_per_day", "peak_utilization", "daily_utilization"])
+
+
+def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
+    """One row per offered (segment, model): prices, volumes, revenue, mix, quality, GPUs, margin.
+
+    GPU cost is attributed to flows in proportion to their share of each pool's daily GPU-seconds
+    (a pool serving chat at peak and batch off-peak splits its cost by time used).
+    """
+    dp = prob.demand
+    offer = np.asarray(dp.offer_mask)
+    work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
+    gpus = np.asarray(b.gpus, float)  # (G, J, K)
+    daily = np.asarray(b.daily_load, float)
+    share = np.where(daily > 0, gpus / np.maximum(daily, 1e-300), 0.0)  # GPUs per GPU-s/s of load
+    alloc = work * np.transpose(share, (1, 2, 0))[None]  # (S, J, K, G) GPUs attributed
+    price_h = np.asarray(prob.usd_per_gpu_hour, float)
+    peak_mult = np.where(np.asarray(prob.is_batch), 0.0, np.asarray(prob.peak_to_mean, float))
+    mu = np.asarray(b.price_multiplier, float)
+    reqs = np.asarray(b.requests_per_day, float)
+    rev = np.asarray(b.revenue, float)
+    mix = np.asarray(b.mix, float)
+    q = np.asarray(b.quality, float)
+    rows = []
+    for s, seg in enumerate(labels.segments):
+        isl, osl, cr = labels.isl[s], labels.osl[s], labels.cached_price_ratio[s]
+        for j, m in enumerate(labels.models):
+            if offer[s, j] <= 0:
+                continue
+            p_in0, p_out0 = labels.ref_input_usd_per_mtok[s][j], labels.ref_output_usd_per_mtok[s][j]
+            gpu_alloc = alloc[s, j].sum(0)  # (G,)
+            cost = float((gpu_alloc * price_h * 24).sum())
+            tok_in, tok_out = reqs[s, j] * isl, reqs[s, j] * osl
+            peak_util = (work[s, j].sum() * peak_mult[s] / max(gpu_alloc.sum(), 1e-300)) if gpu_alloc.sum() > 0 else 0.0
+            mixes = ", ".join(f"{labels.precisions[k]} {mix[s, j, k]:.0%}" for k in np.argsort(-mix[s, j])
+                              if mix[s, j, k] >= 0.005)
+            by_type = ", ".join(f"{labels.gpus[g]} {gpu_alloc[g]:.1f}" for g in range(len(labels.gpus))
+                                if gpu_alloc[g] >= 0.05)
+            rows.append({
+                "segment": seg, "tier": labels.tiers[s], "model": m,
+                "input_usd_per_mtok": _r(mu[s, j] * p_in0), "cached_input_usd_per_mtok": _r(mu[s, j] * p_in0 * cr),
+                "output_usd_per_mtok": _r(mu[s, j] * p_out0), "price_vs_reference": _r(mu[s, j], 4),
+                "requests_per_day": _r(reqs[s, j], 1), "input_tokens_per_day": _r(tok_in, 0),
+                "output_tokens_per_day": _r(tok_out, 0), "revenue_usd_per_day": _r(rev[s, j], 2),
+                "precision_mix": mixes, "served_quality": _r(q[s, j], 4), "gpus_by_type": by_type,
+                "gpus": _r(gpu_alloc.sum(), 3), "peak_utilization": _r(peak_util, 4),
+                "cost_usd_per_day": _r(cost, 2),
+                "cost_usd_per_mtok": _r(cost / max((tok_in + tok_out) / 1e6, 1e-300), 4) if tok_in + tok_out > 0 else 0.0,
+                "margin_usd_per_day": _r(rev[s, j] - cost, 2),
+                "margin_pct": _r(100 * (rev[s, j] - cost) / rev[s, j], 2) if rev[s, j] > 0 else 0.0,
+            })
+    return pd.DataFrame(rows)
+
+
+def segment_summary(plan: pd.DataFrame) -> pd.DataFrame:
+    """Revenue, cost and margin per segment, USD/day."""
+    g = plan.groupby("segment", sort=False)[["revenue_usd_per_day", "cost_usd_per_day", "margin_usd_per_day"]].sum()
+    g["margin_pct"] = (100 * g["margin_usd_per_day"] / g["revenue_usd_per_day"]).round(2)
+    return g.round(2).reset_index()
+
+

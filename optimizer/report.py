@@ -1,0 +1,149 @@
+"""Readable outputs: the Markdown report, the console summary and the plots (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optimizer import io
+
+
+def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
+    """A short table for the terminal."""
+    lines = [f"scenario: {summary['scenario']}    status: {summary['status']}"]
+    if summary.get("violated_constraints"):
+        lines.append("violated: " + "; ".join(summary["violated_constraints"]))
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    t = summary.get("totals", {})
+    if t:
+        lines.append(f"margin ${t['margin_usd_per_day']:,.0f}/day = revenue ${t['revenue_usd_per_day']:,.0f} "
+                     f"- GPU cost ${t['gpu_cost_usd_per_day']:,.0f}  ({t['margin_pct']:.1f} %)   "
+                     f"GPUs: {summary.get('gpus_by_type', {})}")
+    if plan is not None and len(plan):
+        cols = ["segment", "model", "input_usd_per_mtok", "output_usd_per_mtok", "price_vs_reference",
+                "precision_mix", "served_quality", "gpus", "margin_pct"]
+        lines.append(plan[cols].to_markdown(index=False, floatfmt=".3f"))
+    return "\n".join(lines)
+
+
+def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segments: pd.DataFrame) -> str:
+    """The `plan.md` report a pricing or finance colleague reads."""
+    t = summary["totals"]
+    s = summary["solver"]
+    out = [f"# Pricing plan — {summary['scenario']}", "",
+           f"{summary.get('description', '')}", "",
+           f"**Margin ${t['margin_usd_per_day']:,.0f}/day** ({t['margin_pct']:.1f} % of revenue): revenue "
+           f"${t['revenue_usd_per_day']:,.0f}/day, GPU cost ${t['gpu_cost_usd_per_day']:,.0f}/day on "
+           f"{t['gpus']:,.0f} GPUs ({', '.join(f'{k} {v:,.0f}' for k, v in summary['gpus_by_type'].items())}).", "",
+           "## Prices, mix and margin per segment and model", "",
+           plan.drop(columns=["gpus_by_type"]).to_markdown(index=False, floatfmt=",.4g"), "",
+           "## Per segment (USD/day)", "", segments.to_markdown(index=False, floatfmt=",.2f"), "",
+           "## Fleet", "", fleet.to_markdown(index=False, floatfmt=",.4g"), "",
+           "## How this was solved", "",
+           f"- Relaxed solve (continuous fleet): {s['relaxed']['status']}, margin "
+           f"${s['relaxed']['margin_usd_per_day']:,.2f}/day, {s['relaxed']['iterations']} Adam steps x "
+           f"{summary['solver_settings']['starts']} starts, {s['relaxed']['wall_s']:.1f} s.",
+           ]
+    if "integer" in s:
+        loss = summary.get("integrality_loss_usd_per_day")
+        out.append(f"- Integer fleet (whole replicas), prices / mix / routing re-solved: {s['integer']['status']}, "
+                   f"margin ${s['integer']['margin_usd_per_day']:,.2f}/day; margin lost to integrality "
+                   f"${loss:,.2f}/day ({summary.get('integrality_loss_pct', 0):.3f} %)"
+                   + (" — negative: the relaxed solve is within solver tolerance of the integer one" if loss < 0 else "")
+                   + ".")
+    out += [f"- Max constraint violation {summary['violation']:.2e} (normalised), gradient norm "
+            f"{summary['grad_norm']:.2e}.", "",
+            "Prices are per million tokens; cached input is billed at the segment's cached-price ratio. "
+            "GPU cost is attributed to segments by their share of each pool's GPU-time.", ""]
+    return "\n".join(out)
+
+
+def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list[Path]:
+    """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet mix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import jax
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+
+    from optimizer.objective import evaluate
+
+    prob, labels, b = result.prob, result.labels, result.final_breakdown
+    dec = result.final.decision
+    fleet_arr = None if result.fleet is None else jnp.asarray(result.fleet)
+    S, J = np.asarray(prob.demand.offer_mask).shape
+    paths = []
+    # 1. demand and margin vs price multiplier of each segment (other prices held), relaxed cost model
+    mults = np.exp(np.linspace(np.log(0.25), np.log(4.0), 41))
+
+    @jax.jit
+    def sweep(seg_delta):
+        lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
+        log_mu = lo + (hi - lo) * jax.nn.sigmoid(dec.price_raw) + seg_delta
+        pos = jnp.clip((log_mu - lo) / (hi - lo), 1e-9, 1 - 1e-9)
+        d2 = dec._replace(price_raw=jnp.log(pos) - jnp.log1p(-pos))
+        bb = evaluate(d2, prob)
+        return bb.requests_per_day, bb.revenue.sum() - bb.gpu_cost
+
+    fig, axes = plt.subplots(1, S, figsize=(4.2 * S, 3.6), squeeze=False)
+    for s in range(S):
+        reqs, margins = [], []
+        for m in mults:
+            delta = np.zeros((S, J))
+            delta[s] = np.log(m)
+            r, mg = sweep(jnp.asarray(delta))
+            reqs.append(float(np.asarray(r)[s].sum()))
+            margins.append(float(mg))
+        ax = axes[0, s]
+        ax.plot(mults, np.asarray(reqs) / 1e6, color="tab:blue")
+        ax.set_xscale("log")
+        ax.set_xlabel("price / chosen price")
+        ax.set_ylabel("requests per day (millions)", color="tab:blue")
+        ax2 = ax.twinx()
+        ax2.plot(mults, np.asarray(margins) / 1e3, color="tab:green")
+        ax2.set_ylabel("total margin (k$/day, continuous fleet)", color="tab:green")
+        ax.axvline(1.0, color="black", ls="--", lw=1)
+        ax.set_title(labels.segments[s])
+    fig.tight_layout()
+    paths.append(_save(fig, outdir / "demand_margin_vs_price.png"))
+    # 2. cost per million tokens of each pool at each segment's shape (interactive at SLO)
+    rows = []
+    gsr = np.asarray(prob.gpu_s_per_request)
+    price_h = np.asarray(prob.usd_per_gpu_hour)
+    for s in range(S):
+        tokens = labels.isl[s] + labels.osl[s]
+        for (j, k, g), v in np.ndenumerate(gsr[s]):
+            if v > 0:
+                rows.append((f"{labels.gpus[g]}/{labels.models[j]}/{labels.precisions[k]}", labels.segments[s],
+                             v * price_h[g] / 3600 / tokens * 1e6))
+    df = pd.DataFrame(rows, columns=["pool", "segment", "usd_per_mtok"])
+    piv = df.pivot_table(index="pool", columns="segment", values="usd_per_mtok")
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(piv))))
+    piv.plot.barh(ax=ax, logx=True)
+    ax.set_xlabel("GPU cost per million tokens (USD, at the segment's SLO, 100 % utilisation)")
+    fig.tight_layout()
+    paths.append(_save(fig, outdir / "cost_per_mtok.png"))
+    # 3. fleet composition
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if len(fleet):
+        comp = fleet.assign(pool=fleet["model"] + "/" + fleet["precision"]).pivot_table(
+            index="gpu", columns="pool", values="gpus", aggfunc="sum").fillna(0.0)
+        comp.plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("GPUs")
+    ax.set_title("fleet composition")
+    fig.tight_layout()
+    paths.append(_save(fig, outdir / "fleet.png"))
+    del fleet_arr
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    io.atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path

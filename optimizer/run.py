@@ -1,0 +1,87 @@
+"""The body of `tokenmargin`: solve the scenario and export the plan (Hydra-free apart from the cfg)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from optimizer import io
+from optimizer import progress as progress_mod
+from optimizer.catalog import to_schema
+from optimizer.engine import Result, optimize
+from optimizer.errors import SolverFailure
+from optimizer.plan import fleet_table, plan_table, segment_summary
+from optimizer.report import console_summary, markdown_report, plots
+from optimizer.schema import RunConfig
+
+log = logging.getLogger("tokenmargin")
+
+PLAN_FILES = ("plan.csv", "plan.parquet", "plan.json", "plan.md", "fleet.csv")
+
+
+def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
+    """The `summary.json` content: totals, per segment, solver status and diagnostics."""
+    b = res.final_breakdown
+    last = list(res.stages.values())[-1]
+    summary = {
+        "scenario": cfg.demand.name, "description": cfg.demand.description, "status": res.status,
+        "recommended": res.ok,
+        "violated_constraints": last.violated,
+        "violation": float(res.final.violation), "grad_norm": float(res.final.grad_norm),
+        "solver": {k: asdict(v) for k, v in res.stages.items()},
+        "solver_settings": asdict(cfg.solver),
+        "integrality_loss_usd_per_day": None if res.integrality_loss_usd_per_day is None
+        else round(res.integrality_loss_usd_per_day, 2),
+    }
+    if res.integrality_loss_usd_per_day is not None:
+        rel = float(res.relaxed_breakdown.margin)
+        summary["integrality_loss_pct"] = round(100 * res.integrality_loss_usd_per_day / max(abs(rel), 1e-9), 4)
+    rev = float(np.asarray(b.revenue).sum())
+    gpus = np.asarray(b.gpus)
+    summary["totals"] = {
+        "revenue_usd_per_day": round(rev, 2), "gpu_cost_usd_per_day": round(float(b.gpu_cost), 2),
+        "margin_usd_per_day": round(float(b.margin), 2),
+        "margin_pct": round(100 * float(b.margin) / rev, 3) if rev > 0 else 0.0,
+        "gpus": round(float(gpus.sum()), 3),
+    }
+    summary["gpus_by_type"] = {g: round(float(gpus[i].sum()), 3) for i, g in enumerate(res.labels.gpus)
+                               if gpus[i].sum() > 1e-6}
+    if plan is not None:
+        summary["segments"] = segment_summary(plan).to_dict(orient="records")
+    # shadow prices of active caps/budgets (USD/day per unit of the normalised constraint)
+    return summary
+
+
+def run(cfg, outdir: Path) -> dict:
+    """Solve, write summary.json always and the plan files only for a converged result."""
+    c: RunConfig = to_schema(cfg, RunConfig)
+    t0 = time.perf_counter()
+    show = progress_mod.enabled(c.output.progress)
+    res = optimize(c, show_bar=show)
+    plan = plan_table(res.prob, res.labels, res.final_breakdown)
+    fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
+    summary = build_summary(res, c, plan if res.ok else None, fleet)
+    summary["wall_s"] = round(time.perf_counter() - t0, 3)
+    io.write_text(outdir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if res.ok:
+        for name in ("plan.csv", "plan.parquet", "plan.json"):
+            io.write_frame(outdir / name, plan)
+        io.write_frame(outdir / "fleet.csv", fleet)
+        segs = segment_summary(plan)
+        io.write_text(outdir / "plan.md", markdown_report(summary, plan, fleet, segs))
+        if c.output.plots:
+            summary["plots"] = [p.name for p in plots(outdir, res, plan, fleet)]
+    io.write_json(outdir / "summary.json", summary)
+    print(console_summary(summary, plan if res.ok else None))
+    if not res.ok:
+        raise SolverFailure(
+            f"no recommended plan: the solve ended with status '{res.status}'"
+            + (f"; violated: {'; '.join(summary['violated_constraints'])}" if summary["violated_constraints"] else "")
+            + f". Diagnostics are in {outdir / 'summary.json'}")
+    print(f"\nplan written to {outdir}")
+    return summary
