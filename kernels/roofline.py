@@ -47,6 +47,7 @@ class Deployment(NamedTuple):
     window_tokens: jnp.ndarray  # window / chunk length of the windowed layers, tokens
     attn_full_flops: jnp.ndarray  # attention FLOPs per (query × context token), full layers
     attn_window_flops: jnp.ndarray  # same for windowed layers (context capped at the window)
+    attn_prefill_flops: jnp.ndarray  # full-layer attention FLOPs per (query × context) in prefill
     layers: jnp.ndarray  # transformer layers (two TP all-reduces each)
     hidden_size: jnp.ndarray  # model width, elements
     hbm_bytes: jnp.ndarray  # memory per GPU, bytes
@@ -163,7 +164,7 @@ def prefill_time(dep: Deployment, eff: Efficiency, isl: jnp.ndarray,
     cached = isl * cached_share
     new = isl - cached
     linear = 2.0 * (dep.active_params - dep.expert_active_params + dep.expert_active_params / eff.moe_eff) * new
-    full_attn = dep.attn_full_flops * 0.5 * (isl**2 - cached**2)
+    full_attn = dep.attn_prefill_flops * 0.5 * (isl**2 - cached**2)
     w = dep.window_tokens
     # Windowed layers: each new token attends to at most `w` tokens.
     win_ctx = jnp.maximum(soft_clip_below(0.5 * (isl + cached), w, WINDOW_SOFTNESS_TOKENS), 0.0)

@@ -96,7 +96,9 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     mu = jnp.exp(log_mu)
     price = mu * prob.demand.ref_price
     quality = jnp.einsum("sjk,jk->sj", mix, prob.quality)
-    reqs = demand(price, quality, prob.served_latency_ms, prob.demand)
+    # an offer with no usable pool (e.g. a fixed fleet without its model) serves nobody
+    servable = jnp.einsum("sjk,sjkg->sj", mix, route)
+    reqs = demand(price, quality, prob.served_latency_ms, prob.demand) * servable
     revenue = reqs * price
     rate = reqs / SECONDS_PER_DAY  # requests/s
     work = rate[:, :, None, None] * mix[..., None] * route * prob.gpu_s_per_request  # GPU-s/s

@@ -44,21 +44,24 @@ def check_precision_supported(hw: HardwareConfig, prec: PrecisionConfig) -> floa
     return float(peak)
 
 
-def attention_flops_coefficients(model: ModelConfig) -> tuple[float, float]:
-    """(full-layer, window-layer) attention FLOPs per (query token × context token).
+def attention_flops_coefficients(model: ModelConfig) -> tuple[float, float, float]:
+    """(full-layer decode, window-layer, full-layer prefill) attention FLOPs per (query × context token).
 
-    GQA/MHA: ``4 · layers · heads · head_dim`` (QKᵀ and AV, 2 FLOPs per MAC each).
-    MLA (weights absorbed, as in decode): ``2 · layers · heads · (r + r_rope) + 2 · layers · heads · r``
-    with ``r`` the cached latent rank [DeepSeek-V3 report, arXiv 2412.19437, §2.1.1].
+    GQA/MHA: ``4 · layers · heads · head_dim`` (QKᵀ and AV, 2 FLOPs per MAC each), same in prefill.
+    MLA decode (weights absorbed): ``2 · layers · heads · ((r + r_rope) + r)`` with ``r`` the cached
+    latent rank; MLA prefill (un-absorbed, per-head keys/values): ``2 · layers · heads · (d_qk + d_v)``
+    [DeepSeek-V3 report, arXiv 2412.19437, §2.1.1].
     """
     if model.attention == "mla":
         per_layer = 2.0 * model.num_attention_heads * (
             (model.mla_kv_lora_rank + model.mla_rope_dim) + model.mla_kv_lora_rank)
+        prefill = 2.0 * model.num_attention_heads * (model.head_dim + (model.mla_v_head_dim or model.head_dim))
     elif model.attention == "gqa":
-        per_layer = 4.0 * model.num_attention_heads * model.head_dim
+        per_layer = prefill = 4.0 * model.num_attention_heads * model.head_dim
     else:
         raise ConfigError(f"model '{model.key}': attention must be 'gqa' or 'mla', got '{model.attention}'")
-    return per_layer * model.full_attention_layers, per_layer * model.window_layers
+    return (per_layer * model.full_attention_layers, per_layer * model.window_layers,
+            prefill * model.full_attention_layers)
 
 
 def validate_tp(hw: HardwareConfig, tp: int) -> None:
@@ -87,7 +90,7 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
     bpw, bkv = prec.bytes_per_weight, prec.bytes_per_kv / 2.0  # catalog KV is at 2 B/element
     routed = model.routed_expert_params_b * GB
     total = model.total_params_b * GB
-    attn_full, attn_win = attention_flops_coefficients(model)
+    attn_full, attn_win, attn_prefill = attention_flops_coefficients(model)
     moe = model.num_experts > 0
     f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
     return Deployment(
@@ -100,7 +103,7 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
         kv_full_bytes_per_token=f(model.kv_bytes_per_token_bf16 * bkv),
         kv_window_bytes_per_token=f(model.window_kv_bytes_per_token_bf16 * bkv),
         window_tokens=f(model.window_tokens), attn_full_flops=f(attn_full),
-        attn_window_flops=f(attn_win), layers=f(model.layers), hidden_size=f(model.hidden_size),
+        attn_window_flops=f(attn_win), attn_prefill_flops=f(attn_prefill), layers=f(model.layers), hidden_size=f(model.hidden_size),
         hbm_bytes=f(hw.memory_gb * GB), mem_bw=f(hw.mem_bw_tb_s * TB), peak_flops=f(peak * TB),
         link_bw=f(hw.scaleup_bw_gb_s * GB), tp=f(tp))
 

@@ -39,16 +39,33 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
 def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     """One row per offered (segment, model): prices, volumes, revenue, mix, quality, GPUs, margin.
 
-    GPU cost is attributed to flows in proportion to their share of each pool's daily GPU-seconds
-    (a pool serving chat at peak and batch off-peak splits its cost by time used).
+    GPU cost is attributed the peak-load way (ECONOMICS.md §2.7): each pool's GPUs that interactive
+    traffic alone would need are shared by the interactive flows in proportion to their peak load;
+    only the GPUs that batch traffic adds on top (its incremental capacity, usually little because
+    it fills the off-peak valley) are charged to batch flows, in proportion to their load. Rounding
+    slack of an integer fleet is shared pro rata.
     """
     dp = prob.demand
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
     gpus = np.asarray(b.gpus, float)  # (G, J, K)
-    daily = np.asarray(b.daily_load, float)
-    share = np.where(daily > 0, gpus / np.maximum(daily, 1e-300), 0.0)  # GPUs per GPU-s/s of load
-    alloc = work * np.transpose(share, (1, 2, 0))[None]  # (S, J, K, G) GPUs attributed
+    is_batch = np.asarray(prob.is_batch)
+    kappa = np.asarray(prob.peak_to_mean, float)
+    rp, rd = float(prob.peak_utilization), float(prob.daily_utilization)
+    to_gjk = lambda x: np.transpose(x, (2, 0, 1))  # noqa: E731  (J, K, G) -> (G, J, K)
+    w_int = work * (~is_batch)[:, None, None, None]
+    w_bat = work * is_batch[:, None, None, None]
+    peak = to_gjk((w_int * kappa[:, None, None, None]).sum(0))
+    need_int = np.maximum(peak / rp, to_gjk(w_int.sum(0)) / rd)
+    need_all = np.maximum(peak / rp, to_gjk(work.sum(0)) / rd)
+    slack = np.where(need_all > 0, gpus / np.maximum(need_all, 1e-300), 0.0)
+    gpus_bat = (need_all - need_int) * slack
+    gpus_int = gpus - gpus_bat
+    peak_w = w_int * kappa[:, None, None, None]
+    per_int = np.where(peak > 0, gpus_int / np.maximum(peak, 1e-300), 0.0)
+    bat_load = to_gjk(w_bat.sum(0))
+    per_bat = np.where(bat_load > 0, gpus_bat / np.maximum(bat_load, 1e-300), 0.0)
+    alloc = peak_w * np.transpose(per_int, (1, 2, 0))[None] + w_bat * np.transpose(per_bat, (1, 2, 0))[None]
     price_h = np.asarray(prob.usd_per_gpu_hour, float)
     peak_mult = np.where(np.asarray(prob.is_batch), 0.0, np.asarray(prob.peak_to_mean, float))
     mu = np.asarray(b.price_multiplier, float)
@@ -56,6 +73,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     rev = np.asarray(b.revenue, float)
     mix = np.asarray(b.mix, float)
     q = np.asarray(b.quality, float)
+    ref_reqs = np.asarray(dp.ref_demand, float)
     rows = []
     for s, seg in enumerate(labels.segments):
         isl, osl, cr = labels.isl[s], labels.osl[s], labels.cached_price_ratio[s]
@@ -83,6 +101,8 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 "cost_usd_per_mtok": _r(cost / max((tok_in + tok_out) / 1e6, 1e-300), 4) if tok_in + tok_out > 0 else 0.0,
                 "margin_usd_per_day": _r(rev[s, j] - cost, 2),
                 "margin_pct": _r(100 * (rev[s, j] - cost) / rev[s, j], 2) if rev[s, j] > 0 else 0.0,
+                "note": ("not served: no price covers the cost at this SLO (demand < 0.1 % of reference)"
+                         if reqs[s, j] < 1e-3 * ref_reqs[s, j] else ""),
             })
     return pd.DataFrame(rows)
 

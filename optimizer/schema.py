@@ -89,6 +89,7 @@ class ModelConfig:
     attention: str = "gqa"  # "gqa" or "mla"
     mla_kv_lora_rank: int = 0  # MLA only: cached latent size
     mla_rope_dim: int = 0  # MLA only: cached decoupled RoPE key size
+    mla_v_head_dim: int = 0  # MLA only: value head dim (prefill runs un-absorbed attention)
     full_attention_layers: int = MISSING  # layers attending to the whole context
     window_layers: int = 0  # sliding-window / chunked-attention layers
     window_tokens: int = 0  # their window (or chunk) length, tokens

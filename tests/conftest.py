@@ -23,7 +23,8 @@ def llama8b_h100_fp8() -> Deployment:
         num_experts=f(1.0), experts_per_token=f(1.0), active_params=f(8.03e9),
         expert_active_params=f(0.0),
         kv_full_bytes_per_token=f(65536.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
-        attn_full_flops=f(4 * 32 * 32 * 128), attn_window_flops=f(0.0), layers=f(32.0),
+        attn_full_flops=f(4 * 32 * 32 * 128), attn_window_flops=f(0.0),
+        attn_prefill_flops=f(4 * 32 * 32 * 128), layers=f(32.0),
         hidden_size=f(4096.0), hbm_bytes=f(80e9), mem_bw=f(3.35e12), peak_flops=f(1979e12),
         link_bw=f(450e9), tp=f(1.0))
 
@@ -36,7 +37,8 @@ def moe_like() -> Deployment:
         num_experts=f(256.0), experts_per_token=f(8.0), active_params=f(37e9),
         expert_active_params=f(654e9 * 8 / 256),
         kv_full_bytes_per_token=f(35136.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
-        attn_full_flops=f(61 * 2 * 128 * (576 + 512)), attn_window_flops=f(0.0), layers=f(61.0),
+        attn_full_flops=f(61 * 2 * 128 * (576 + 512)), attn_window_flops=f(0.0),
+        attn_prefill_flops=f(61 * 2 * 128 * (192 + 128)), layers=f(61.0),
         hidden_size=f(7168.0), hbm_bytes=f(141e9), mem_bw=f(4.8e12), peak_flops=f(1979e12),
         link_bw=f(450e9), tp=f(8.0))
 

@@ -1,0 +1,22 @@
+"""Small scenarios built in code for the optimizer's oracle tests."""
+
+from optimizer import catalog
+from optimizer.schema import (DemandConfig, FleetConfig, OfferConfig, RunConfig, SegmentConfig,
+                              SolverConfig)
+
+
+def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3.1-8b",), tier="interactive",
+            tpot_ms=50.0, peak_to_mean=1.5, quality_sensitivity=0.0, volume=1e10, price=(0.2, 0.6), **kw):
+    offers = {m: OfferConfig(input_usd_per_mtok=price[0], output_usd_per_mtok=price[1], price_source="test")
+              for m in models}
+    return SegmentConfig(tier=tier, offers=offers, input_tokens_per_day=volume, isl=1000.0, osl=250.0,
+                         demand=demand, elasticity=elasticity, quality_sensitivity=quality_sensitivity,
+                         tpot_ms=tpot_ms if tier == "interactive" else None, peak_to_mean=peak_to_mean, **kw)
+
+
+def run_config(segments: dict, gpus=("h100-sxm",), precisions=("fp8",), integer=False, **fleet_kw) -> RunConfig:
+    return RunConfig(
+        demand=DemandConfig(name="test", segments=segments),
+        fleet=FleetConfig(gpus=list(gpus), precisions=list(precisions), **fleet_kw),
+        solver=SolverConfig(integer_fleet=integer),
+        efficiency=catalog.load_efficiency("calibrated"))

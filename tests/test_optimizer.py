@@ -1,0 +1,195 @@
+"""The margin optimizer against closed-form optima, a brute-force grid and finite differences."""
+
+import math
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import lambertw
+
+from optimizer.constraints import active_mask
+from optimizer.engine import optimize, settings_from
+from optimizer.errors import ConfigError
+from optimizer.objective import evaluate
+from optimizer.problem import build_problem
+from optimizer.solver import initial_decisions, solve, solve_batch, solve_batch_jit, solve_multistart
+from tests.scenarios import run_config, segment
+
+
+def marginal_cost_per_request(prob, s=0, j=0, k=0, g=0):
+    """USD per request of sizing a pool at peak: κ · GPU-s/request · $/GPU-s / ρ_peak."""
+    return (float(prob.peak_to_mean[s]) * float(prob.gpu_s_per_request[s, j, k, g])
+            * float(prob.usd_per_gpu_hour[g]) / 3600.0 / float(prob.peak_utilization))
+
+
+def test_constant_elasticity_markup_oracle():
+    # ECONOMICS.md §2.1: p* = c · ε/(ε − 1), capacity unconstrained
+    for eps in (1.5, 2.0, 3.0):
+        cfg = run_config({"chat": segment(elasticity=eps)})
+        res = optimize(cfg)
+        assert res.status == "converged"
+        c = marginal_cost_per_request(res.prob)
+        p = float(res.relaxed_breakdown.price_per_request[0, 0])
+        assert p == pytest.approx(c * eps / (eps - 1), rel=1e-3)
+
+
+def test_scaling_market_size_does_not_move_ce_price():
+    a = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e9)}))
+    b = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e11)}))
+    pa, pb = float(a.relaxed_breakdown.price_per_request[0, 0]), float(b.relaxed_breakdown.price_per_request[0, 0])
+    assert pa == pytest.approx(pb, rel=1e-3)
+
+
+def test_logit_lambert_w_oracle():
+    # ECONOMICS.md §2.2: p* = c + (1 + W(e^(a − b c − 1))) / b for one product with an outside option
+    for eps, share in ((1.2, 0.3), (2.5, 0.1), (0.8, 0.5)):
+        cfg = run_config({"chat": segment(demand="logit", elasticity=eps, ref_market_share=share)},
+                         precisions=("bf16",))
+        res = optimize(cfg)
+        assert res.status == "converged"
+        dp = res.prob.demand
+        a, b = float(dp.alpha[0, 0]), float(dp.beta[0])
+        c = marginal_cost_per_request(res.prob)
+        w = float(np.real(lambertw(math.exp(a - b * c - 1.0))))
+        p_star = c + (1.0 + w) / b
+        assert float(res.relaxed_breakdown.price_per_request[0, 0]) == pytest.approx(p_star, rel=1e-3)
+        m_star = float(dp.market[0]) * w / b
+        assert float(res.relaxed_breakdown.margin) == pytest.approx(m_star, rel=1e-3)
+
+
+def test_capacity_bound_price_rises_until_demand_equals_capacity():
+    eps = 2.0
+    free = optimize(run_config({"chat": segment(elasticity=eps)}))
+    need = float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    cap = 0.5 * need
+    res = optimize(run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap}))
+    assert res.status == "converged"
+    b = res.relaxed_breakdown
+    assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=1e-3)
+    # the price at which demand exactly fills the capped fleet: D(p) = cap · ρ · 86400 / (κ · g)
+    prob = res.prob
+    d_cap = cap * float(prob.peak_utilization) * 86400 / (float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
+    p_ref, d_ref = float(prob.demand.ref_price[0, 0]), float(prob.demand.ref_demand[0, 0])
+    p_cap = p_ref * (d_cap / d_ref) ** (-1 / eps)
+    assert float(b.price_per_request[0, 0]) == pytest.approx(p_cap, rel=2e-3)
+    assert float(b.price_per_request[0, 0]) > float(free.relaxed_breakdown.price_per_request[0, 0])
+    assert float(res.relaxed.multipliers[0]) > 0  # the cap's shadow price is positive
+
+
+def _brute_force_segment(prob, s, grid=401):
+    """Best margin of one interactive logit segment over a precision-mix grid, with the exact
+    Lambert-W price at each mix and the cheapest GPU type for each precision."""
+    dp = prob.demand
+    g_s = np.asarray(prob.gpu_s_per_request)[s, 0]  # (K, G)
+    mask = np.asarray(prob.route_mask)[s, 0]
+    h = np.asarray(prob.usd_per_gpu_hour)
+    per_k = np.where(mask > 0, g_s * h[None] / 3600.0, np.inf).min(1) * float(prob.peak_to_mean[s]) / float(
+        prob.peak_utilization)  # (K,) USD per request of the cheapest GPU
+    q = np.asarray(prob.quality)[0]
+    a0, b, M = float(dp.alpha[s, 0]), float(dp.beta[s]), float(dp.market[s])
+    gamma = float(dp.quality_sens[s])
+    best = -np.inf
+    for x in np.linspace(0, 1, grid):
+        c = x * per_k[0] + (1 - x) * per_k[1]
+        a = a0 + gamma * 100 * (x * q[0] + (1 - x) * q[1] - 1.0)
+        w = float(np.real(lambertw(math.exp(a - b * c - 1.0))))
+        best = max(best, M * w / b)
+    return best
+
+
+def test_small_instance_agrees_with_brute_force_grid():
+    segs = {"quality_first": segment(demand="logit", elasticity=1.2, quality_sensitivity=2.0, peak_to_mean=1.5),
+            "price_first": segment(demand="logit", elasticity=3.0, quality_sensitivity=0.02, peak_to_mean=1.5,
+                                   volume=3e10)}
+    cfg = run_config(segs, gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"))
+    res = optimize(cfg)
+    assert res.status == "converged"
+    brute = sum(_brute_force_segment(res.prob, s) for s in range(2))
+    got = float(res.relaxed_breakdown.margin)
+    assert got == pytest.approx(brute, rel=5e-3)
+    assert got <= brute * (1 + 1e-4)  # the grid with exact prices is (near) an upper bound
+    mix = np.asarray(res.relaxed_breakdown.mix)[:, 0]
+    assert mix[0, 0] > mix[1, 0]  # the quality-sensitive segment leans to FP8, the price-sensitive to INT4
+
+
+def test_batched_rows_equal_looped_solves_and_no_recompile():
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.5)}, gpus=("h100-sxm", "h200-sxm"))
+    prob, labels = build_problem(cfg)
+    settings = settings_from(cfg.solver)._replace(outer_steps=6, inner_steps=40)
+    act = jnp.asarray(active_mask(labels, prob, False))
+    dec0 = initial_decisions(prob, 3, 0)
+    fleets = jnp.zeros((3,) + prob.tp.shape)
+    batched = solve_batch(dec0, prob, jnp.broadcast_to(act, (3,) + act.shape), fleets, jnp.zeros(3, bool), settings)
+    for i in range(3):
+        one = solve(jax.tree.map(lambda x: x[i], dec0), prob, act, None, settings)
+        np.testing.assert_allclose(float(one.objective), float(batched.objective[i]), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(one.decision.price_raw), np.asarray(batched.decision.price_raw[i]),
+                                   rtol=1e-8, atol=1e-10)
+    # a second solve with other numbers of the same shapes reuses the compiled program
+    solve_multistart(prob, act, None, settings, 8, 0)
+    n = solve_batch_jit._cache_size()
+    prob2 = prob._replace(usd_per_gpu_hour=prob.usd_per_gpu_hour * 1.3)
+    solve_multistart(prob2, act, None, settings, 8, 1)
+    assert solve_batch_jit._cache_size() == n
+
+
+def test_margin_gradients_match_finite_differences():
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.5, quality_sensitivity=0.3)},
+                     gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"))
+    res = optimize(cfg)
+    dec, prob = res.relaxed.decision, res.prob
+
+    def margin_of(price_scale, beta_scale):
+        p = prob._replace(usd_per_gpu_hour=prob.usd_per_gpu_hour * price_scale,
+                          demand=prob.demand._replace(beta=prob.demand.beta * beta_scale))
+        return evaluate(dec, p).margin
+
+    for arg in (0, 1):
+        g = float(jax.grad(margin_of, argnums=arg)(1.0, 1.0))
+        h = 1e-6
+        args_p = [1.0, 1.0]
+        args_m = [1.0, 1.0]
+        args_p[arg] += h
+        args_m[arg] -= h
+        fd = (float(margin_of(*args_p)) - float(margin_of(*args_m))) / (2 * h)
+        assert g == pytest.approx(fd, rel=1e-5)
+    # envelope theorem: d(optimal margin)/d(GPU price scale) = −GPU cost at the optimum
+    up = optimize(replace(cfg, fleet=replace(cfg.fleet, price_usd_per_gpu_hour={
+        "h100-sxm": 2.69 * 1.01, "h200-sxm": 3.59 * 1.01})))
+    dn = optimize(replace(cfg, fleet=replace(cfg.fleet, price_usd_per_gpu_hour={
+        "h100-sxm": 2.69 * 0.99, "h200-sxm": 3.59 * 0.99})))
+    fd_opt = (float(up.relaxed_breakdown.margin) - float(dn.relaxed_breakdown.margin)) / 0.02
+    assert fd_opt == pytest.approx(-float(res.relaxed_breakdown.gpu_cost), rel=2e-2)
+
+
+def test_integer_fleet_is_whole_replicas_and_feasible():
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.5, volume=2e9)}, gpus=("h100-sxm", "h200-sxm"),
+                     precisions=("fp8",), integer=True)
+    res = optimize(cfg)
+    assert res.status == "converged"
+    tp = np.asarray(res.prob.tp)
+    fleet = res.fleet
+    assert np.all(np.abs(fleet / np.maximum(tp, 1) - np.round(fleet / np.maximum(tp, 1))) < 1e-9)
+    b = res.final_breakdown
+    assert np.all(np.asarray(b.peak_load) / float(res.prob.peak_utilization) <= fleet * (1 + 1e-3) + 1e-9)
+    assert res.integrality_loss_usd_per_day is not None
+    assert res.integrality_loss_usd_per_day >= -1e-3 * abs(float(res.relaxed_breakdown.margin))
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ConfigError, match="elasticity = 0.9 with constant_elasticity"):
+        build_problem(run_config({"chat": segment(elasticity=0.9)}))
+    with pytest.raises(ConfigError, match="input_tokens_per_day"):
+        build_problem(run_config({"chat": segment(volume=-5.0)}))
+    with pytest.raises(ConfigError, match="prices must be > 0"):
+        build_problem(run_config({"chat": segment(price=(-0.1, 0.5))}))
+    with pytest.raises(ConfigError, match="fits none of the fleet's GPUs"):
+        build_problem(run_config({"chat": segment(models=("llama-3.1-405b",))}, gpus=("l40s",)))
+    with pytest.raises(ConfigError, match="segment 'chat' has no feasible deployment"):
+        build_problem(run_config({"chat": segment(tpot_ms=0.5)}))
+    with pytest.raises(ConfigError, match="tier"):
+        build_problem(run_config({"chat": segment(tier="premium")}))
+    with pytest.raises(ConfigError, match="fleet.precisions"):
+        build_problem(run_config({"chat": segment()}, precisions=("fp16",)))

@@ -1,0 +1,102 @@
+"""`tokenmargin` end to end: presets compose and solve, files are written, failures are reported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from optimizer.catalog import to_schema
+from optimizer.errors import SolverFailure
+from optimizer.run import PLAN_FILES, run
+from optimizer.schema import RunConfig, register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+register_configs()
+
+
+def compose_run(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_every_preset_and_group_composes():
+    for exp in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        cfg = compose_run([f"experiment={exp}"])
+        c = to_schema(cfg, RunConfig)
+        assert c.demand.segments and c.fleet.gpus
+    for demand in sorted(p.stem for p in (ROOT / "conf" / "demand").glob("*.yaml")):
+        to_schema(compose_run([f"demand={demand}"]), RunConfig)
+    china = to_schema(compose_run(["experiment=china-140t"]), RunConfig)
+    total = sum(s.input_tokens_per_day * (1 + s.osl / s.isl) for s in china.demand.segments.values())
+    assert total == pytest.approx(140e12, rel=0.01)  # demand_facts.csv: >140e12 tokens/day, Mar 2026
+    assert china.fleet.gpus == ["h200-sxm", "b200"]
+
+
+def test_typo_in_a_segment_fails_at_compose_time():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_run(["demand.segments.consumer_chat.elasticty=1.2"])
+    with pytest.raises(ConfigCompositionException):
+        compose_run(["demand.segments.consumer_chat.elasticity=high"])
+
+
+@pytest.mark.parametrize("experiment", ["default", "china-140t"])
+def test_presets_solve_and_write_the_plan(tmp_path, experiment):
+    cfg = compose_run([f"experiment={experiment}", "output.plots=false", "output.progress=false"])
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "converged" and summary["recommended"]
+    for name in PLAN_FILES + ("summary.json", "config_resolved.yaml"):
+        assert (tmp_path / name).exists(), name
+    plan = pd.read_csv(tmp_path / "plan.csv")
+    assert {"segment", "model", "input_usd_per_mtok", "cached_input_usd_per_mtok", "output_usd_per_mtok",
+            "input_tokens_per_day", "output_tokens_per_day", "revenue_usd_per_day", "precision_mix",
+            "served_quality", "gpus_by_type", "peak_utilization", "cost_usd_per_mtok", "margin_usd_per_day",
+            "margin_pct"} <= set(plan.columns)
+    assert pd.read_parquet(tmp_path / "plan.parquet").equals(pd.read_parquet(tmp_path / "plan.parquet"))
+    s = json.loads((tmp_path / "summary.json").read_text())
+    t = s["totals"]
+    assert t["margin_usd_per_day"] == pytest.approx(t["revenue_usd_per_day"] - t["gpu_cost_usd_per_day"], abs=0.05)
+    assert plan["revenue_usd_per_day"].sum() == pytest.approx(t["revenue_usd_per_day"], rel=1e-6)
+    assert plan["cost_usd_per_day"].sum() == pytest.approx(t["gpu_cost_usd_per_day"], rel=1e-4)
+    fleet = pd.read_csv(tmp_path / "fleet.csv")
+    assert (fleet["replicas"] == fleet["replicas"].round()).all()
+    # no float32 noise: JSON money has at most 2 decimals
+    for row in json.loads((tmp_path / "plan.json").read_text()):
+        assert round(row["revenue_usd_per_day"], 2) == row["revenue_usd_per_day"]
+
+
+def test_infeasible_result_is_reported_and_no_plan_written(tmp_path):
+    # a $1/day GPU budget cannot be met even at the highest allowed prices (50x reference)
+    cfg = compose_run(["output.plots=false", "fleet.budget_usd_per_day=1", "solver.integer_fleet=false"])
+    with pytest.raises(SolverFailure, match="daily GPU budget"):
+        run(cfg, tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "infeasible" and any("daily GPU budget" in v for v in s["violated_constraints"])
+    for name in PLAN_FILES:
+        assert not (tmp_path / name).exists()
+    cfg = compose_run(["output.plots=false", "solver.outer_steps=2", "solver.inner_steps=5",
+                       "solver.integer_fleet=false"])
+    with pytest.raises(SolverFailure, match="status 'step_limit'"):
+        run(cfg, tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "step_limit" and not s["recommended"]
+    for name in PLAN_FILES:
+        assert not (tmp_path / name).exists()
+
+
+def test_cli_default_run_writes_plots(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": "off"}
+    r = subprocess.run([sys.executable, "-c", "from optimizer.cli import main; main()", f"hydra.run.dir={tmp_path}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "status: converged" in r.stdout
+    for png in ("demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert "Pricing plan" in (tmp_path / "plan.md").read_text()
