@@ -98,15 +98,20 @@ def integer_fleet(relaxed: Solution, prob: Problem, active_fixed: np.ndarray, se
     def margin_of(s, f):
         return float(_margin(s.decision, prob, jnp.asarray(f)))
 
+    def neighbours(fleet, step):
+        """Fleets one replica away (step +1: within the GPU caps; step -1: pools that have one)."""
+        out = []
+        for idx in pools:
+            f = fleet.copy()
+            f[idx] += step * tp[idx]
+            if f[idx] >= 0 and f[idx[0]].sum() <= caps[idx[0]] + 1e-9:
+                out.append(f)
+        return out
+
     r = 0
     # repair: add replicas until feasible
     while not bool(feasible(sol)) and r < rounds + 5:
-        cands = []
-        for idx in pools:
-            f = fleet.copy()
-            f[idx] += tp[idx]
-            if f[idx[0]].sum() <= caps[idx[0]] + 1e-9:
-                cands.append(f)
+        cands = neighbours(fleet, +1)
         if not cands:
             break
         sols = solver(sol.decision, cands)
@@ -121,12 +126,7 @@ def integer_fleet(relaxed: Solution, prob: Problem, active_fixed: np.ndarray, se
     # improve: remove replicas while margin rises
     for _ in range(rounds):
         cur = margin_of(sol, fleet) if bool(feasible(sol)) else -np.inf
-        cands = []
-        for idx in pools:
-            if fleet[idx] >= tp[idx]:
-                f = fleet.copy()
-                f[idx] -= tp[idx]
-                cands.append(f)
+        cands = neighbours(fleet, -1)
         if not cands:
             break
         sols = solver(sol.decision, cands)
