@@ -21,7 +21,7 @@ from kernels.roofline import Deployment, Efficiency
 from kernels.serving import Workload, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.errors import ConfigError
-from optimizer.params import build_deployment, efficiency_for, gpu_hour_cost, peak_tflops
+from optimizer.params import build_deployment, gpu_hour_cost, peak_tflops
 from optimizer.schema import PRECISION_KEYS, RunConfig, SegmentConfig
 
 SECONDS_PER_DAY = 86400.0
@@ -173,21 +173,64 @@ def serving_table(deps: Deployment, effs: Efficiency, wls: Workload, tpot_s: jnp
     return jax.vmap(per_pool, in_axes=(None, None, 0, 0, 0))(deps, effs, wls, tpot_s, ttft_s)
 
 
-serving_table_jit = jax.jit(serving_table)
 
 
-def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
-    """Validate a scenario and build its :class:`Problem` arrays and :class:`Labels`.
+class Numbers(NamedTuple):
+    """Every numeric input of a scenario (a pytree; stack it to sweep thousands of what-ifs).
 
-    Raises:
-      ConfigError (and subclasses) naming the field and the accepted values: bad segment fields,
-      unknown catalog names, a model that fits no GPU, a segment with no feasible deployment.
+    Sweep axes (``optimizer.sweep``) address these leaves by their config paths.
     """
-    d, fl = cfg.demand, cfg.fleet
-    if not d.segments:
-        raise ConfigError("demand.segments is empty; define at least one segment")
-    for name, seg in d.segments.items():
-        _validate_segment(name, seg)
+
+    volume: jnp.ndarray  # (S,) reference input tokens per day
+    isl: jnp.ndarray  # (S,)
+    osl: jnp.ndarray  # (S,)
+    cached_share: jnp.ndarray  # (S,)
+    cached_price_ratio: jnp.ndarray  # (S,)
+    elasticity: jnp.ndarray  # (S,)
+    ref_market_share: jnp.ndarray  # (S,)
+    quality_sensitivity: jnp.ndarray  # (S,)
+    latency_sensitivity: jnp.ndarray  # (S,)
+    tpot_ms: jnp.ndarray  # (S,) inf = no SLO
+    ttft_ms: jnp.ndarray  # (S,) inf = no SLO
+    ref_tpot_ms: jnp.ndarray  # (S,)
+    peak_to_mean: jnp.ndarray  # (S,)
+    min_quality: jnp.ndarray  # (S,) 0 = none
+    price_floor_ratio: jnp.ndarray  # (S,)
+    price_ceiling_ratio: jnp.ndarray  # (S,)
+    ref_input_usd_per_mtok: jnp.ndarray  # (S, J)
+    ref_output_usd_per_mtok: jnp.ndarray  # (S, J)
+    volume_share: jnp.ndarray  # (S, J)
+    usd_per_gpu_hour: jnp.ndarray  # (G,)
+    capex_per_gpu: jnp.ndarray  # (G,)
+    gpu_cap: jnp.ndarray  # (G,)
+    budget_usd_per_day: jnp.ndarray  # ()
+    capex_budget_usd: jnp.ndarray  # ()
+    peak_utilization: jnp.ndarray  # ()
+    daily_utilization: jnp.ndarray  # ()
+    quality: jnp.ndarray  # (J, K) retention of model j at precision k
+    bw_eff: jnp.ndarray  # (F,) per GPU family (GPU_FAMILIES order)
+    flops_eff: jnp.ndarray  # (F,)
+    prefill_flops_eff: jnp.ndarray  # (F,)
+    moe_eff: jnp.ndarray  # ()
+    step_overhead_ms: jnp.ndarray  # ()
+    mem_util: jnp.ndarray  # ()
+
+
+class Pools(NamedTuple):
+    """The fixed structure of a scenario's pools (GPU × model × precision at a chosen TP)."""
+
+    dep: Deployment  # stacked over pools (P,)
+    gpu: jnp.ndarray  # (P,) int GPU index
+    model: jnp.ndarray  # (P,) int model index
+    precision: jnp.ndarray  # (P,) int precision index
+    family: jnp.ndarray  # (P,) int GPU-family index
+    offer_mask: jnp.ndarray  # (S, J)
+    is_logit: jnp.ndarray  # (S,) bool
+    is_batch: jnp.ndarray  # (S,) bool
+    tp: jnp.ndarray  # (G, J, K)
+
+
+def _validate_fleet(fl) -> None:
     for k in fl.precisions:
         if k not in PRECISION_KEYS:
             raise ConfigError(f"fleet.precisions contains '{k}'; accepted: {list(PRECISION_KEYS)}")
@@ -199,6 +242,18 @@ def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
     for g in list(fl.gpu_caps) + list(fl.price_usd_per_gpu_hour):
         if g not in fl.gpus:
             raise ConfigError(f"fleet caps/prices name GPU '{g}' that is not in fleet.gpus {list(fl.gpus)}")
+
+
+def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
+    """Validate a scenario and split it into numbers (sweepable), pool structure and labels."""
+    from optimizer.schema import GPU_FAMILIES
+
+    d, fl = cfg.demand, cfg.fleet
+    if not d.segments:
+        raise ConfigError("demand.segments is empty; define at least one segment")
+    for name, seg in d.segments.items():
+        _validate_segment(name, seg)
+    _validate_fleet(fl)
     seg_names = tuple(d.segments)
     segs = [d.segments[n] for n in seg_names]
     models = tuple(dict.fromkeys(m for s in segs for m in s.offers))
@@ -212,13 +267,10 @@ def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
             if seg.isl + seg.osl > mc.max_context:
                 raise ConfigError(f"demand.segments.{s}: isl + osl = {seg.isl + seg.osl:g} exceeds model '{m}' "
                                   f"max_context {mc.max_context}")
-
-    # ---- pools: (g, j, k) with a TP degree
     max_ctx = max(s.isl + s.osl for s in segs)
-    pool_deps, pool_effs, pool_idx = [], [], []
+    deps, idx = [], []
     tp = np.zeros((G, J, K))
     for gi, hw in enumerate(hws):
-        eff = efficiency_for(cfg.efficiency, hw.family)
         for ji, mc in enumerate(mcs):
             for ki, pc in enumerate(precs):
                 if peak_tflops(hw, pc.compute) is None:
@@ -228,97 +280,56 @@ def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
                 if t is None:
                     continue
                 tp[gi, ji, ki] = t
-                pool_deps.append(build_deployment(hw, mc, pc, t))
-                pool_effs.append(eff)
-                pool_idx.append((gi, ji, ki))
+                deps.append(build_deployment(hw, mc, pc, t))
+                idx.append((gi, ji, ki, GPU_FAMILIES.index(hw.family)))
     for ji, m in enumerate(models):
         if not tp[:, ji, :].any():
             raise ConfigError(f"model '{m}' fits none of the fleet's GPUs {list(fl.gpus)} at precisions "
                               f"{list(fl.precisions)} (within one scale-up domain); add a larger GPU or a "
                               f"lower precision")
-    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-    wls = Workload(f64([s.isl for s in segs]), f64([s.osl for s in segs]), f64([s.cached_share for s in segs]))
-    interactive = [s.tier == "interactive" for s in segs]
-    tpot = f64([(s.tpot_ms / 1e3) if (s.tpot_ms and it) else jnp.inf for s, it in zip(segs, interactive)])
-    ttft = f64([(s.ttft_ms / 1e3) if (s.ttft_ms and it) else jnp.inf for s, it in zip(segs, interactive)])
-    gpu_s, ok, batch, tpot_served = (np.asarray(x) for x in serving_table_jit(
-        stack(pool_deps), stack(pool_effs), wls, tpot, ttft))
-
-    gpu_s_t = np.zeros((S, J, K, G))
-    route = np.zeros((S, J, K, G))
-    batch_t = np.zeros((S, J, K, G))
-    tpot_t = np.zeros((S, J, K, G))
     offer = np.zeros((S, J))
-    for si, seg in enumerate(segs):
-        for m in seg.offers:
-            offer[si, models.index(m)] = 1.0
-    for p, (gi, ji, ki) in enumerate(pool_idx):
-        for si in range(S):
-            if offer[si, ji] and ok[si, p] and np.isfinite(gpu_s[si, p]):
-                route[si, ji, ki, gi] = 1.0
-                gpu_s_t[si, ji, ki, gi] = gpu_s[si, p]
-                batch_t[si, ji, ki, gi] = batch[si, p]
-                tpot_t[si, ji, ki, gi] = tpot_served[si, p] * 1e3
-    for si, (s, seg) in enumerate(zip(seg_names, segs)):
-        for m in seg.offers:
-            if not route[si, models.index(m)].any():
-                raise ConfigError(
-                    f"segment '{s}' has no feasible deployment for model '{m}': no pool of GPUs "
-                    f"{list(fl.gpus)} x precisions {list(fl.precisions)} meets tpot_ms={seg.tpot_ms}, "
-                    f"ttft_ms={seg.ttft_ms} at isl={seg.isl:g}, osl={seg.osl:g}; relax the SLO or add GPUs")
-    mix_mask = (route.sum(-1) > 0).astype(float)
-
-    # ---- demand
-    quality = np.asarray([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs])
-    ref_in = np.zeros((S, J))
-    ref_out = np.zeros((S, J))
-    share = np.zeros((S, J))
+    ref_in, ref_out, share = np.zeros((S, J)), np.zeros((S, J)), np.zeros((S, J))
     for si, seg in enumerate(segs):
         for m, o in seg.offers.items():
             ji = models.index(m)
+            offer[si, ji] = 1.0
             ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
-    isl = np.asarray([s.isl for s in segs])[:, None]
-    osl = np.asarray([s.osl for s in segs])[:, None]
-    h = np.asarray([s.cached_share for s in segs])[:, None]
-    cr = np.asarray([s.cached_price_ratio for s in segs])[:, None]
-    ref_price = (ref_in * isl * (1 - h) + ref_in * cr * isl * h + ref_out * osl) / 1e6 * offer
-    share = share * offer / np.maximum((share * offer).sum(-1, keepdims=True), 1e-30)
-    ref_requests = np.asarray([s.input_tokens_per_day for s in segs]) / isl[:, 0]
-    ref_demand = ref_requests[:, None] * share
-    is_logit = np.asarray([s.demand == "logit" for s in segs])
-    eps = np.asarray([s.elasticity for s in segs])
-    msh = np.asarray([s.ref_market_share for s in segs])
-    market, beta, alpha = jax.jit(calibrate_logit)(f64(np.where(offer > 0, ref_price, 1.0)), f64(share), f64(offer),
-                                          f64(ref_requests), f64(msh), f64(eps))
-    served_lat = np.asarray([(s.tpot_ms if s.tpot_ms else (s.ref_tpot_ms or 0.0)) for s in segs])
-    ref_lat = np.asarray([(s.ref_tpot_ms if s.ref_tpot_ms is not None else (s.tpot_ms or 0.0)) for s in segs])
-    dp = DemandParams(ref_demand=f64(ref_demand), ref_price=f64(ref_price), offer_mask=f64(offer),
-                      is_logit=jnp.asarray(is_logit), elasticity=f64(eps), market=market, beta=beta, alpha=alpha,
-                      quality_sens=f64([s.quality_sensitivity for s in segs]),
-                      latency_sens=f64([s.latency_sensitivity for s in segs]),
-                      ref_quality=f64(np.ones((S, J))), ref_latency_ms=f64(ref_lat))
-
-    prices = np.asarray([fl.price_usd_per_gpu_hour.get(hw.key, None) or gpu_hour_cost(hw, fl.cost) for hw in hws])
-    capex = np.asarray([hw.capex_usd_per_gpu or 0.0 for hw in hws])
-    if fl.capex_budget_usd is not None and (capex == 0).any():
+    idx_a = np.asarray(idx, int)
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    pools = Pools(dep=stack(deps), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
+                  precision=jnp.asarray(idx_a[:, 2]), family=jnp.asarray(idx_a[:, 3]), offer_mask=f64(offer),
+                  is_logit=jnp.asarray([s.demand == "logit" for s in segs]),
+                  is_batch=jnp.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
+    if fl.capex_budget_usd is not None and any(not hw.capex_usd_per_gpu for hw in hws):
         missing = [hw.key for hw in hws if not hw.capex_usd_per_gpu]
         raise ConfigError(f"fleet.capex_budget_usd needs a capex for every GPU; missing for {missing}")
-    caps = np.asarray([fl.gpu_caps.get(hw.key, NO_CAP) for hw in hws], float)
-    lo = np.asarray([math.log(s.price_floor_ratio) if s.price_floor_ratio else DEFAULT_LOG_MU[0] for s in segs])
-    hi = np.asarray([math.log(s.price_ceiling_ratio) if s.price_ceiling_ratio else DEFAULT_LOG_MU[1] for s in segs])
-    scale = float((ref_demand * ref_price).sum())
-    prob = Problem(
-        demand=dp, quality=f64(quality), mix_mask=f64(mix_mask), route_mask=f64(route),
-        gpu_s_per_request=f64(gpu_s_t), batch_at_slo=f64(batch_t), tpot_ms=f64(tpot_t),
-        usd_per_gpu_hour=f64(prices), capex_per_gpu=f64(capex), tp=f64(tp),
-        is_batch=jnp.asarray([not i for i in interactive]), peak_to_mean=f64([s.peak_to_mean for s in segs]),
-        served_latency_ms=f64(served_lat), gpu_cap=f64(caps),
-        budget_usd_per_day=f64(fl.budget_usd_per_day if fl.budget_usd_per_day is not None else NO_CAP),
-        capex_budget_usd=f64(fl.capex_budget_usd if fl.capex_budget_usd is not None else NO_CAP),
-        min_quality=f64([s.min_quality or 0.0 for s in segs]), log_mu_lo=f64(lo), log_mu_hi=f64(hi),
+    eff = cfg.efficiency
+    inf = float("inf")
+    opt = lambda v, default: default if v is None else v  # noqa: E731
+    numbers = Numbers(
+        volume=f64([s.input_tokens_per_day for s in segs]), isl=f64([s.isl for s in segs]),
+        osl=f64([s.osl for s in segs]), cached_share=f64([s.cached_share for s in segs]),
+        cached_price_ratio=f64([s.cached_price_ratio for s in segs]), elasticity=f64([s.elasticity for s in segs]),
+        ref_market_share=f64([s.ref_market_share for s in segs]),
+        quality_sensitivity=f64([s.quality_sensitivity for s in segs]),
+        latency_sensitivity=f64([s.latency_sensitivity for s in segs]),
+        tpot_ms=f64([opt(s.tpot_ms, inf) for s in segs]), ttft_ms=f64([opt(s.ttft_ms, inf) for s in segs]),
+        ref_tpot_ms=f64([opt(s.ref_tpot_ms, opt(s.tpot_ms, 0.0)) for s in segs]),
+        peak_to_mean=f64([s.peak_to_mean for s in segs]), min_quality=f64([opt(s.min_quality, 0.0) for s in segs]),
+        price_floor_ratio=f64([opt(s.price_floor_ratio, math.exp(DEFAULT_LOG_MU[0])) for s in segs]),
+        price_ceiling_ratio=f64([opt(s.price_ceiling_ratio, math.exp(DEFAULT_LOG_MU[1])) for s in segs]),
+        ref_input_usd_per_mtok=f64(ref_in), ref_output_usd_per_mtok=f64(ref_out), volume_share=f64(share),
+        usd_per_gpu_hour=f64([fl.price_usd_per_gpu_hour.get(hw.key, None) or gpu_hour_cost(hw, fl.cost)
+                              for hw in hws]),
+        capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
+        gpu_cap=f64([fl.gpu_caps.get(hw.key, NO_CAP) for hw in hws]),
+        budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
         peak_utilization=f64(fl.peak_utilization), daily_utilization=f64(fl.daily_utilization),
-        scale=f64(max(scale, 1e-9)))
+        quality=f64([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs]),
+        bw_eff=f64([eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]),
+        flops_eff=f64([eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]),
+        prefill_flops_eff=f64([eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]),
+        moe_eff=f64(eff.moe_eff), step_overhead_ms=f64(eff.step_overhead_ms), mem_util=f64(eff.mem_util))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(hw.key in fl.gpu_caps for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
@@ -329,4 +340,89 @@ def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
                     ref_input_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_in),
                     ref_output_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_out),
                     scenario=d.name)
+    return numbers, pools, labels
+
+
+def f64(x):
+    return jnp.asarray(x, jnp.float64)
+
+
+def assemble(n: Numbers, pools: Pools) -> Problem:
+    """The :class:`Problem` of one scenario's numbers (pure JAX: jit / vmap over stacked numbers).
+
+    Runs the cost kernels at every (segment, pool) for the segment's shape and SLO, calibrates the
+    demand to the reference point and gathers everything on the (S, J, K, G) grid.
+    """
+    S, J = pools.offer_mask.shape
+    G, _, K = pools.tp.shape
+    effs = Efficiency(n.bw_eff[pools.family], n.flops_eff[pools.family], n.prefill_flops_eff[pools.family],
+                      jnp.broadcast_to(n.moe_eff, pools.family.shape),
+                      jnp.broadcast_to(n.step_overhead_ms / 1000.0, pools.family.shape),
+                      jnp.broadcast_to(n.mem_util, pools.family.shape))
+    wls = Workload(n.isl, n.osl, n.cached_share)
+    interactive = ~pools.is_batch
+    tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
+    ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
+    gpu_s, ok, batch, tpot_served = serving_table(pools.dep, effs, wls, tpot, ttft)  # (S, P)
+    offered = pools.offer_mask[:, pools.model] > 0  # (S, P)
+    usable = ok & offered & jnp.isfinite(gpu_s)
+    put = lambda v: jnp.zeros((S, J, K, G)).at[:, pools.model, pools.precision, pools.gpu].set(v)  # noqa: E731
+    route = put(usable.astype(jnp.float64))
+    gpu_s_t = put(jnp.where(usable, gpu_s, 0.0))
+    batch_t = put(jnp.where(usable, batch, 0.0))
+    tpot_t = put(jnp.where(usable, tpot_served * 1e3, 0.0))
+    mix_mask = (route.sum(-1) > 0).astype(jnp.float64)
+
+    offer = pools.offer_mask
+    isl, osl = n.isl[:, None], n.osl[:, None]
+    h, cr = n.cached_share[:, None], n.cached_price_ratio[:, None]
+    ref_in, ref_out = n.ref_input_usd_per_mtok, n.ref_output_usd_per_mtok
+    ref_price = (ref_in * isl * (1 - h) + ref_in * cr * isl * h + ref_out * osl) / 1e6 * offer
+    share = n.volume_share * offer
+    share = share / jnp.maximum(share.sum(-1, keepdims=True), 1e-30)
+    ref_requests = n.volume / n.isl
+    market, beta, alpha = calibrate_logit(jnp.where(offer > 0, ref_price, 1.0), share, offer, ref_requests,
+                                          n.ref_market_share, n.elasticity)
+    served_lat = jnp.where(jnp.isfinite(n.tpot_ms), n.tpot_ms, n.ref_tpot_ms)
+    dp = DemandParams(ref_demand=ref_requests[:, None] * share, ref_price=ref_price, offer_mask=offer,
+                      is_logit=pools.is_logit, elasticity=n.elasticity, market=market, beta=beta, alpha=alpha,
+                      quality_sens=n.quality_sensitivity, latency_sens=n.latency_sensitivity,
+                      ref_quality=jnp.ones((S, J)), ref_latency_ms=n.ref_tpot_ms)
+    scale = jnp.maximum((ref_requests[:, None] * share * ref_price).sum(), 1e-9)
+    return Problem(
+        demand=dp, quality=n.quality, mix_mask=mix_mask, route_mask=route, gpu_s_per_request=gpu_s_t,
+        batch_at_slo=batch_t, tpot_ms=tpot_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
+        tp=pools.tp, is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
+        gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
+        min_quality=n.min_quality, log_mu_lo=jnp.log(n.price_floor_ratio), log_mu_hi=jnp.log(n.price_ceiling_ratio),
+        peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale)
+
+
+assemble_jit = jax.jit(assemble)
+
+
+def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None:
+    """Raise if an offered (segment, model) has no pool meeting its SLO."""
+    route = np.asarray(prob.route_mask)
+    offer = np.asarray(prob.demand.offer_mask)
+    for si, s in enumerate(labels.segments):
+        seg = cfg.demand.segments[s]
+        for ji, m in enumerate(labels.models):
+            if offer[si, ji] > 0 and not route[si, ji].any():
+                raise ConfigError(
+                    f"segment '{s}' has no feasible deployment for model '{m}': no pool of GPUs "
+                    f"{list(cfg.fleet.gpus)} x precisions {list(cfg.fleet.precisions)} meets tpot_ms={seg.tpot_ms}, "
+                    f"ttft_ms={seg.ttft_ms} at isl={seg.isl:g}, osl={seg.osl:g}; relax the SLO or add GPUs")
+
+
+def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
+    """Validate a scenario and build its :class:`Problem` arrays and :class:`Labels`.
+
+    Raises:
+      ConfigError (and subclasses) naming the field and the accepted values: bad segment fields,
+      unknown catalog names, a model that fits no GPU, a segment with no feasible deployment.
+    """
+    numbers, pools, labels = scenario_inputs(cfg)
+    prob = assemble_jit(numbers, pools)
+    check_feasible_routes(prob, labels, cfg)
     return prob, labels
