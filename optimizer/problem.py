@@ -347,14 +347,13 @@ def f64(x):
     return jnp.asarray(x, jnp.float64)
 
 
-def assemble(n: Numbers, pools: Pools) -> Problem:
-    """The :class:`Problem` of one scenario's numbers (pure JAX: jit / vmap over stacked numbers).
+SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
+                            "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util"})
+"""Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
-    Runs the cost kernels at every (segment, pool) for the segment's shape and SLO, calibrates the
-    demand to the reference point and gathers everything on the (S, J, K, G) grid.
-    """
-    S, J = pools.offer_mask.shape
-    G, _, K = pools.tp.shape
+
+def serving_of(n: Numbers, pools: Pools):
+    """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
     effs = Efficiency(n.bw_eff[pools.family], n.flops_eff[pools.family], n.prefill_flops_eff[pools.family],
                       jnp.broadcast_to(n.moe_eff, pools.family.shape),
                       jnp.broadcast_to(n.step_overhead_ms / 1000.0, pools.family.shape),
@@ -363,7 +362,19 @@ def assemble(n: Numbers, pools: Pools) -> Problem:
     interactive = ~pools.is_batch
     tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
     ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
-    gpu_s, ok, batch, tpot_served = serving_table(pools.dep, effs, wls, tpot, ttft)  # (S, P)
+    return serving_table(pools.dep, effs, wls, tpot, ttft)
+
+
+def assemble(n: Numbers, pools: Pools, serving=None) -> Problem:
+    """The :class:`Problem` of one scenario's numbers (pure JAX: jit / vmap over stacked numbers).
+
+    Runs the cost kernels at every (segment, pool) for the segment's shape and SLO (or reuses
+    ``serving`` from :func:`serving_of` when no serving input changes), calibrates the demand to the
+    reference point and gathers everything on the (S, J, K, G) grid.
+    """
+    S, J = pools.offer_mask.shape
+    G, _, K = pools.tp.shape
+    gpu_s, ok, batch, tpot_served = serving_of(n, pools) if serving is None else serving  # (S, P)
     offered = pools.offer_mask[:, pools.model] > 0  # (S, P)
     usable = ok & offered & jnp.isfinite(gpu_s)
     put = lambda v: jnp.zeros((S, J, K, G)).at[:, pools.model, pools.precision, pools.gpu].set(v)  # noqa: E731

@@ -57,9 +57,42 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
     return summary
 
 
+def run_sweep_job(c: RunConfig, cfg, outdir: Path) -> dict:
+    """`tokenmargin sweep=<name>`: the vectorised sweep, its table, plots and summary."""
+    from optimizer.sweep import axis_effects, default_store, run_sweep, sweep_plots
+
+    t0 = time.perf_counter()
+    store = default_store(c)
+    result = run_sweep(c, outdir, store, progress=progress_mod.enabled(c.output.progress))
+    io.write_text(outdir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if result.empty:
+        return {"status": "interrupted", "store": str(store)}
+    names = list(c.sweep.axes)
+    effects = axis_effects(result, names)
+    io.write_frame(outdir / "axis_effects.csv", effects)
+    plots = [p.name for p in sweep_plots(outdir, result, effects, c.sweep.heatmap)] if c.output.plots else []
+    ok = result["converged"]
+    summary = {
+        "scenario": c.demand.name, "sweep": c.sweep.name, "scenarios": int(len(result)),
+        "converged": int(ok.sum()), "not_converged": int((~ok).sum()),
+        "status_counts": result["status"].value_counts().to_dict(), "store": str(store),
+        "margin_usd_per_day": {q: round(float(result.loc[ok, "margin_usd_per_day"].quantile(v)), 2)
+                               for q, v in (("p5", 0.05), ("p50", 0.5), ("p95", 0.95))} if ok.any() else {},
+        "axis_effects": effects.to_dict(orient="records"), "plots": plots,
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    io.write_json(outdir / "summary.json", summary)
+    print(f"sweep '{c.sweep.name}': {len(result)} scenarios, {int((~ok).sum())} not converged")
+    print(effects.to_markdown(index=False, floatfmt=",.4g"))
+    print(f"\nwritten: {outdir / 'sweep.parquet'}")
+    return summary
+
+
 def run(cfg, outdir: Path) -> dict:
     """Solve, write summary.json always and the plan files only for a converged result."""
     c: RunConfig = to_schema(cfg, RunConfig)
+    if c.sweep.axes:
+        return run_sweep_job(c, cfg, outdir)
     t0 = time.perf_counter()
     show = progress_mod.enabled(c.output.progress)
     res = optimize(c, show_bar=show)

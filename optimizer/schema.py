@@ -285,6 +285,35 @@ class SolverConfig:
 
 
 @dataclass
+class AxisConfig:
+    """One sweep axis: a numeric scenario leaf and the values it takes (give exactly one source)."""
+
+    path: str = MISSING  # dotted config path, e.g. fleet.price_usd_per_gpu_hour.h200-sxm
+    values: Optional[list[float]] = None  # explicit values
+    linspace: Optional[list[float]] = None  # [start, stop, num]
+    logspace: Optional[list[float]] = None  # [start, stop, num], geometric (values, not exponents)
+    uniform: Optional[list[float]] = None  # [low, high]: sampled (Latin hypercube) in mode=sample
+    loguniform: Optional[list[float]] = None  # [low, high]: sampled log-uniformly
+    relative: bool = False  # values multiply the scenario's base value instead of replacing it
+
+
+@dataclass
+class SweepConfig:
+    """Vectorised what-if sweep (`tokenmargin sweep=<name>`); off when ``axes`` is empty."""
+
+    name: str = "none"
+    axes: dict[str, AxisConfig] = field(default_factory=dict)
+    mode: str = "grid"  # grid (cartesian product) | sample (Latin hypercube, N samples)
+    samples: int = 1000  # mode=sample: number of scenarios
+    seed: int = 0
+    chunk_size: int = 1024  # scenarios per compiled call (bounded memory; the unit of resume)
+    starts: int = 1  # starts per scenario
+    heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
+    resume: bool = True  # reuse finished chunks of an identical sweep
+    directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>-<hash>)
+
+
+@dataclass
 class OutputConfig:
     plots: bool = True
     progress: bool = True  # progress bar on solves (off when not a TTY or in multirun)
@@ -299,6 +328,7 @@ class RunConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     efficiency: EfficiencyConfig = MISSING
     output: OutputConfig = field(default_factory=OutputConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
@@ -315,6 +345,7 @@ def register_configs() -> None:
     cs.store(group="demand", name="base_demand", node=DemandConfig)
     cs.store(group="fleet", name="base_fleet", node=FleetConfig)
     cs.store(group="solver", name="base_solver", node=SolverConfig)
+    cs.store(group="sweep", name="base_sweep", node=SweepConfig)
     cs.store(name="base_run", node=RunConfig)
 
 

@@ -7,9 +7,8 @@ For constraints ``g(x) ≤ 0`` [Nocedal & Wright ch. 17; ECONOMICS.md §4.2]::
 
 The Adam learning rate decays exponentially over all steps (a constant rate stalls inside an
 augmented Lagrangian, ECONOMICS.md §4.2). The outer loop stops when
-the normalised violation and the relative objective change are both below tolerance (a fixed-length
-``lax.scan`` whose state freezes at convergence: identical iterates to a ``while_loop``, but it
-compiles in a third of the time and vmaps without a batched predicate). Data and
+the normalised violation and the relative objective change are both below tolerance (rows of a
+batch freeze when they converge; the ``lax.while_loop`` ends when all have). Data and
 settings are *arguments* (JAXopt's rule), so ``vmap(solve)`` runs many starts or scenarios at once.
 """
 
@@ -41,6 +40,7 @@ class Settings(NamedTuple):
     penalty: float = 20.0
     tol_feasibility: float = 1e-4
     tol_objective: float = 1e-6
+    sharpness_start: float = SHARPNESS_START  # pool-sizing smooth max; warm starts begin at POOL_SHARPNESS
 
 
 class Solution(NamedTuple):
@@ -98,7 +98,7 @@ def solve_batch(dec0: Decision, prob: Problem, active: jnp.ndarray, fleets: jnp.
     grad_fn = jax.value_and_grad(lagrangian, has_aux=True)
 
     def sharpness(k):
-        return jnp.minimum(SHARPNESS_START * SHARPNESS_GROWTH ** k.astype(jnp.float64), POOL_SHARPNESS)
+        return jnp.minimum(settings.sharpness_start * SHARPNESS_GROWTH ** k.astype(jnp.float64), POOL_SHARPNESS)
 
     def inner(carry, _):
         dec, st, lam, step, sharp = carry
@@ -110,7 +110,7 @@ def solve_batch(dec0: Decision, prob: Problem, active: jnp.ndarray, fleets: jnp.
 
     def body(state):
         dec, st, lam, k, step, f_prev, done_prev, finite_prev = state
-        sharp = sharpness(jnp.min(k))
+        sharp = sharpness(step // settings.inner_steps)  # global outer count (rows may have frozen)
         (dec, st, _, step, _), _ = jax.lax.scan(inner, (dec, st, lam, step, sharp), None,
                                                 length=settings.inner_steps)
         f, b = obj(dec, fleets, active, fixed, sharp)
@@ -125,22 +125,25 @@ def solve_batch(dec0: Decision, prob: Problem, active: jnp.ndarray, fleets: jnp.
             jax.debug.callback(progress, jnp.max(k) + 1)
         return dec, st, lam, k + 1, step, f, done, finite
 
-    def frozen_body(state, _):
-        # A fixed-length scan whose rows freeze once converged (or non-finite): the same iterates
-        # as a while_loop per row, with a static trip count that compiles and batches cheaply.
+    def frozen_body(state):
+        # Rows freeze once converged (or non-finite); the loop ends when every row has stopped.
         stop = state[6] | ~state[7]
         new = body(state)
         dec = jax.tree.map(lambda o, n: _bwhere(stop, o, n), state[0], new[0])
         st = jax.tree.map(lambda o, n: _bwhere(stop, o, n) if o.ndim else n, state[1], new[1])
         rest = tuple(_bwhere(stop, o, n) if o.ndim else n for o, n in zip(state[2:], new[2:]))
-        return (dec, st) + rest, None
+        return (dec, st) + rest
+
+    def cond(state):
+        stop = state[6] | ~state[7]
+        return (state[4] < settings.outer_steps * settings.inner_steps) & ~jnp.all(stop)
 
     B = jax.tree.leaves(dec0)[0].shape[0]
-    f0, b0 = obj(dec0, fleets, active, fixed, jnp.asarray(SHARPNESS_START))
+    f0, b0 = obj(dec0, fleets, active, fixed, jnp.asarray(settings.sharpness_start))
     lam0 = jnp.zeros_like(b0.constraints)
     init = (dec0, adam.init(dec0), lam0, jnp.zeros(B, int), jnp.asarray(0), f0, jnp.zeros(B, bool),
             jnp.ones(B, bool))
-    (dec, _, lam, k, _, _, done, finite), _ = jax.lax.scan(frozen_body, init, None, length=settings.outer_steps)
+    dec, _, lam, k, _, _, done, finite = jax.lax.while_loop(cond, frozen_body, init)
     (_, (f, g)), grads = grad_fn(dec, lam, jnp.asarray(POOL_SHARPNESS))
     viol = jnp.max(jnp.maximum(g, 0.0), axis=-1)
     gn = jnp.sqrt(sum(jnp.sum(x.reshape(B, -1) ** 2, axis=1) for x in jax.tree.leaves(grads)))

@@ -1,0 +1,476 @@
+"""Vectorised what-if sweeps: thousands of scenarios in one compiled, sharded, chunked solve.
+
+A sweep changes numeric leaves of one base scenario (:class:`optimizer.problem.Numbers`); the
+structure (segments, models, GPU types, precisions, TP) stays fixed — structural choices go through
+Hydra multirun instead. Each chunk of scenarios is one ``jit(vmap(assemble → solve))`` call whose
+scenario axis is sharded over every device ``jax.devices()`` offers. Finished chunks are stored, so
+an interrupted sweep resumes where it stopped and gives the same result as an uninterrupted one.
+
+Sweeps solve the continuous-fleet relaxation (GPUs per pool derived from load), not the integer
+repair: the figures are margins and fleets before rounding to whole replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from optimizer import io
+from optimizer.constraints import active_mask
+from optimizer.engine import settings_from
+from optimizer.errors import ConfigError
+from optimizer.objective import Decision, evaluate
+from optimizer.problem import SERVING_FIELDS, Labels, Numbers, Pools, assemble, scenario_inputs, serving_of
+from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
+from optimizer.solver import INFEASIBLE_TOL, STATUS_NAMES, Settings, solve_batch
+
+SEGMENT_FIELDS = {  # config field -> Numbers field (per segment)
+    "input_tokens_per_day": "volume", "isl": "isl", "osl": "osl", "cached_share": "cached_share",
+    "cached_price_ratio": "cached_price_ratio", "elasticity": "elasticity", "ref_market_share": "ref_market_share",
+    "quality_sensitivity": "quality_sensitivity", "latency_sensitivity": "latency_sensitivity",
+    "tpot_ms": "tpot_ms", "ttft_ms": "ttft_ms", "ref_tpot_ms": "ref_tpot_ms", "peak_to_mean": "peak_to_mean",
+    "min_quality": "min_quality", "price_floor_ratio": "price_floor_ratio",
+    "price_ceiling_ratio": "price_ceiling_ratio",
+}
+OFFER_FIELDS = {"input_usd_per_mtok": "ref_input_usd_per_mtok", "output_usd_per_mtok": "ref_output_usd_per_mtok",
+                "volume_share": "volume_share"}
+FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization"}
+FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap"}
+EFF_PER_FAMILY = {"bw_eff", "flops_eff", "prefill_flops_eff"}
+EFF_SCALARS = {"moe_eff", "step_overhead_ms", "mem_util"}
+PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<segment>.offers.<model>."
+              "{input_usd_per_mtok,output_usd_per_mtok,volume_share}", "fleet.price_usd_per_gpu_hour.<gpu>",
+              "fleet.gpu_caps.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
+              "efficiency.{bw_eff,flops_eff,prefill_flops_eff}.<gpu family>",
+              f"efficiency.{{{','.join(sorted(EFF_SCALARS))}}}", "quality.<model>.<precision>")
+
+
+class Target(NamedTuple):
+    """Where an axis writes: a Numbers field and an index into it (() for scalars)."""
+
+    field: str
+    index: tuple
+
+
+def _split_name(rest: str, names: list[str]) -> tuple[str | None, str]:
+    """Split ``rest`` into a known name (which may contain dots, e.g. llama-3.1-8b) and the remainder."""
+    for n in sorted(names, key=len, reverse=True):
+        if rest == n or rest.startswith(n + "."):
+            return n, rest[len(n) + 1:]
+    head, _, tail = rest.partition(".")
+    return None, head if not tail else head + "." + tail
+
+
+def resolve_path(path: str, labels: Labels) -> Target:
+    """Map a dotted config path to a :class:`Numbers` leaf, or raise naming the path."""
+
+    def fail(why: str):
+        raise ConfigError(f"sweep axis path '{path}' {why}. Accepted forms: " + "; ".join(PATH_FORMS))
+
+    def take(rest: str, options: list[str], what: str) -> tuple[int, str]:
+        name, remainder = _split_name(rest, options)
+        if name is None:
+            fail(f"names unknown {what} '{rest.split('.')[0]}' (available: {', '.join(options)})")
+        return options.index(name), remainder
+
+    if path.startswith("demand.segments."):
+        s, rest = take(path[len("demand.segments."):], list(labels.segments), "segment")
+        if rest in SEGMENT_FIELDS:
+            return Target(SEGMENT_FIELDS[rest], (s,))
+        if rest.startswith("offers."):
+            j, field = take(rest[len("offers."):], list(labels.models), "model")
+            if labels.ref_input_usd_per_mtok[s][j] == 0:
+                fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' does not offer")
+            if field not in OFFER_FIELDS:
+                fail(f"is not a numeric offer field ('{field}'; numeric: {', '.join(OFFER_FIELDS)})")
+            return Target(OFFER_FIELDS[field], (s, j))
+        fail(f"is not a numeric segment field ('{rest}'; numeric fields: {', '.join(SEGMENT_FIELDS)})")
+    p = path.split(".")
+    if p[0] == "fleet":
+        if len(p) == 2 and p[1] in FLEET_SCALARS:
+            return Target(p[1], ())
+        if len(p) >= 3 and p[1] in FLEET_PER_GPU:
+            g, rest = take(".".join(p[2:]), list(labels.gpus), "GPU")
+            if not rest:
+                return Target(FLEET_PER_GPU[p[1]], (g,))
+    if p[0] == "efficiency":
+        if len(p) == 2 and p[1] in EFF_SCALARS:
+            return Target(p[1], ())
+        if len(p) == 3 and p[1] in EFF_PER_FAMILY:
+            f, _ = take(p[2], list(GPU_FAMILIES), "GPU family")
+            return Target(p[1], (f,))
+    if path.startswith("quality."):
+        j, rest = take(path[len("quality."):], list(labels.models), "model")
+        k, extra = take(rest, list(labels.precisions), "precision")
+        if not extra:
+            return Target("quality", (j, k))
+    fail("does not exist or is not numeric")
+
+
+def axis_values(name: str, ax: AxisConfig, mode: str) -> np.ndarray | tuple[str, float, float]:
+    """A grid axis's values, or ``(kind, low, high)`` for a sampled distribution."""
+    given = {k: getattr(ax, k) for k in ("values", "linspace", "logspace", "uniform", "loguniform")
+             if getattr(ax, k) is not None}
+    if len(given) != 1:
+        raise ConfigError(f"sweep.axes.{name}: give exactly one of values, linspace, logspace, uniform, "
+                          f"loguniform (got {sorted(given) or 'none'})")
+    kind, v = next(iter(given.items()))
+    if kind == "values":
+        if not v:
+            raise ConfigError(f"sweep.axes.{name}.values is empty")
+        return np.asarray(v, float)
+    if kind in ("linspace", "logspace"):
+        if len(v) != 3 or int(v[2]) < 1 or (kind == "logspace" and min(v[0], v[1]) <= 0):
+            raise ConfigError(f"sweep.axes.{name}.{kind} must be [start, stop, num] with num >= 1"
+                              + (" and positive ends" if kind == "logspace" else "") + f", got {list(v)}")
+        f = np.linspace if kind == "linspace" else np.geomspace
+        return f(v[0], v[1], int(v[2]))
+    if len(v) != 2 or not v[0] < v[1] or (kind == "loguniform" and v[0] <= 0):
+        raise ConfigError(f"sweep.axes.{name}.{kind} must be [low, high] with low < high"
+                          + (" and low > 0" if kind == "loguniform" else "") + f", got {list(v)}")
+    if mode == "grid":
+        raise ConfigError(f"sweep.axes.{name} is a distribution ({kind}); use sweep.mode=sample, or give "
+                          f"values / linspace / logspace for a grid")
+    return (kind, float(v[0]), float(v[1]))
+
+
+def latin_hypercube(n: int, d: int, seed: int) -> np.ndarray:
+    """(n, d) Latin-hypercube sample of the unit cube (one point per stratum on every axis)."""
+    rng = np.random.default_rng(seed)
+    u = (rng.random((n, d)) + np.arange(n)[:, None]) / n
+    for k in range(d):
+        u[:, k] = u[rng.permutation(n), k]
+    return u
+
+
+def design(sweep: SweepConfig) -> pd.DataFrame:
+    """The scenarios: one row per scenario, one column per axis (values as given, before ``relative``)."""
+    if sweep.mode not in ("grid", "sample"):
+        raise ConfigError(f"sweep.mode = '{sweep.mode}'; accepted: 'grid', 'sample'")
+    names = list(sweep.axes)
+    vals = {n: axis_values(n, sweep.axes[n], sweep.mode) for n in names}
+    if sweep.mode == "grid":
+        grid = list(itertools.product(*(vals[n] for n in names)))
+        return pd.DataFrame(grid, columns=names)
+    if sweep.samples < 1:
+        raise ConfigError(f"sweep.samples must be >= 1, got {sweep.samples}")
+    u = latin_hypercube(sweep.samples, len(names), sweep.seed)
+    cols = {}
+    for k, n in enumerate(names):
+        v = vals[n]
+        if isinstance(v, tuple):
+            kind, lo, hi = v
+            cols[n] = lo + (hi - lo) * u[:, k] if kind == "uniform" else np.exp(
+                np.log(lo) + (np.log(hi) - np.log(lo)) * u[:, k])
+        else:  # a finite set sampled by strata over its indices
+            cols[n] = v[np.minimum((u[:, k] * len(v)).astype(int), len(v) - 1)]
+    return pd.DataFrame(cols)
+
+
+def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], values: jnp.ndarray) -> Numbers:
+    """Numbers of one scenario: ``base`` with each target set to (or scaled by) its value. Pure."""
+    fields = base._asdict()
+    for t, rel, v in zip(targets, relative, values):
+        leaf = fields[t.field]
+        new = leaf[t.index] * v if rel else v
+        fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.asarray(new, leaf.dtype)
+    return Numbers(**fields)
+
+
+class SweepResult(NamedTuple):
+    """Per-scenario outputs of a chunk (leading axis = scenario)."""
+
+    margin: jnp.ndarray  # USD/day
+    revenue: jnp.ndarray
+    gpu_cost: jnp.ndarray
+    status: jnp.ndarray  # int, STATUS_NAMES
+    violation: jnp.ndarray
+    iterations: jnp.ndarray
+    price_multiplier: jnp.ndarray  # (S, J)
+    price_per_request: jnp.ndarray  # (S, J)
+    requests: jnp.ndarray  # (S, J) per day
+    quality: jnp.ndarray  # (S, J)
+    mix: jnp.ndarray  # (S, J, K)
+    gpus_by_type: jnp.ndarray  # (G,)
+
+
+def initial_decision(prob, warm: Decision, starts: int) -> Decision:
+    """Starts inside jit: the base scenario's optimum (warm), then reference prices × (1, 0.6, 1.7, ...)
+    with uniform mix and routing."""
+    if starts == 1:
+        return jax.tree.map(lambda x: x[None], warm)
+    factors = jnp.asarray(([1.0, 0.6, 1.7, 2.8, 0.35, 4.5, 1.25, 0.8] * (starts // 8 + 1))[:starts - 1])
+    lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
+    pos = jnp.clip((jnp.log(factors)[:, None, None] - lo) / (hi - lo), 1e-3, 1 - 1e-3)
+    S, J = prob.demand.ref_price.shape
+    K, G = prob.quality.shape[1], prob.usd_per_gpu_hour.shape[0]
+    cold = Decision(jnp.broadcast_to(jnp.log(pos) - jnp.log1p(-pos), (starts - 1, S, J)),
+                    jnp.zeros((starts - 1, S, J, K)), jnp.zeros((starts - 1, S, J, K, G)))
+    return jax.tree.map(lambda w, c: jnp.concatenate([w[None], c]), warm, cold)
+
+
+def solve_one(numbers: Numbers, pools: Pools, active: jnp.ndarray, settings: Settings, starts: int,
+              warm: Decision, serving=None) -> SweepResult:
+    """Assemble and solve one scenario (relaxed fleet), warm-started from the base optimum. Pure; vmappable."""
+    prob = assemble(numbers, pools, serving)
+    dec0 = initial_decision(prob, warm, starts)
+    act = jnp.broadcast_to(active, (starts,) + active.shape)
+    fleets = jnp.zeros((starts,) + pools.tp.shape)
+    sols = solve_batch(dec0, prob, act, fleets, jnp.zeros(starts, bool), settings)
+    feasible = sols.violation <= INFEASIBLE_TOL
+    score = jnp.where(jnp.isfinite(sols.objective), sols.objective, jnp.inf) + jnp.where(
+        feasible, 0.0, 1e6 * (1.0 + sols.violation))
+    i = jnp.argmin(score)
+    best = jax.tree.map(lambda x: x[i], sols)
+    b = evaluate(best.decision, prob)
+    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, best.status, best.violation, best.iterations,
+                       b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
+                       b.gpus.sum((1, 2)))
+
+
+def _chunk_solver(targets, relative, settings, starts, mesh, reuse_serving: bool):
+    def run(base, values, pools, active, warm, serving):
+        nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
+        return jax.vmap(lambda n: solve_one(n, pools, active, settings, starts, warm,
+                                            serving if reuse_serving else None))(nums)
+
+    if mesh is None:
+        return jax.jit(run)
+    rows = NamedSharding(mesh, PartitionSpec("scenarios"))
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(run, in_shardings=(rep, rows, rep, rep, rep, rep), out_shardings=rows)
+
+
+def warm_settings(s: Settings) -> Settings:
+    """Settings for scenarios warm-started at the base optimum.
+
+    Kept equal to the cold settings: with Adam, convergence is paced by the decaying learning
+    rate and the annealed pool sharpness rather than by the distance to the optimum (a hotter
+    restart with final sharpness and a 5x smaller rate left half the scenarios at the step limit).
+    """
+    return s
+
+
+def sweep_key(cfg: RunConfig) -> str:
+    """Hash of everything that determines the sweep's results (not the chunk store or resume flag)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    d["sweep"].pop("resume", None)
+    d["sweep"].pop("directory", None)
+    d["output"] = None
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """Flatten a chunk's results into one row per scenario (float64, rounded)."""
+    n = len(design_rows)
+    out = design_rows.reset_index(drop=True).copy()
+    out.insert(0, "scenario", np.arange(offset, offset + n))
+    r = jax.tree.map(lambda x: np.asarray(x, dtype=float if np.asarray(x).dtype.kind == "f" else None)[:n], res)
+    out["margin_usd_per_day"] = np.round(r.margin, 2)
+    out["revenue_usd_per_day"] = np.round(r.revenue, 2)
+    out["gpu_cost_usd_per_day"] = np.round(r.gpu_cost, 2)
+    out["status"] = [STATUS_NAMES[int(s)] for s in r.status]
+    out["converged"] = r.status == 0
+    out["violation"] = r.violation
+    out["iterations"] = r.iterations.astype(int)
+    for s, seg in enumerate(labels.segments):
+        for j, m in enumerate(labels.models):
+            if labels.ref_input_usd_per_mtok[s][j] == 0:
+                continue
+            key = f"{seg}/{m}"
+            out[f"price_vs_reference[{key}]"] = np.round(r.price_multiplier[:, s, j], 6)
+            out[f"requests_per_day[{key}]"] = np.round(r.requests[:, s, j], 1)
+            out[f"served_quality[{key}]"] = np.round(r.quality[:, s, j], 6)
+            for k, prec in enumerate(labels.precisions):
+                out[f"mix[{key}/{prec}]"] = np.round(r.mix[:, s, j, k], 6)
+    for g, gpu in enumerate(labels.gpus):
+        out[f"gpus[{gpu}]"] = np.round(r.gpus_by_type[:, g], 3)
+    return out
+
+
+def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
+              stop_after_chunks: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Solve every scenario of ``cfg.sweep`` and write ``sweep.parquet`` into ``outdir``.
+
+    Args:
+      cfg: the run config (its ``sweep`` has the axes).
+      outdir: the run directory. store: where finished chunks live (the unit of resume).
+      progress: show a scenarios-per-second bar. stop_after_chunks: stop early (for tests of resume).
+    """
+    sw = cfg.sweep
+    if not sw.axes:
+        raise ConfigError("sweep.axes is empty: pick a sweep (sweep=what-if) or add axes")
+    if sw.chunk_size < 1 or sw.starts < 1:
+        raise ConfigError(f"sweep.chunk_size and sweep.starts must be >= 1 (got {sw.chunk_size}, {sw.starts})")
+    base, pools, labels = scenario_inputs(cfg)
+    names = list(sw.axes)
+    targets = [resolve_path(sw.axes[n].path, labels) for n in names]
+    relative = [bool(sw.axes[n].relative) for n in names]
+    # constraints an axis switches on are active in every scenario of the sweep
+    lab = labels
+    for t in targets:
+        if t.field == "budget_usd_per_day":
+            lab = dataclasses.replace(lab, has_budget=True)
+        elif t.field == "capex_budget_usd":
+            lab = dataclasses.replace(lab, has_capex_budget=True)
+        elif t.field == "gpu_cap":
+            caps = list(lab.has_gpu_cap)
+            caps[t.index[0]] = True
+            lab = dataclasses.replace(lab, has_gpu_cap=tuple(caps))
+        elif t.field == "min_quality":
+            mq = list(lab.has_min_quality)
+            mq[t.index[0]] = True
+            lab = dataclasses.replace(lab, has_min_quality=tuple(mq))
+    plan = design(sw)
+    n_total = len(plan)
+    base_prob = jax.jit(assemble)(base, pools)
+    active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
+    settings = settings_from(cfg.solver)
+    # the base scenario's optimum warm-starts every scenario of the sweep
+    from optimizer.solver import solve_multistart
+
+    warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
+    warm_dec = warm.decision
+    reuse = not any(t.field in SERVING_FIELDS for t in targets)
+    serving = jax.jit(serving_of)(base, pools)
+    settings = warm_settings(settings)
+    devices = jax.devices()
+    mesh = Mesh(np.asarray(devices), ("scenarios",)) if len(devices) > 1 else None
+    nd = len(devices)
+    chunk = min(sw.chunk_size, n_total)
+    chunk = max(nd, math.ceil(chunk / nd) * nd)  # a multiple of the device count
+    solver = _chunk_solver(targets, relative, settings, sw.starts, mesh, reuse)
+    store.mkdir(parents=True, exist_ok=True)
+    key = sweep_key(cfg)
+    meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: sw.axes[n].path for n in names}}
+    meta_path = store / "sweep_meta.json"
+    if meta_path.exists() and (not sw.resume or json.loads(meta_path.read_text()).get("key") != key
+                               or json.loads(meta_path.read_text()).get("chunk_size") != chunk):
+        for old in store.glob("chunk_*.parquet"):
+            old.unlink()
+    io.write_json(meta_path, meta)
+    n_chunks = math.ceil(n_total / chunk)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n_total, unit="scenario", desc=f"sweep {sw.name}", smoothing=0.1)
+    t0 = time.perf_counter()
+    solved = 0
+    for c in range(n_chunks):
+        path = store / f"chunk_{c:05d}.parquet"
+        rows = plan.iloc[c * chunk:(c + 1) * chunk]
+        if path.exists():
+            if bar:
+                bar.update(len(rows))
+            continue
+        if stop_after_chunks is not None and solved >= stop_after_chunks:
+            break
+        vals = rows.to_numpy(float)
+        if len(vals) < chunk:  # pad the last chunk (same compiled shape), drop the padding after
+            vals = np.concatenate([vals, np.repeat(vals[-1:], chunk - len(vals), axis=0)])
+        res = solver(base, jnp.asarray(vals), pools, active, warm_dec, serving)
+        frame = result_frame(res, labels, rows, c * chunk)
+        io.write_frame(path, frame)
+        solved += 1
+        if bar:
+            bar.update(len(rows))
+    if bar:
+        bar.close()
+    done = sorted(store.glob("chunk_*.parquet"))
+    if len(done) < n_chunks:
+        log(f"sweep stopped with {len(done)} of {n_chunks} chunks done; rerun the same command to resume")
+        return pd.DataFrame()
+    result = pd.concat([pd.read_parquet(p) for p in done], ignore_index=True)
+    wall = time.perf_counter() - t0
+    io.write_frame(outdir / "sweep.parquet", result)
+    n_bad = int((~result["converged"]).sum())
+    log(f"sweep '{sw.name}': {n_total} scenarios in {wall:.1f} s ({n_total / max(wall, 1e-9):,.0f} scenarios/s, "
+        f"{len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
+    return result
+
+
+def axis_effects(result: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """How much each axis moves margin: mean margin at its low vs high end (others averaged).
+
+    Grid axes use their lowest and highest values; sampled axes their bottom and top deciles.
+    Only converged scenarios count. Sorted by the size of the swing.
+    """
+    ok = result[result["converged"]]
+    rows = []
+    for n in names:
+        v = ok[n]
+        if v.nunique() <= 12:
+            lo_mask, hi_mask = v == v.min(), v == v.max()
+        else:
+            lo_mask, hi_mask = v <= v.quantile(0.1), v >= v.quantile(0.9)
+        lo, hi = ok.loc[lo_mask, "margin_usd_per_day"].mean(), ok.loc[hi_mask, "margin_usd_per_day"].mean()
+        rows.append({"axis": n, "low_value": float(v[lo_mask].mean()), "high_value": float(v[hi_mask].mean()),
+                     "margin_at_low": round(float(lo), 2), "margin_at_high": round(float(hi), 2),
+                     "swing_usd_per_day": round(float(abs(hi - lo)), 2)})
+    return pd.DataFrame(rows).sort_values("swing_usd_per_day", ascending=False, ignore_index=True)
+
+
+def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat: list[str] | None) -> list[Path]:
+    """Margin heatmap over two axes and a tornado chart of the axes' swings (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from optimizer.report import _save
+
+    paths = []
+    ok = result[result["converged"]]
+    names = list(effects["axis"])
+    if len(effects):
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(effects) + 1.5))
+        eff = effects.iloc[::-1]
+        mid = float(ok["margin_usd_per_day"].mean())
+        for i, r in enumerate(eff.itertuples()):
+            ax.barh(i, r.margin_at_low - mid, left=mid, color="tab:red", alpha=0.7)
+            ax.barh(i, r.margin_at_high - mid, left=mid, color="tab:green", alpha=0.7)
+        ax.set_yticks(range(len(eff)), [f"{r.axis}\n{r.low_value:.3g} / {r.high_value:.3g}" for r in eff.itertuples()])
+        ax.axvline(mid, color="black", lw=1)
+        ax.set_xlabel("mean margin, USD/day (red: axis low, green: axis high)")
+        ax.set_title("what moves margin")
+        fig.tight_layout()
+        paths.append(_save(fig, outdir / "tornado.png"))
+    pair = heat if heat else names[:2]
+    if len(pair) == 2 and all(p in ok.columns for p in pair):
+        df = ok[pair + ["margin_usd_per_day"]].copy()
+        for p in pair:
+            if df[p].nunique() > 12:
+                df[p] = pd.qcut(df[p], 10, duplicates="drop").apply(lambda iv: round(iv.mid, 4)).astype(float)
+        piv = df.pivot_table(index=pair[1], columns=pair[0], values="margin_usd_per_day", aggfunc="mean")
+        fig, ax = plt.subplots(figsize=(7, 5))
+        im = ax.imshow(piv.to_numpy() / 1e3, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(piv.shape[1]), [f"{x:.3g}" for x in piv.columns], rotation=45)
+        ax.set_yticks(range(piv.shape[0]), [f"{y:.3g}" for y in piv.index])
+        ax.set_xlabel(pair[0])
+        ax.set_ylabel(pair[1])
+        fig.colorbar(im, ax=ax, label="mean margin (k$/day)")
+        ax.set_title("margin over two axes")
+        fig.tight_layout()
+        paths.append(_save(fig, outdir / "heatmap.png"))
+    return paths
+
+
+def default_store(cfg: RunConfig) -> Path:
+    """Chunk store of a sweep: ``sweep.directory`` or ``outputs/sweeps/<name>-<hash>``."""
+    if cfg.sweep.directory:
+        return Path(cfg.sweep.directory)
+    return Path("outputs") / "sweeps" / f"{cfg.sweep.name}-{sweep_key(cfg)}"

@@ -1,0 +1,104 @@
+"""Vectorised sweeps: rows equal single solves, sharded equals unsharded, resume equals a full run."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optimizer.engine import optimize
+from optimizer.errors import ConfigError
+from optimizer.schema import AxisConfig, SolverConfig, SweepConfig
+from optimizer.sweep import design, resolve_path, run_sweep
+from optimizer.problem import scenario_inputs
+from tests.scenarios import run_config, segment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep_cfg(chunk_size=4, mode="grid"):
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.5),
+                      "batch": segment(tier="batch", elasticity=2.0, volume=5e9)},
+                     gpus=("h100-sxm", "h200-sxm"), precisions=("fp8",))
+    axes = {"rent": AxisConfig(path="fleet.price_usd_per_gpu_hour.h200-sxm", values=[2.5, 3.59, 5.0]),
+            "eps": AxisConfig(path="demand.segments.chat.elasticity", values=[1.2, 1.8]),
+            "vol": AxisConfig(path="demand.segments.chat.input_tokens_per_day", values=[0.5, 2.0], relative=True)}
+    return replace(cfg, sweep=SweepConfig(name="t", axes=axes, chunk_size=chunk_size, mode=mode),
+                   solver=SolverConfig(integer_fleet=False))
+
+
+def test_design_grid_and_latin_hypercube():
+    g = design(sweep_cfg().sweep)
+    assert len(g) == 12 and sorted(g["rent"].unique()) == [2.5, 3.59, 5.0]
+    sw = SweepConfig(name="s", mode="sample", samples=50, seed=3,
+                     axes={"a": AxisConfig(path="x", uniform=[0.0, 1.0]), "b": AxisConfig(path="y", loguniform=[1, 100])})
+    d = design(sw)
+    assert len(d) == 50 and d["a"].between(0, 1).all() and d["b"].between(1, 100).all()
+    # Latin hypercube: exactly one sample per tenth of each axis' range
+    assert sorted(np.floor(d["a"] * 50).astype(int)) == list(range(50))
+    assert design(sw).equals(d)  # seeded
+    with pytest.raises(ConfigError, match="sweep.mode=sample"):
+        design(SweepConfig(axes={"a": AxisConfig(path="x", uniform=[0, 1])}))
+    with pytest.raises(ConfigError, match="exactly one of"):
+        design(SweepConfig(axes={"a": AxisConfig(path="x")}))
+
+
+def test_bad_axis_paths_name_the_path():
+    _, _, labels = scenario_inputs(sweep_cfg())
+    assert resolve_path("demand.segments.chat.elasticity", labels).field == "elasticity"
+    assert resolve_path("quality.llama-3.1-8b.fp8", labels).index == (0, 0)
+    for bad, why in [("demand.segments.chatt.elasticity", "unknown segment 'chatt'"),
+                     ("demand.segments.chat.tier", "not a numeric segment field"),
+                     ("fleet.price_usd_per_gpu_hour.b200", "unknown GPU 'b200'"),
+                     ("solver.learning_rate", "does not exist or is not numeric")]:
+        with pytest.raises(ConfigError, match="sweep axis path") as e:
+            resolve_path(bad, labels)
+        assert why in str(e.value) and bad in str(e.value)
+
+
+def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path):
+    cfg = sweep_cfg()
+    full = run_sweep(cfg, tmp_path / "a", tmp_path / "store_a", log=lambda m: None)
+    assert len(full) == 12 and full["converged"].all()
+    # single solves of three of the scenarios
+    for i in (0, 5, 11):
+        row = full.iloc[i]
+        seg = cfg.demand.segments["chat"]
+        seg1 = replace(seg, elasticity=float(row["eps"]), input_tokens_per_day=seg.input_tokens_per_day * row["vol"])
+        one = replace(cfg, demand=replace(cfg.demand, segments={**cfg.demand.segments, "chat": seg1}),
+                      fleet=replace(cfg.fleet, price_usd_per_gpu_hour={"h200-sxm": float(row["rent"])}))
+        res = optimize(one)
+        assert float(res.relaxed_breakdown.margin) == pytest.approx(row["margin_usd_per_day"], rel=2e-4)
+    # an interrupted sweep (one chunk of three done) resumes to the same table
+    part = run_sweep(cfg, tmp_path / "b", tmp_path / "store_b", stop_after_chunks=1, log=lambda m: None)
+    assert part.empty and len(list((tmp_path / "store_b").glob("chunk_*.parquet"))) == 1
+    resumed = run_sweep(cfg, tmp_path / "b", tmp_path / "store_b", log=lambda m: None)
+    pd.testing.assert_frame_equal(resumed, full)
+    assert (tmp_path / "b" / "sweep.parquet").exists()
+
+
+def test_sharded_sweep_equals_unsharded(tmp_path):
+    cfg = sweep_cfg(chunk_size=6)
+    local = run_sweep(cfg, tmp_path / "one", tmp_path / "s1", log=lambda m: None)
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import jax
+jax.config.update("jax_enable_x64", True)
+assert len(jax.devices()) == 2, jax.devices()
+from pathlib import Path
+from tests.test_sweep import sweep_cfg
+from optimizer.sweep import run_sweep
+run_sweep(sweep_cfg(chunk_size=6), Path({str(tmp_path / 'two')!r}), Path({str(tmp_path / 's2')!r}), log=print)
+"""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 device(s)" in r.stdout
+    sharded = pd.read_parquet(tmp_path / "two" / "sweep.parquet")
+    num = local.select_dtypes("number").columns
+    np.testing.assert_allclose(sharded[num].to_numpy(float), local[num].to_numpy(float), rtol=1e-8, atol=1e-9)
