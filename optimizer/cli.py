@@ -39,13 +39,40 @@ def _output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _guard(fn, cfg):
-    """Run ``fn(cfg, outdir)``; a tokenmargin error prints one clear line and exits 1."""
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     try:
-        return fn(cfg, _output_dir())
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def _guard(fn, cfg):
+    """Run ``fn(cfg, outdir)``; a tokenmargin error prints one clear line and exits 1.
+
+    In a multirun the failed job is recorded (its ``summary.json`` says failed, with the error)
+    and the other jobs go on.
+    """
+    outdir = _output_dir()
+    try:
+        return fn(cfg, outdir)
     except TokenmarginError as e:
         log.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
+        if _in_multirun():
+            from optimizer import io
+
+            path = outdir / "summary.json"
+            prior = {}
+            if path.exists():
+                import json
+
+                prior = json.loads(path.read_text())
+            status = prior.get("status") if prior.get("status") not in (None, "converged") else "failed"
+            io.write_json(path, {**prior, "status": status, "recommended": False, "error": str(e)})
+            return None
         sys.exit(1)
 
 

@@ -1,0 +1,40 @@
+"""Hydra multirun: job summaries gathered into one table; launchers (basic, joblib, submitit local)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["output.plots=false", "solver.integer_fleet=false", "solver.starts=2"]
+
+
+def multirun(tmp_path: Path, *args: str, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": str(tmp_path / "jax-cache")}
+    return subprocess.run([sys.executable, "-c", "from optimizer.cli import main; main()", "-m", *args, *FAST,
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path):
+    r = multirun(tmp_path, "fleet.budget_usd_per_day=1,200000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
+    assert list(table["status"]) == ["infeasible", "converged"]
+    assert "daily GPU budget" in table.loc[0, "error"]
+    assert table.loc[1, "margin_usd_per_day"] > 0 and bool(table.loc[1, "recommended"])
+    assert (tmp_path / "sweep" / "1" / "plan.csv").exists() and not (tmp_path / "sweep" / "0" / "plan.csv").exists()
+    assert "Multirun summary" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("launcher", ["local", "slurm-local"])
+def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "local" else []
+    r = multirun(tmp_path, f"hydra/launcher={launcher}", "experiment=default,china-140t", *extra)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
+    assert len(table) == 2 and (table["status"] == "converged").all()
+    assert table["margin_usd_per_day"].iloc[1] > 100 * table["margin_usd_per_day"].iloc[0]  # China scale
