@@ -77,11 +77,15 @@ def _guard(fn, cfg):
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """`tokenmargin`: see optimizer.run."""
+def main(cfg: DictConfig) -> float:
+    """`tokenmargin`: see optimizer.run. Returns the margin (USD/day) for sweepers such as Optuna;
+    NaN when there is no recommended plan (Optuna then records the trial as failed)."""
     from optimizer.run import run
 
-    _guard(run, cfg)
+    summary = _guard(run, cfg)
+    if not summary or not summary.get("recommended"):
+        return float("nan")
+    return float(summary["totals"]["margin_usd_per_day"])
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="estimate")

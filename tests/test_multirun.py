@@ -38,3 +38,42 @@ def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher):
     table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert len(table) == 2 and (table["status"] == "converged").all()
     assert table["margin_usd_per_day"].iloc[1] > 100 * table["margin_usd_per_day"].iloc[0]  # China scale
+
+
+def test_optuna_searches_strategic_choices(tmp_path):
+    pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = multirun(tmp_path, "hydra/sweeper=strategy", "hydra.sweeper.n_trials=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_params"]["fleet"] in ("default", "hopper", "blackwell")
+    table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
+    assert best["best_value"] == pytest.approx(table["margin_usd_per_day"].max(), rel=1e-6)
+
+
+def _loopback_only_namespace() -> bool:
+    import shutil
+
+    if not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "--net", "sh", "-c", "ip link set lo up 2>/dev/null || true; echo ok"],
+                       capture_output=True, text=True)
+    return r.returncode == 0 and "ok" in r.stdout
+
+
+def test_ray_launcher_on_loopback_only(tmp_path):
+    pytest.importorskip("ray")
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    if not _loopback_only_namespace():
+        pytest.skip("cannot create a network namespace with only loopback (unshare --net)")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    cmd = (f"ip link set lo up; {sys.executable} -c 'from optimizer.cli import main; main()' -m hydra/launcher=ray "
+           f"+hydra.launcher.ray.init.num_cpus=2 +hydra.launcher.ray.init._node_ip_address=127.0.0.1 "
+           f"+hydra.launcher.ray.init.include_dashboard=false experiment=default,china-140t "
+           + " ".join(FAST) + f" hydra.sweep.dir={tmp_path / 'sweep'}")
+    r = subprocess.run(["unshare", "--net", "sh", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(pd.read_parquet(tmp_path / "sweep" / "summary.parquet")) == 2
