@@ -302,7 +302,9 @@ class SweepConfig:
     """Vectorised what-if sweep (`tokenmargin sweep=<name>`); off when ``axes`` is empty."""
 
     name: str = "none"
-    axes: dict[str, AxisConfig] = field(default_factory=dict)
+    # name -> AxisConfig fields; untyped here so that a whole axis can be added from the command line
+    # (+sweep.axes.rent={path: ..., uniform: [0.8, 1.3]}); validated against AxisConfig when the sweep starts
+    axes: dict[str, Any] = field(default_factory=dict)
     mode: str = "grid"  # grid (cartesian product) | sample (Latin hypercube, N samples)
     samples: int = 1000  # mode=sample: number of scenarios
     seed: int = 0

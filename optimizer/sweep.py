@@ -119,6 +119,26 @@ def resolve_path(path: str, labels: Labels) -> Target:
     fail("does not exist or is not numeric")
 
 
+def axis_config(name: str, value) -> AxisConfig:
+    """Validate one ``sweep.axes`` entry against :class:`AxisConfig` (names the axis on error)."""
+    if isinstance(value, AxisConfig):
+        return value
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AxisConfig), value))
+    except OmegaConfBaseException as e:
+        fields = ", ".join(f.name for f in dataclasses.fields(AxisConfig))
+        raise ConfigError(f"sweep.axes.{name} is invalid ({str(e).splitlines()[0]}); an axis has the fields "
+                          f"{fields}") from None
+
+
+def axes_of(sweep: SweepConfig) -> dict[str, AxisConfig]:
+    """The validated axes of a sweep, in order."""
+    return {n: axis_config(n, v) for n, v in sweep.axes.items()}
+
+
 def axis_values(name: str, ax: AxisConfig, mode: str) -> np.ndarray | tuple[str, float, float]:
     """A grid axis's values, or ``(kind, low, high)`` for a sampled distribution."""
     given = {k: getattr(ax, k) for k in ("values", "linspace", "logspace", "uniform", "loguniform")
@@ -159,8 +179,9 @@ def design(sweep: SweepConfig) -> pd.DataFrame:
     """The scenarios: one row per scenario, one column per axis (values as given, before ``relative``)."""
     if sweep.mode not in ("grid", "sample"):
         raise ConfigError(f"sweep.mode = '{sweep.mode}'; accepted: 'grid', 'sample'")
-    names = list(sweep.axes)
-    vals = {n: axis_values(n, sweep.axes[n], sweep.mode) for n in names}
+    axes = axes_of(sweep)
+    names = list(axes)
+    vals = {n: axis_values(n, axes[n], sweep.mode) for n in names}
     if sweep.mode == "grid":
         grid = list(itertools.product(*(vals[n] for n in names)))
         return pd.DataFrame(grid, columns=names)
@@ -317,9 +338,10 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     if sw.chunk_size < 1 or sw.starts < 1:
         raise ConfigError(f"sweep.chunk_size and sweep.starts must be >= 1 (got {sw.chunk_size}, {sw.starts})")
     base, pools, labels = scenario_inputs(cfg)
-    names = list(sw.axes)
-    targets = [resolve_path(sw.axes[n].path, labels) for n in names]
-    relative = [bool(sw.axes[n].relative) for n in names]
+    axes = axes_of(sw)
+    names = list(axes)
+    targets = [resolve_path(axes[n].path, labels) for n in names]
+    relative = [bool(axes[n].relative) for n in names]
     # constraints an axis switches on are active in every scenario of the sweep
     lab = labels
     for t in targets:
@@ -356,7 +378,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     solver = _chunk_solver(targets, relative, settings, sw.starts, mesh, reuse)
     store.mkdir(parents=True, exist_ok=True)
     key = sweep_key(cfg)
-    meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: sw.axes[n].path for n in names}}
+    meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: axes[n].path for n in names}}
     meta_path = store / "sweep_meta.json"
     if meta_path.exists() and (not sw.resume or json.loads(meta_path.read_text()).get("key") != key
                                or json.loads(meta_path.read_text()).get("chunk_size") != chunk):
