@@ -101,11 +101,30 @@ def scipy_solve(prob, active) -> tuple[float, float, bool]:
     return margin, secs, bool(res.success)
 
 
+def single_run_latency() -> dict:
+    """Wall seconds of `tokenmargin` (default scenario) from the shell: cold (empty JAX persistent
+    compilation cache) and warm (second run, cache filled)."""
+    import subprocess
+
+    out = {}
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
+        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), "TOKENMARGIN_JAX_CACHE": cache}
+        for name in ("cold", "warm"):
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", "from optimizer.cli import main; main()", "output.progress=false",
+                                f"hydra.run.dir={runs}/{name}"], cwd=ROOT, env=env, capture_output=True, text=True)
+            out[f"tokenmargin_{name}_s"] = round(time.perf_counter() - t, 2)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr[-2000:])
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1000])
     ap.add_argument("--baseline-sample", type=int, default=20)
     ap.add_argument("--chunk", type=int, default=1000)
+    ap.add_argument("--no-latency", action="store_true", help="skip the cold / warm single-run timing")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the scenario / solver")
     args = ap.parse_args(argv)
     rows, quality = [], None
@@ -148,16 +167,19 @@ def main(argv=None) -> dict:
                    "jax_gap_p99_pct": round(float(np.percentile(gap_ours, 99)), 4),
                    "scipy_gap_median_pct": round(float(np.median(gap_sp)), 4),
                    "scipy_gap_p99_pct": round(float(np.percentile(gap_sp, 99)), 4)}
+    latency = {} if args.no_latency else single_run_latency()
     speed = pd.DataFrame(rows)
     md = ("# Sweep speed: JAX vectorised sweep vs SciPy SLSQP\n\n"
           f"devices: {[str(d) for d in jax.devices()]}; scenarios: default problem, `risk` Latin-hypercube design.\n"
           "JAX wall time includes compilation. SciPy time is per scenario on a sample, extrapolated.\n\n"
           + speed.to_markdown(index=False) + "\n\n## Quality on the sampled scenarios (gap to best known margin)\n\n"
-          + pd.DataFrame([quality]).to_markdown(index=False) + "\n")
+          + pd.DataFrame([quality]).to_markdown(index=False) + "\n"
+          + ("\n## Single run of `tokenmargin` (default scenario, wall from the shell)\n\n"
+             + pd.DataFrame([latency]).to_markdown(index=False) + "\n" if latency else ""))
     print(md)
     out = ROOT / "benchmarks" / "results"
     io.write_text(out / "sweep_speed.md", md)
-    io.write_json(out / "sweep_speed.json", {"speed": rows, "quality": quality,
+    io.write_json(out / "sweep_speed.json", {"speed": rows, "quality": quality, "latency": latency,
                                               "devices": [str(d) for d in jax.devices()]})
     return {"speed": rows, "quality": quality}
 
