@@ -101,6 +101,8 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
         ax = axes[0, s]
         ax.plot(mults, np.asarray(reqs) / 1e6, color="tab:blue")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([0.25, 0.5, 1.0, 2.0, 4.0], ["0.25", "0.5", "1", "2", "4"])
         ax.set_xlabel("price / chosen price")
         ax.set_ylabel("requests per day (millions)", color="tab:blue")
         ax2 = ax.twinx()
