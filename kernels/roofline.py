@@ -150,7 +150,7 @@ def decode_step(dep: Deployment, eff: Efficiency, batch: jnp.ndarray, context: j
     compute_s = flops / (dep.tp * dep.peak_flops * eff.flops_eff)
     comm_s = allreduce_time(dep, tokens)
     total = eff.step_overhead_s + smooth_max_pos(memory_s, compute_s) + comm_s
-    return StepBreakdown(total, memory_s, compute_s, comm_s, eff.step_overhead_s + 0.0 * total)
+    return StepBreakdown(total, memory_s, compute_s, comm_s, jnp.broadcast_to(eff.step_overhead_s, jnp.shape(total)))
 
 
 def prefill_time(dep: Deployment, eff: Efficiency, isl: jnp.ndarray,

@@ -136,10 +136,9 @@ def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarra
     b_root = jax.lax.stop_gradient(jnp.exp(lo))
     at_cap = jax.lax.stop_gradient(slack(hi0) <= 0.0)
     # Implicit-function gradient at an interior root; value unchanged (correction is ~0 there).
-    g, dg = jax.value_and_grad(lambda b: slack(b).sum())(b_root)
+    dg = jax.grad(lambda b: slack(b).sum())(b_root)
     dg = jax.lax.stop_gradient(jnp.where(jnp.abs(dg) > 0, dg, 1.0))
     b_interior = b_root - (slack(b_root) - jax.lax.stop_gradient(slack(b_root))) / dg
     batch = jnp.where(at_cap, hi0, b_interior)
     feasible = (b_max >= 1.0) & (slack(jnp.ones_like(hi0)) <= 0.0)
-    del g
     return jnp.where(feasible, batch, 1.0), feasible

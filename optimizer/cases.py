@@ -19,7 +19,7 @@ from kernels.roofline import Deployment, Efficiency
 from kernels.serving import Workload, max_throughput_point, operating_point
 from optimizer import catalog
 from optimizer.errors import ConfigError, DataError
-from optimizer.params import build_deployment
+from optimizer.params import build_deployment, stack_trees
 from optimizer.schema import GPU_FAMILIES, EfficiencyConfig
 
 REQUIRED_COLUMNS = ("model_key", "gpu_key", "precision_key", "tp", "num_gpus", "isl", "osl",
@@ -82,6 +82,14 @@ def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64) -> EfficiencyTabl
                            jnp.asarray(eff.moe_eff, dtype), jnp.asarray(eff.step_overhead_ms / 1000.0, dtype), jnp.asarray(eff.mem_util, dtype))
 
 
+def efficiency_at(table: EfficiencyTable, family) -> Efficiency:
+    """The :class:`Efficiency` of GPU-family index (or index array) ``family``; shared factors broadcast."""
+    f = jnp.asarray(family)
+    b = lambda x: jnp.broadcast_to(x, f.shape)  # noqa: E731
+    return Efficiency(table.bw_eff[f], table.flops_eff[f], table.prefill_flops_eff[f], b(table.moe_eff),
+                      b(table.step_overhead_s), b(table.mem_util))
+
+
 def build_cases(df: pd.DataFrame, dtype=jnp.float64) -> tuple[CaseBatch, np.ndarray, list[str]]:
     """Arrays for every row that can be predicted.
 
@@ -110,8 +118,7 @@ def build_cases(df: pd.DataFrame, dtype=jnp.float64) -> tuple[CaseBatch, np.ndar
         rows.append(i)
     if not deps:
         return None, np.asarray([], int), reasons
-    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    batch = CaseBatch(stack(deps), stack(wls), jnp.asarray(fams), jnp.asarray(meas, dtype))
+    batch = CaseBatch(stack_trees(deps), stack_trees(wls), jnp.asarray(fams), jnp.asarray(meas, dtype))
     return batch, np.asarray(rows), reasons
 
 
@@ -147,8 +154,7 @@ def build_latency_cases(df: pd.DataFrame, dtype=jnp.float64) -> LatencyBatch | N
         itl.append(float(rec["mean_itl_ms"]) / 1000.0)
     if not deps:
         return None
-    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    return LatencyBatch(stack(deps), stack(wls), jnp.asarray(fams), jnp.asarray(conc, dtype),
+    return LatencyBatch(stack_trees(deps), stack_trees(wls), jnp.asarray(fams), jnp.asarray(conc, dtype),
                         jnp.asarray(itl, dtype))
 
 
@@ -156,9 +162,7 @@ def predict_itl(batch: LatencyBatch, table: EfficiencyTable) -> jnp.ndarray:
     """Predicted time per output token at each case's concurrency, s (vmapped, differentiable)."""
 
     def one(dep, wl, fam, conc):
-        eff = Efficiency(table.bw_eff[fam], table.flops_eff[fam], table.prefill_flops_eff[fam],
-                         table.moe_eff, table.step_overhead_s, table.mem_util)
-        return operating_point(dep, eff, wl, conc).tpot_s
+        return operating_point(dep, efficiency_at(table, fam), wl, conc).tpot_s
 
     return jax.vmap(one)(batch.dep, batch.wl, batch.family, batch.concurrency)
 
@@ -170,9 +174,7 @@ def predict(batch: CaseBatch, table: EfficiencyTable):
     """
 
     def one(dep, wl, fam):
-        eff = Efficiency(table.bw_eff[fam], table.flops_eff[fam], table.prefill_flops_eff[fam],
-                         table.moe_eff, table.step_overhead_s, table.mem_util)
-        p = max_throughput_point(dep, eff, wl)
+        p = max_throughput_point(dep, efficiency_at(table, fam), wl)
         return p.output_tok_s, p.fits
 
     return jax.vmap(one)(batch.dep, batch.wl, batch.family)

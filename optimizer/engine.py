@@ -14,24 +14,19 @@ import numpy as np
 
 from optimizer.constraints import active_mask, constraint_names
 from optimizer.integer import integer_fleet
-from optimizer.objective import Breakdown, evaluate
+from optimizer.objective import Breakdown, evaluate_jit
 from optimizer.problem import Labels, Problem, build_problem
 from optimizer.schema import RunConfig, SolverConfig
 from optimizer.solver import CONVERGED, STATUS_NAMES, Settings, Solution, solve_multistart
 
-evaluate_jit = jax.jit(evaluate)
+INFEASIBLE_REPORT = 1e-4
+"""Normalised violation above which a constraint is named as violated in reports."""
 
 
 def settings_from(cfg: SolverConfig) -> Settings:
     return Settings(outer_steps=cfg.outer_steps, inner_steps=cfg.inner_steps, learning_rate=cfg.learning_rate,
                     final_learning_rate=cfg.final_learning_rate, penalty=cfg.penalty,
                     tol_feasibility=cfg.tol_feasibility, tol_objective=cfg.tol_objective)
-
-
-def fixed_fleet_settings(s: Settings) -> Settings:
-    """Warm-started re-solves with the fleet fixed need fewer, gentler steps."""
-    return s._replace(outer_steps=max(10, s.outer_steps // 2), inner_steps=max(60, s.inner_steps // 2),
-                      learning_rate=s.learning_rate / 2)
 
 
 @dataclass
@@ -109,7 +104,3 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
         loss = float(rb.margin) - float(fb.margin)
     status = list(stages.values())[-1].status
     return Result(prob, labels, relaxed, rb, final, fb, fleet, stages, status, loss)
-
-
-INFEASIBLE_REPORT = 1e-4
-"""Normalised violation above which a constraint is named as violated in reports."""

@@ -57,10 +57,11 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
         b, ok = slo_batch(dep, eff, wl, jnp.asarray(tpot), jnp.asarray(ttft), spec)
         p = operating_point(dep, eff, wl, b, spec)
         if bool(p.fits) and not bool(ok):
+            one = operating_point(dep, eff, wl, jnp.asarray(1.0), spec)
             raise InfeasibleProblem(
                 f"no batch meets the latency target on {cfg.tp}x {hw.key} ({model.key}, {prec.key}): "
-                f"even one sequence has TPOT {float(operating_point(dep, eff, wl, jnp.asarray(1.0), spec).tpot_s)*1e3:.2f} ms "
-                f"and TTFT {float(operating_point(dep, eff, wl, jnp.asarray(1.0), spec).ttft_s)*1e3:.1f} ms "
+                f"even one sequence has TPOT {float(one.tpot_s) * 1e3:.2f} ms "
+                f"and TTFT {float(one.ttft_s) * 1e3:.1f} ms "
                 f"(targets: tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})")
         mode = f"slo(tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})"
     else:

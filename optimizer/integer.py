@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optimizer.objective import evaluate
+from optimizer.objective import evaluate, evaluate_jit
 from optimizer.problem import Problem
 from optimizer.solver import INFEASIBLE_TOL, Settings, Solution, solve_batch_jit
 
@@ -43,11 +43,6 @@ def round_fleet(gpus: np.ndarray, tp: np.ndarray, caps: np.ndarray, peak_load: n
             j, k = np.unravel_index(np.argmin(load_per_gpu), load_per_gpu.shape)
             fleet[g, j, k] -= tp[g, j, k]
     return fleet
-
-
-@jax.jit
-def _margin(dec, prob, fleet):
-    return evaluate(dec, prob, fleet).margin
 
 
 @jax.jit
@@ -78,9 +73,8 @@ def integer_fleet(relaxed: Solution, prob: Problem, active_fixed: np.ndarray, se
     """Round, repair and improve the fleet of a relaxed solution (see module doc)."""
     tp = np.asarray(prob.tp)
     caps = np.asarray(prob.gpu_cap)
-    b = jax.jit(evaluate)(relaxed.decision, prob)
+    b = evaluate_jit(relaxed.decision, prob)
     fleet = round_fleet(np.asarray(b.gpus), tp, caps, np.asarray(b.peak_load))
-    active = jnp.asarray(active_fixed)
     # candidate pools: those the rounded fleet uses, plus those carrying a visible relaxed load
     relaxed_gpus = np.asarray(b.gpus)
     pools = [idx for idx in np.ndindex(tp.shape) if tp[idx] > 0 and (fleet[idx] > 0 or relaxed_gpus[idx] > 1e-3)]
@@ -96,7 +90,7 @@ def integer_fleet(relaxed: Solution, prob: Problem, active_fixed: np.ndarray, se
         return (np.asarray(s.violation) <= INFEASIBLE_TOL) & np.isfinite(np.asarray(s.objective))
 
     def margin_of(s, f):
-        return float(_margin(s.decision, prob, jnp.asarray(f)))
+        return float(evaluate_jit(s.decision, prob, jnp.asarray(f)).margin)
 
     def neighbours(fleet, step):
         """Fleets one replica away (step +1: within the GPU caps; step -1: pools that have one)."""

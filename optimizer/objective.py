@@ -59,10 +59,6 @@ class Breakdown(NamedTuple):
     constraints: jnp.ndarray  # (C,) normalised g(x) ≤ 0 (inactive ones = −1)
 
 
-def n_constraints(S: int, J: int, K: int, G: int) -> int:
-    return G + 2 + S * J + 2 * G * J * K
-
-
 def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """Softmax over the last axis restricted to ``mask`` (all-masked rows give zeros)."""
     z = jnp.where(mask > 0, logits, MASKED)
@@ -132,3 +128,7 @@ def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     """``(−margin / scale, Breakdown)`` — the single signature the solver minimises."""
     b = evaluate(dec, prob, fleet, active, sharpness, fixed)
     return -b.margin / prob.scale, b
+
+
+evaluate_jit = jax.jit(evaluate)
+"""Compiled :func:`evaluate` (one program per problem shape and fleet mode)."""

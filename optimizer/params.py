@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 from kernels.roofline import Deployment, Efficiency
@@ -20,6 +21,11 @@ from optimizer.schema import (CostConfig, EfficiencyConfig, HardwareConfig, Mode
 
 GB = 1e9
 TB = 1e12
+
+
+def stack_trees(trees: list):
+    """Stack a list of same-structure pytrees (e.g. Deployments) along a new leading axis."""
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
 def peak_tflops(hw: HardwareConfig, compute: str) -> float | None:

@@ -20,8 +20,9 @@ from kernels.demand import DemandParams, calibrate_logit
 from kernels.roofline import Deployment, Efficiency
 from kernels.serving import Workload, operating_point, slo_batch
 from optimizer import catalog
+from optimizer.cases import EfficiencyTable, efficiency_at, efficiency_table
 from optimizer.errors import ConfigError
-from optimizer.params import build_deployment, gpu_hour_cost, peak_tflops
+from optimizer.params import build_deployment, gpu_hour_cost, peak_tflops, stack_trees
 from optimizer.schema import PRECISION_KEYS, RunConfig, SegmentConfig
 
 SECONDS_PER_DAY = 86400.0
@@ -295,8 +296,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
             offer[si, ji] = 1.0
             ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
     idx_a = np.asarray(idx, int)
-    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    pools = Pools(dep=stack(deps), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
+    pools = Pools(dep=stack_trees(deps), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
                   precision=jnp.asarray(idx_a[:, 2]), family=jnp.asarray(idx_a[:, 3]), offer_mask=f64(offer),
                   is_logit=jnp.asarray([s.demand == "logit" for s in segs]),
                   is_batch=jnp.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
@@ -304,6 +304,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         missing = [hw.key for hw in hws if not hw.capex_usd_per_gpu]
         raise ConfigError(f"fleet.capex_budget_usd needs a capex for every GPU; missing for {missing}")
     eff = cfg.efficiency
+    eff_table = efficiency_table(eff)
     inf = float("inf")
     opt = lambda v, default: default if v is None else v  # noqa: E731
     numbers = Numbers(
@@ -326,10 +327,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
         peak_utilization=f64(fl.peak_utilization), daily_utilization=f64(fl.daily_utilization),
         quality=f64([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs]),
-        bw_eff=f64([eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]),
-        flops_eff=f64([eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]),
-        prefill_flops_eff=f64([eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]),
-        moe_eff=f64(eff.moe_eff), step_overhead_ms=f64(eff.step_overhead_ms), mem_util=f64(eff.mem_util))
+        bw_eff=eff_table.bw_eff, flops_eff=eff_table.flops_eff, prefill_flops_eff=eff_table.prefill_flops_eff,
+        moe_eff=eff_table.moe_eff, step_overhead_ms=f64(eff.step_overhead_ms), mem_util=eff_table.mem_util)
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(hw.key in fl.gpu_caps for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
@@ -354,10 +353,9 @@ SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", 
 
 def serving_of(n: Numbers, pools: Pools):
     """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
-    effs = Efficiency(n.bw_eff[pools.family], n.flops_eff[pools.family], n.prefill_flops_eff[pools.family],
-                      jnp.broadcast_to(n.moe_eff, pools.family.shape),
-                      jnp.broadcast_to(n.step_overhead_ms / 1000.0, pools.family.shape),
-                      jnp.broadcast_to(n.mem_util, pools.family.shape))
+    table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
+                            n.mem_util)
+    effs = efficiency_at(table, pools.family)
     wls = Workload(n.isl, n.osl, n.cached_share)
     interactive = ~pools.is_batch
     tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
@@ -410,6 +408,7 @@ def assemble(n: Numbers, pools: Pools, serving=None) -> Problem:
 
 
 assemble_jit = jax.jit(assemble)
+serving_of_jit = jax.jit(serving_of)
 
 
 def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None:

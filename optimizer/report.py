@@ -72,9 +72,8 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
 
     from optimizer.objective import evaluate
 
-    prob, labels, b = result.prob, result.labels, result.final_breakdown
+    prob, labels = result.prob, result.labels
     dec = result.final.decision
-    fleet_arr = None if result.fleet is None else jnp.asarray(result.fleet)
     S, J = np.asarray(prob.demand.offer_mask).shape
     paths = []
     # 1. demand and margin vs price multiplier of each segment (other prices held), relaxed cost model
@@ -139,7 +138,6 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
     ax.set_title("fleet composition")
     fig.tight_layout()
     paths.append(_save(fig, outdir / "fleet.png"))
-    del fleet_arr
     return paths
 
 

@@ -53,7 +53,6 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
                                if gpus[i].sum() > 1e-6}
     if plan is not None:
         summary["segments"] = segment_summary(plan).to_dict(orient="records")
-    # shadow prices of active caps/budgets (USD/day per unit of the normalised constraint)
     return summary
 
 

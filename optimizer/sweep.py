@@ -32,7 +32,8 @@ from optimizer.constraints import active_mask
 from optimizer.engine import settings_from
 from optimizer.errors import ConfigError
 from optimizer.objective import Decision, evaluate
-from optimizer.problem import SERVING_FIELDS, Labels, Numbers, Pools, assemble, scenario_inputs, serving_of
+from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, scenario_inputs,
+                               serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 from optimizer.solver import INFEASIBLE_TOL, STATUS_NAMES, Settings, solve_batch
 
@@ -200,6 +201,26 @@ def design(sweep: SweepConfig) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+ACTIVATES = {"budget_usd_per_day": "has_budget", "capex_budget_usd": "has_capex_budget",
+             "gpu_cap": "has_gpu_cap", "min_quality": "has_min_quality"}
+"""Numbers fields whose constraint an axis switches on in every scenario of the sweep."""
+
+
+def activated(labels: Labels, targets: list[Target]) -> Labels:
+    """Labels with the constraints that the axes set marked active."""
+    for t in targets:
+        flag = ACTIVATES.get(t.field)
+        if flag is None:
+            continue
+        if t.index:  # per-GPU or per-segment flags
+            v = list(getattr(labels, flag))
+            v[t.index[0]] = True
+            labels = dataclasses.replace(labels, **{flag: tuple(v)})
+        else:
+            labels = dataclasses.replace(labels, **{flag: True})
+    return labels
+
+
 def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], values: jnp.ndarray) -> Numbers:
     """Numbers of one scenario: ``base`` with each target set to (or scaled by) its value. Pure."""
     fields = base._asdict()
@@ -274,16 +295,6 @@ def _chunk_solver(targets, relative, settings, starts, mesh, reuse_serving: bool
     return jax.jit(run, in_shardings=(rep, rows, rep, rep, rep, rep), out_shardings=rows)
 
 
-def warm_settings(s: Settings) -> Settings:
-    """Settings for scenarios warm-started at the base optimum.
-
-    Kept equal to the cold settings: with Adam, convergence is paced by the decaying learning
-    rate and the annealed pool sharpness rather than by the distance to the optimum (a hotter
-    restart with final sharpness and a 5x smaller rate left half the scenarios at the step limit).
-    """
-    return s
-
-
 def sweep_key(cfg: RunConfig) -> str:
     """Hash of everything that determines the sweep's results (not the chunk store or resume flag)."""
     from omegaconf import OmegaConf
@@ -342,24 +353,10 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     names = list(axes)
     targets = [resolve_path(axes[n].path, labels) for n in names]
     relative = [bool(axes[n].relative) for n in names]
-    # constraints an axis switches on are active in every scenario of the sweep
-    lab = labels
-    for t in targets:
-        if t.field == "budget_usd_per_day":
-            lab = dataclasses.replace(lab, has_budget=True)
-        elif t.field == "capex_budget_usd":
-            lab = dataclasses.replace(lab, has_capex_budget=True)
-        elif t.field == "gpu_cap":
-            caps = list(lab.has_gpu_cap)
-            caps[t.index[0]] = True
-            lab = dataclasses.replace(lab, has_gpu_cap=tuple(caps))
-        elif t.field == "min_quality":
-            mq = list(lab.has_min_quality)
-            mq[t.index[0]] = True
-            lab = dataclasses.replace(lab, has_min_quality=tuple(mq))
+    lab = activated(labels, targets)
     plan = design(sw)
     n_total = len(plan)
-    base_prob = jax.jit(assemble)(base, pools)
+    base_prob = assemble_jit(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
     settings = settings_from(cfg.solver)
     # the base scenario's optimum warm-starts every scenario of the sweep
@@ -368,8 +365,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
     warm_dec = warm.decision
     reuse = not any(t.field in SERVING_FIELDS for t in targets)
-    serving = jax.jit(serving_of)(base, pools)
-    settings = warm_settings(settings)
+    serving = serving_of_jit(base, pools)
     devices = jax.devices()
     mesh = Mesh(np.asarray(devices), ("scenarios",)) if len(devices) > 1 else None
     nd = len(devices)
@@ -380,8 +376,9 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     key = sweep_key(cfg)
     meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: axes[n].path for n in names}}
     meta_path = store / "sweep_meta.json"
-    if meta_path.exists() and (not sw.resume or json.loads(meta_path.read_text()).get("key") != key
-                               or json.loads(meta_path.read_text()).get("chunk_size") != chunk):
+    old_meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if old_meta is not None and (not sw.resume or old_meta.get("key") != key
+                                 or old_meta.get("chunk_size") != chunk):
         for old in store.glob("chunk_*.parquet"):
             old.unlink()
     io.write_json(meta_path, meta)
