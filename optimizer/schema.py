@@ -309,7 +309,12 @@ class SweepConfig:
     samples: int = 1000  # mode=sample: number of scenarios
     seed: int = 0
     chunk_size: int = 1024  # scenarios per compiled call (bounded memory; the unit of resume)
-    starts: int = 1  # starts per scenario
+    starts: int = 1  # starts per scenario (method=adam)
+    # auto: the structured dual solver (optimizer/dual.py) when no cap, budget or quality floor is
+    # active, else adam (the augmented-Lagrangian Adam solver of single runs); or force either
+    method: str = "auto"
+    dual_steps: int = 80  # method=dual: Rprop steps on the peak/daily cost split
+    dual_tol_gap: float = 5e-3  # method=dual: certified relative optimality gap to count as converged
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep
     directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>-<hash>)

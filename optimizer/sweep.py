@@ -35,7 +35,10 @@ from optimizer.objective import Decision, evaluate
 from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, scenario_inputs,
                                serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
-from optimizer.solver import INFEASIBLE_TOL, STATUS_NAMES, Settings, solve_batch
+from optimizer.dual import DualSettings, solve_dual, to_decision
+from optimizer.solver import CONVERGED, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings, solve_batch
+
+solve_dual_jit = jax.jit(solve_dual, static_argnames=("settings",))
 
 SEGMENT_FIELDS = {  # config field -> Numbers field (per segment)
     "input_tokens_per_day": "volume", "isl": "isl", "osl": "osl", "cached_share": "cached_share",
@@ -246,6 +249,7 @@ class SweepResult(NamedTuple):
     quality: jnp.ndarray  # (S, J)
     mix: jnp.ndarray  # (S, J, K)
     gpus_by_type: jnp.ndarray  # (G,)
+    bound: jnp.ndarray  # USD/day upper bound on the relaxed optimum (method=dual; NaN otherwise)
 
 
 def initial_decision(prob, warm: Decision, starts: int) -> Decision:
@@ -279,14 +283,50 @@ def solve_one(numbers: Numbers, pools: Pools, active: jnp.ndarray, settings: Set
     b = evaluate(best.decision, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, best.status, best.violation, best.iterations,
                        b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
-                       b.gpus.sum((1, 2)))
+                       b.gpus.sum((1, 2)), jnp.asarray(jnp.nan))
+
+
+def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm_mu: jnp.ndarray,
+                   serving=None) -> SweepResult:
+    """Assemble and solve one scenario with the structured dual solver, warm-started from the base
+    scenario's cost split. Pure; vmappable. Status: converged when the certified gap to the dual
+    bound is within ``settings.tol_gap``."""
+    prob = assemble(numbers, pools, serving)
+    sol = solve_dual(prob, warm_mu, settings)
+    b = evaluate(to_decision(sol.primal, prob), prob)
+    gap = (sol.bound - b.margin) / jnp.maximum(jnp.abs(sol.bound), 1e-9)
+    finite = jnp.isfinite(b.margin) & jnp.isfinite(sol.bound)
+    status = jnp.where(~finite, NONFINITE, jnp.where(gap <= settings.tol_gap, CONVERGED, STEP_LIMIT))
+    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, status, jnp.asarray(0.0), jnp.asarray(settings.steps),
+                       b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
+                       b.gpus.sum((1, 2)), sol.bound)
+
+
+BASE_STEPS = 1000
+"""Dual steps for the base scenario, whose cost split warm-starts the whole sweep."""
+METHODS = ("auto", "dual", "adam")
+
+
+def sweep_method(sw: SweepConfig, active: jnp.ndarray, labels: Labels) -> str:
+    """The solver a sweep uses: ``dual`` handles the relaxed problem without active constraints."""
+    if sw.method not in METHODS:
+        raise ConfigError(f"sweep.method = {sw.method!r} is invalid; accepted: {list(METHODS)}")
+    constrained = bool(np.asarray(active).sum() > 0)
+    if sw.method == "dual" and constrained:
+        raise ConfigError("sweep.method = 'dual' solves the relaxed problem without caps, budgets or quality floors, "
+                          "but this scenario (or an axis) sets one; use sweep.method=auto or adam")
+    if sw.method == "auto":
+        return "adam" if constrained else "dual"
+    return sw.method
 
 
 def _chunk_solver(targets, relative, settings, starts, mesh, reuse_serving: bool):
     def run(base, values, pools, active, warm, serving):
         nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
-        return jax.vmap(lambda n: solve_one(n, pools, active, settings, starts, warm,
-                                            serving if reuse_serving else None))(nums)
+        serve = serving if reuse_serving else None
+        if isinstance(settings, DualSettings):
+            return jax.vmap(lambda n: solve_one_dual(n, pools, settings, warm, serve))(nums)
+        return jax.vmap(lambda n: solve_one(n, pools, active, settings, starts, warm, serve))(nums)
 
     if mesh is None:
         return jax.jit(run)
@@ -319,6 +359,8 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
     out["converged"] = r.status == 0
     out["violation"] = r.violation
     out["iterations"] = r.iterations.astype(int)
+    out["margin_upper_bound_usd_per_day"] = np.round(r.bound, 2)
+    out["optimality_gap_bound"] = (r.bound - r.margin) / np.maximum(np.abs(r.bound), 1e-9)
     for s, seg in enumerate(labels.segments):
         for j, m in enumerate(labels.models):
             if labels.ref_input_usd_per_mtok[s][j] == 0:
@@ -358,12 +400,20 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     n_total = len(plan)
     base_prob = assemble_jit(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
-    settings = settings_from(cfg.solver)
-    # the base scenario's optimum warm-starts every scenario of the sweep
-    from optimizer.solver import solve_multistart
+    method = sweep_method(sw, active, lab)
+    log(f"sweep '{sw.name}': solver {method}")
+    if method == "dual":
+        settings = DualSettings(steps=sw.dual_steps, tol_gap=sw.dual_tol_gap)
+        # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
+        base_sol = solve_dual_jit(base_prob, jnp.full(base_prob.tp.shape, 0.5), settings._replace(steps=BASE_STEPS))
+        warm_dec = base_sol.mu
+    else:
+        settings = settings_from(cfg.solver)
+        # the base scenario's optimum warm-starts every scenario of the sweep
+        from optimizer.solver import solve_multistart
 
-    warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
-    warm_dec = warm.decision
+        warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
+        warm_dec = warm.decision
     reuse = not any(t.field in SERVING_FIELDS for t in targets)
     serving = serving_of_jit(base, pools)
     devices = jax.devices()

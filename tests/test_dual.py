@@ -1,0 +1,94 @@
+"""The structured dual solver: closed forms, weak duality, the envelope theorem, jit/vmap, and
+agreement with the Adam + augmented-Lagrangian solver."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import lambertw
+
+from optimizer.dual import DualSettings, dual_bound, omega, primal, solve_dual, to_decision
+from optimizer.engine import optimize
+from optimizer.objective import evaluate
+from optimizer.problem import build_problem
+from tests.scenarios import run_config, segment
+
+
+def peak_batch_cfg():
+    """Interactive logit chat and constant-elasticity batch sharing H100/H200 FP8 pools."""
+    return run_config({"chat": segment(demand="logit", elasticity=1.5),
+                       "batch": segment(tier="batch", elasticity=2.0, volume=5e9)},
+                      gpus=("h100-sxm", "h200-sxm"), precisions=("fp8",))
+
+
+def test_omega_matches_scipy_lambert_w():
+    x = np.concatenate([np.linspace(-30, 5, 200), np.linspace(5, 700, 200)])
+    got = np.asarray(jax.jit(jax.vmap(omega))(jnp.asarray(x)))
+    ref = np.asarray([np.real(lambertw(math.exp(v))) if v < 700 else np.nan for v in x])
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-12)
+    # large x: w + log w = x holds
+    np.testing.assert_allclose(got + np.log(got), x, rtol=1e-13)
+
+
+def test_single_logit_offer_is_the_lambert_w_price():
+    # ECONOMICS.md §2.2 with the peak-charged cost: μ = 1 on an interactive-only pool
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.3, ref_market_share=0.2)}, precisions=("bf16",))
+    prob, _ = build_problem(cfg)
+    sol = solve_dual(prob, jnp.full(prob.tp.shape, 0.5))
+    assert float(sol.mu.max()) == pytest.approx(1.0)
+    dp = prob.demand
+    a, b = float(dp.alpha[0, 0]), float(dp.beta[0])
+    c = float(prob.usd_per_gpu_hour[0]) / 3600 * float(prob.gpu_s_per_request[0, 0, 0, 0]) * float(
+        prob.peak_to_mean[0]) / float(prob.peak_utilization)
+    w = float(np.real(lambertw(math.exp(a - b * c - 1.0))))
+    assert float(sol.primal.price[0, 0]) == pytest.approx(c + (1 + w) / b, rel=1e-9)
+    assert float(sol.primal.margin) == pytest.approx(float(dp.market[0]) * w / b, rel=1e-9)
+    assert float(sol.bound) == pytest.approx(float(sol.primal.margin), rel=1e-9)
+
+
+def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
+    cfg = peak_batch_cfg()
+    res = optimize(cfg)
+    best = float(res.relaxed_breakdown.margin)  # Adam + augmented Lagrangian, 8 starts
+    prob = res.prob
+    rng = np.random.default_rng(0)
+    mus = jnp.asarray(rng.uniform(0, 1, (32,) + prob.tp.shape))
+    bounds = np.asarray(jax.jit(jax.vmap(lambda m: dual_bound(m, prob)))(mus))
+    assert (bounds >= best).all()  # weak duality, whatever the split
+    sol = jax.jit(solve_dual, static_argnames="settings")(prob, jnp.full(prob.tp.shape, 0.5), DualSettings(steps=400))
+    margin = float(evaluate(to_decision(sol.primal, prob), prob).margin)
+    assert best <= float(sol.bound) and margin <= float(sol.bound)
+    assert margin == pytest.approx(best, rel=1e-3)
+    assert float(sol.gap) < 2e-3
+    # batch fills the off-peak valley: a pool that serves both has peak need == daily need
+    shared = (np.asarray(sol.primal.peak_need) > 1e-6) & (np.asarray(sol.primal.daily_need) > 1e-6)
+    assert shared.any()
+
+
+def test_envelope_gradient_of_the_dual_function():
+    # ∂g/∂μ_p = −24·c_g·(peak need − daily need): finite differences and jax.grad agree
+    prob = build_problem(peak_batch_cfg())[0]
+    mu = jnp.full(prob.tp.shape, 0.3)
+    x = primal(mu, prob, 1e-9)
+    envelope = -24.0 * np.asarray(prob.usd_per_gpu_hour)[:, None, None] * np.asarray(x.peak_need - x.daily_need)
+    grad = np.asarray(jax.grad(lambda m: dual_bound(m, prob))(mu))
+    np.testing.assert_allclose(grad, envelope, rtol=1e-6, atol=1e-6 * np.abs(envelope).max())
+    for idx in zip(*np.nonzero(np.abs(envelope) > 0)):
+        h = 1e-6
+        up = dual_bound(mu.at[idx].add(h), prob)
+        dn = dual_bound(mu.at[idx].add(-h), prob)
+        assert float((up - dn) / (2 * h)) == pytest.approx(envelope[idx], rel=1e-4)
+
+
+def test_vmapped_solve_equals_looped():
+    prob = build_problem(peak_batch_cfg())[0]
+    mus = jnp.stack([jnp.full(prob.tp.shape, v) for v in (0.2, 0.5, 0.9)])
+    st = DualSettings(steps=30)
+    batched = jax.jit(jax.vmap(lambda m: solve_dual(prob, m, st)))(mus)
+    for i in range(3):
+        one = solve_dual(prob, mus[i], st)
+        np.testing.assert_allclose(np.asarray(batched.primal.price[i]), np.asarray(one.primal.price), rtol=1e-10)
+        assert float(batched.bound[i]) == pytest.approx(float(one.bound), rel=1e-10)
