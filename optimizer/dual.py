@@ -22,8 +22,8 @@ every request then has a *linear* cost, and for given ``μ`` the problem separat
 The outer problem finds ``μ``: at the optimum a pool's cost goes to its peak (``μ = 1``) when its
 peak load binds, to its daily load (``μ = 0``) when batch traffic more than fills the off-peak
 valley, and is split exactly where batch traffic fills the valley to the brim (``P/ρp = D/ρd``).
-``μ`` is found by projected steps on ``e_p = P_p/ρp − D_p/ρd`` (the gradient of the dual) with
-Adam (Optax) in the logit of ``μ``.
+``μ`` is found by sign-adaptive projected steps (Optax Rprop) on ``e_p = P_p/ρp − D_p/ρd`` (the
+gradient of the dual, normalised per pool), warm-started from a neighbouring scenario's ``μ``.
 
 Only the relaxed problem without active caps, budgets or quality floors is handled here; callers
 fall back to :func:`optimizer.solver.solve_batch` otherwise.
@@ -35,12 +35,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optimizer.objective import Decision
 from optimizer.problem import SECONDS_PER_DAY, Problem
 
 NEG = -1e30
+"""Logit of an option that is not allowed (softmax weight exactly 0)."""
 CLIP_ITERS = 1
+"""Newton steps on the clipped markup fixed point (exact after 0 steps when no price bound binds)."""
 
 
 def omega(x: jnp.ndarray, iters: int = 8) -> jnp.ndarray:
@@ -191,8 +194,6 @@ def solve_dual(prob: Problem, mu0: jnp.ndarray, settings: DualSettings = DualSet
     Args:
       prob: one scenario. mu0: (G, J, K) warm start (e.g. a neighbouring scenario's ``μ``).
     """
-    import optax
-
     opt = optax.rprop(settings.learning_rate, min_step_size=1e-12, max_step_size=0.5)
     t0 = max(settings.temperature_start, settings.temperature)
     ratio = (settings.temperature / t0) ** (1.0 / max(settings.steps - 1, 1))

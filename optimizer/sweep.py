@@ -13,6 +13,7 @@ repair: the figures are margins and fleets before rounding to whole replicas.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -307,7 +308,7 @@ BASE_STEPS = 1000
 METHODS = ("auto", "dual", "adam")
 
 
-def sweep_method(sw: SweepConfig, active: jnp.ndarray, labels: Labels) -> str:
+def sweep_method(sw: SweepConfig, active: jnp.ndarray) -> str:
     """The solver a sweep uses: ``dual`` handles the relaxed problem without active constraints."""
     if sw.method not in METHODS:
         raise ConfigError(f"sweep.method = {sw.method!r} is invalid; accepted: {list(METHODS)}")
@@ -321,6 +322,12 @@ def sweep_method(sw: SweepConfig, active: jnp.ndarray, labels: Labels) -> str:
 
 
 def _chunk_solver(targets, relative, settings, starts, mesh, reuse_serving: bool):
+    """The compiled chunk program; one per (axes, settings, mesh), reused by every later sweep."""
+    return _compiled_chunk_solver(tuple(targets), tuple(relative), settings, starts, mesh, reuse_serving)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_chunk_solver(targets, relative, settings, starts, mesh, reuse_serving: bool):
     def run(base, values, pools, active, warm, serving):
         nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
         serve = serving if reuse_serving else None
@@ -400,7 +407,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     n_total = len(plan)
     base_prob = assemble_jit(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
-    method = sweep_method(sw, active, lab)
+    method = sweep_method(sw, active)
     log(f"sweep '{sw.name}': solver {method}")
     if method == "dual":
         settings = DualSettings(steps=sw.dual_steps, tol_gap=sw.dual_tol_gap)
