@@ -12,6 +12,7 @@ speculative round time divided by the expected tokens per round). Per-GPU figure
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -102,43 +103,66 @@ def max_throughput_point(dep: Deployment, eff: Efficiency, wl: Workload,
 
 
 BISECTION_STEPS = 48
-"""Bisection iterations in log-batch space (resolves 2^-48 of the log range)."""
+"""Bisection iterations in log-batch space (resolves 2^-48 of the log range, ~1e-14 relative)."""
+
+
+def _slo_slack(b, dep, eff, wl, tpot_s, ttft_s, spec):
+    """``max(TPOT/τ, TTFT/τ') − 1`` at batch ``b``: increasing in ``b``, ≤ 0 where the SLO holds."""
+    p = operating_point(dep, eff, wl, b, spec)
+    return jnp.maximum(p.tpot_s / tpot_s, p.ttft_s / ttft_s) - 1.0
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _slo_root(steps, log_hi, dep, eff, wl, tpot_s, ttft_s, spec):
+    """Largest ``b`` in ``[1, exp(log_hi)]`` with slack ≤ 0, by ``steps`` bisections on ``log b``
+    (the feasible end of the final bracket)."""
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        ok = _slo_slack(jnp.exp(mid), dep, eff, wl, tpot_s, ttft_s, spec) <= 0.0
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(log_hi), log_hi))
+    return jnp.exp(lo)
+
+
+@_slo_root.defjvp
+def _slo_root_jvp(steps, primals, tangents):
+    """Implicit function theorem at an interior root: ``db = −(∂g/∂θ · dθ) / (∂g/∂b)``."""
+    log_hi, *theta = primals
+    _, *dtheta = tangents
+    b = _slo_root(steps, log_hi, *theta)
+    slack_at = lambda bb, *th: _slo_slack(bb, *th)  # noqa: E731
+    _, dg_theta = jax.jvp(lambda *th: slack_at(b, *th), tuple(theta), tuple(dtheta))
+    _, dg_b = jax.jvp(lambda bb: slack_at(bb, *theta), (b,), (jnp.ones_like(b),))
+    dg_b = jnp.where(jnp.abs(dg_b) > 0, dg_b, 1.0)
+    return b, -dg_theta / dg_b
 
 
 def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarray,
-              ttft_s: jnp.ndarray, spec: Speculation = NO_SPECULATION) -> tuple[jnp.ndarray, jnp.ndarray]:
+              ttft_s: jnp.ndarray, spec: Speculation = NO_SPECULATION,
+              steps: int = BISECTION_STEPS) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Largest batch in [1, B_max] whose TPOT ≤ ``tpot_s`` and TTFT ≤ ``ttft_s``.
 
     Both latencies increase with the batch, so the slack ``g(B) = max(TPOT/τ, TTFT/τ') − 1`` has
     one root; it is found by bisection on ``log B`` and differentiated implicitly
-    (``dB/dθ = −∂g/∂θ / ∂g/∂B``) through one Newton correction whose value is zero at the root.
-    Pass ``inf`` for an absent target.
+    (``dB/dθ = −∂g/∂θ / ∂g/∂B``, a ``custom_jvp``: the forward pass traces only the bisection).
+    Pass ``inf`` for an absent target. ``steps`` (static) bisections leave the batch within
+    ``log(B_max) · 2^-steps`` (relative, on the feasible side) of the root.
 
     Returns:
       ``(batch, feasible)``: ``feasible`` is False when even one sequence misses the SLO or the
       deployment does not fit (``batch`` is then 1).
     """
+    tpot_s, ttft_s = jnp.asarray(tpot_s), jnp.asarray(ttft_s)
     b_max = max_batch(dep, eff, wl.isl + wl.osl)
     hi0 = jnp.maximum(b_max, 1.0)
-
-    def slack(b):
-        p = operating_point(dep, eff, wl, b, spec)
-        return jnp.maximum(p.tpot_s / tpot_s, p.ttft_s / ttft_s) - 1.0
-
-    def body(_, lohi):
-        lo, hi = lohi
-        mid = 0.5 * (lo + hi)
-        ok = slack(jnp.exp(mid)) <= 0.0
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    lo, hi = jax.lax.stop_gradient((jnp.zeros_like(hi0), jnp.log(hi0)))
-    lo, hi = jax.lax.fori_loop(0, BISECTION_STEPS, body, (lo, hi))
-    b_root = jax.lax.stop_gradient(jnp.exp(lo))
-    at_cap = jax.lax.stop_gradient(slack(hi0) <= 0.0)
-    # Implicit-function gradient at an interior root; value unchanged (correction is ~0 there).
-    dg = jax.grad(lambda b: slack(b).sum())(b_root)
-    dg = jax.lax.stop_gradient(jnp.where(jnp.abs(dg) > 0, dg, 1.0))
-    b_interior = b_root - (slack(b_root) - jax.lax.stop_gradient(slack(b_root))) / dg
-    batch = jnp.where(at_cap, hi0, b_interior)
-    feasible = (b_max >= 1.0) & (slack(jnp.ones_like(hi0)) <= 0.0)
+    # slack at both ends of [1, B_max] in one evaluation
+    ends = jnp.stack(jnp.broadcast_arrays(jnp.ones_like(hi0), hi0))
+    slack_ends = jax.lax.stop_gradient(_slo_slack(ends, dep, eff, wl, tpot_s, ttft_s, spec))
+    at_cap = slack_ends[1] <= 0.0
+    b_root = _slo_root(steps, jax.lax.stop_gradient(jnp.log(hi0)), dep, eff, wl, tpot_s, ttft_s, spec)
+    batch = jnp.where(at_cap, hi0, b_root)
+    feasible = (b_max >= 1.0) & (slack_ends[0] <= 0.0)
     return jnp.where(feasible, batch, 1.0), feasible

@@ -191,33 +191,64 @@ def solve_dual(prob: Problem, mu0: jnp.ndarray, settings: DualSettings = DualSet
     dual gradient ``e_p = (P_p/ρp − D_p/ρd) / (P_p/ρp + D_p/ρd)``, keeping the primal solution of
     highest true margin; pure, jittable and vmappable over scenarios.
 
+    The loop runs four evaluation-only iterations after the ``steps`` updates (one traced copy of
+    :func:`primal`, which halves compile time against separate calls): the last ``μ`` at the final
+    temperature, the best ``μ`` at the temperature it was found at, and both again with an exact
+    argmax for the dual bound. Only the best iterate's ``(margin, μ, temperature)`` is carried.
+
     Args:
       prob: one scenario. mu0: (G, J, K) warm start (e.g. a neighbouring scenario's ``μ``).
     """
     opt = optax.rprop(settings.learning_rate, min_step_size=1e-12, max_step_size=0.5)
+    n = settings.steps
     t0 = max(settings.temperature_start, settings.temperature)
-    ratio = (settings.temperature / t0) ** (1.0 / max(settings.steps - 1, 1))
+    ratio = (settings.temperature / t0) ** (1.0 / max(n - 1, 1))
+    dtype = mu0.dtype
 
-    def keep_best(x, mu, best, best_mu):
-        better = x.margin > best.margin
-        return jax.tree.map(lambda n, o: jnp.where(better, n, o), x, best), jnp.where(better, mu, best_mu)
+    class Carry(NamedTuple):
+        mu: jnp.ndarray  # current split
+        opt_state: optax.OptState
+        best_margin: jnp.ndarray
+        best_mu: jnp.ndarray
+        best_t: jnp.ndarray  # temperature the best iterate was found at
+        final: Primal  # primal solution at the final evaluation (best of last and best μ)
+        bound: jnp.ndarray  # min of the dual function at the last and the best μ
 
-    def step(carry, k):
-        mu, st, best, best_mu = carry
-        x = primal(mu, prob, t0 * ratio**k)  # every primal point is a feasible plan: keep the best
-        best, best_mu = keep_best(x, mu, best, best_mu)
-        e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
-        upd, st = opt.update(-e, st, mu)
-        mu = jnp.clip(optax.apply_updates(mu, upd), 0.0, 1.0)
-        return (mu, st, best, best_mu), None
+    def step(c: Carry, k):
+        # k < n: Rprop update; n: last μ at the final temperature; n+1: best μ at its temperature
+        # (kept if better); n+2, n+3: last and best μ with an exact argmax (dual bounds).
+        # ``k`` is never batched, so the branch stays a real conditional under vmap.
+        use_best = (k == n + 1) | (k == n + 3)
+        mu = jnp.where(use_best, c.best_mu, c.mu)
+        t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
+                      jnp.where(k == n, settings.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
+        x = primal(mu, prob, t)
 
-    x0 = primal(mu0, prob, settings.temperature)
-    ks = jnp.arange(settings.steps, dtype=mu0.dtype)
-    (mu, _, best, best_mu), _ = jax.lax.scan(step, (mu0, opt.init(mu0), x0, mu0), ks)
-    best, best_mu = keep_best(primal(mu, prob, settings.temperature), mu, best, best_mu)
-    bound = jnp.minimum(dual_bound(mu, prob), dual_bound(best_mu, prob))
-    gap = (bound - best.margin) / jnp.maximum(jnp.abs(bound), 1e-9)
-    return DualSolution(best_mu, best, bound, gap)
+        def update(c):
+            better = x.margin > c.best_margin  # every primal point is a feasible plan: keep the best
+            e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
+            upd, st = opt.update(-e, c.opt_state, c.mu)
+            return c._replace(mu=jnp.clip(optax.apply_updates(c.mu, upd), 0.0, 1.0), opt_state=st,
+                              best_margin=jnp.where(better, x.margin, c.best_margin),
+                              best_mu=jnp.where(better, mu, c.best_mu), best_t=jnp.where(better, t, c.best_t))
+
+        def finish(c):
+            better = (k == n) & (x.margin > c.best_margin)
+            take = (k == n) | ((k == n + 1) & (x.margin >= c.final.margin))
+            return c._replace(best_margin=jnp.where(better, x.margin, c.best_margin),
+                              best_mu=jnp.where(better, mu, c.best_mu), best_t=jnp.where(better, t, c.best_t),
+                              final=jax.tree.map(lambda new, old: jnp.where(take, new, old), x, c.final),
+                              bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, x.lagrangian), c.bound))
+
+        return jax.lax.cond(k < n, update, finish, c), None
+
+    x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype), jax.eval_shape(lambda: primal(mu0, prob, 1.0)))
+    carry = Carry(mu0, opt.init(mu0), jnp.asarray(-jnp.inf, dtype), mu0, jnp.asarray(settings.temperature, dtype),
+                  x0, jnp.asarray(jnp.inf, dtype))
+    c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
+    best = c.final
+    gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
+    return DualSolution(c.best_mu, best, c.bound, gap)
 
 
 def to_decision(x: Primal, prob: Problem) -> Decision:

@@ -18,7 +18,7 @@ import numpy as np
 
 from kernels.demand import DemandParams, calibrate_logit
 from kernels.roofline import Deployment, Efficiency
-from kernels.serving import Workload, operating_point, slo_batch
+from kernels.serving import BISECTION_STEPS, Workload, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.cases import EfficiencyTable, efficiency_at, efficiency_table
 from optimizer.errors import ConfigError
@@ -155,18 +155,19 @@ def choose_tp(dep_for_tp, hw, usable_share: float, max_context: float) -> int | 
 
 
 def serving_table(deps: Deployment, effs: Efficiency, wls: Workload, tpot_s: jnp.ndarray,
-                  ttft_s: jnp.ndarray):
+                  ttft_s: jnp.ndarray, bisection_steps: int = BISECTION_STEPS):
     """GPU-seconds per request, batch and TPOT of every (segment, pool) at the segment's SLO.
 
     Args:
       deps, effs: stacked over pools (leading axis P). wls, tpot_s, ttft_s: stacked over segments (S).
+      bisection_steps: static precision of the SLO batch (:func:`kernels.serving.slo_batch`).
 
     Returns:
       ``(gpu_s (S, P), feasible (S, P), batch (S, P), tpot_s (S, P))``. Pure and jittable.
     """
 
     def one(dep, eff, wl, tpot, ttft):
-        b, ok = slo_batch(dep, eff, wl, tpot, ttft)
+        b, ok = slo_batch(dep, eff, wl, tpot, ttft, steps=bisection_steps)
         p = operating_point(dep, eff, wl, b)
         return p.gpu_s_per_request, ok & p.fits, b, p.tpot_s
 
@@ -351,7 +352,7 @@ SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", 
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
 
-def serving_of(n: Numbers, pools: Pools):
+def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
     """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
                             n.mem_util)
@@ -360,19 +361,20 @@ def serving_of(n: Numbers, pools: Pools):
     interactive = ~pools.is_batch
     tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
     ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
-    return serving_table(pools.dep, effs, wls, tpot, ttft)
+    return serving_table(pools.dep, effs, wls, tpot, ttft, bisection_steps)
 
 
-def assemble(n: Numbers, pools: Pools, serving=None) -> Problem:
+def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:
     """The :class:`Problem` of one scenario's numbers (pure JAX: jit / vmap over stacked numbers).
 
     Runs the cost kernels at every (segment, pool) for the segment's shape and SLO (or reuses
     ``serving`` from :func:`serving_of` when no serving input changes), calibrates the demand to the
-    reference point and gathers everything on the (S, J, K, G) grid.
+    reference point and gathers everything on the (S, J, K, G) grid. ``bisection_steps`` (static)
+    sets the precision of the SLO batches (:func:`kernels.serving.slo_batch`).
     """
     S, J = pools.offer_mask.shape
     G, _, K = pools.tp.shape
-    gpu_s, ok, batch, tpot_served = serving_of(n, pools) if serving is None else serving  # (S, P)
+    gpu_s, ok, batch, tpot_served = serving_of(n, pools, bisection_steps) if serving is None else serving  # (S, P)
     offered = pools.offer_mask[:, pools.model] > 0  # (S, P)
     usable = ok & offered & jnp.isfinite(gpu_s)
     put = lambda v: jnp.zeros((S, J, K, G)).at[:, pools.model, pools.precision, pools.gpu].set(v)  # noqa: E731
@@ -407,8 +409,8 @@ def assemble(n: Numbers, pools: Pools, serving=None) -> Problem:
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale)
 
 
-assemble_jit = jax.jit(assemble)
-serving_of_jit = jax.jit(serving_of)
+assemble_jit = jax.jit(assemble, static_argnames=("bisection_steps",))
+serving_of_jit = jax.jit(serving_of, static_argnames=("bisection_steps",))
 
 
 def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None:

@@ -1,5 +1,7 @@
 """Kernels under jit, grad and vmap; gradients against finite differences; physical invariants."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,6 +192,21 @@ def test_slo_batch_meets_target_and_is_largest(dep8b, eff, wl):
     # TTFT target binds too
     b_t, ok_t = slo_batch(dep8b, eff, wl, jnp.inf, 0.05)
     assert bool(ok_t) and float(operating_point(dep8b, eff, wl, b_t).ttft_s) <= 0.05 * (1 + 1e-6)
+
+
+def test_slo_batch_precision_follows_bisection_steps(dep8b, eff, wl):
+    """``steps`` bisections stay on the feasible side, within log(B_max)·2^-steps of the root, and keep
+    the implicit gradient."""
+    tpot = 0.020
+    b48, _ = slo_batch(dep8b, eff, wl, tpot, jnp.inf)
+    b24, _ = slo_batch(dep8b, eff, wl, tpot, jnp.inf, steps=24)
+    b_max = float(max_batch(dep8b, eff, 2000.0))
+    assert float(b24) <= float(b48)
+    assert math.log(float(b48)) - math.log(float(b24)) <= math.log(b_max) * 2.0**-24 * (1 + 1e-9)
+    assert float(operating_point(dep8b, eff, wl, b24).tpot_s) <= tpot
+    g48 = jax.grad(lambda bw: slo_batch(dep8b._replace(mem_bw=bw * 1e12), eff, wl, tpot, jnp.inf)[0])(3.35)
+    g24 = jax.grad(lambda bw: slo_batch(dep8b._replace(mem_bw=bw * 1e12), eff, wl, tpot, jnp.inf, steps=24)[0])(3.35)
+    assert float(g24) == pytest.approx(float(g48), rel=1e-5)
 
 
 def test_speculation_helps_at_small_batch_hurts_at_large(dep8b, eff, wl):
