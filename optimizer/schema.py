@@ -313,7 +313,7 @@ class SweepConfig:
     # auto: the structured dual solver (optimizer/dual.py) when no cap, budget or quality floor is
     # active, else adam (the augmented-Lagrangian Adam solver of single runs); or force either
     method: str = "auto"
-    dual_steps: int = 80  # method=dual: Rprop steps on the peak/daily cost split
+    dual_steps: int = 60  # method=dual: Rprop steps on the peak/daily cost split
     dual_tol_gap: float = 5e-3  # method=dual: certified relative optimality gap to count as converged
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optimizer import io
+from optimizer import aot, io
 from optimizer.constraints import active_mask
 from optimizer.engine import settings_from
 from optimizer.errors import ConfigError
@@ -39,7 +39,12 @@ from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 from optimizer.dual import DualSettings, solve_dual, to_decision
 from optimizer.solver import CONVERGED, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings, solve_batch
 
-solve_dual_jit = jax.jit(solve_dual, static_argnames=("settings",))
+
+@functools.lru_cache(maxsize=8)
+def _dual_program(settings: DualSettings):
+    """``solve_dual`` jitted with its static settings bound (one per settings; exportable)."""
+    return jax.jit(functools.partial(solve_dual, settings=settings))
+
 
 SWEEP_BISECTION_STEPS = 24
 """SLO-batch bisections per scenario in a sweep (single runs use 48). 24 leave GPU-seconds per request
@@ -410,14 +415,17 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     lab = activated(labels, targets)
     plan = design(sw)
     n_total = len(plan)
-    base_prob = assemble_jit(base, pools)
+    base_prob = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
     method = sweep_method(sw, active)
     log(f"sweep '{sw.name}': solver {method}")
     if method == "dual":
         settings = DualSettings(steps=sw.dual_steps, tol_gap=sw.dual_tol_gap)
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
-        base_sol = solve_dual_jit(base_prob, jnp.full(base_prob.tp.shape, 0.5), settings._replace(steps=BASE_STEPS))
+        base_settings = settings._replace(steps=BASE_STEPS)
+        mu0 = jnp.full(base_prob.tp.shape, 0.5)
+        base_sol = aot.exported("base_dual", _dual_program(base_settings), (base_prob, mu0), repr(base_settings))(
+            base_prob, mu0)
         warm_dec = base_sol.mu
     else:
         settings = settings_from(cfg.solver)
@@ -427,13 +435,16 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
         warm_dec = warm.decision
     reuse = not any(t.field in SERVING_FIELDS for t in targets)
-    serving = serving_of_jit(base, pools) if reuse else None  # else each scenario computes its own
+    serving = aot.exported("serving", serving_of_jit, (base, pools))(base, pools) if reuse else None
     devices = jax.devices()
     mesh = Mesh(np.asarray(devices), ("scenarios",)) if len(devices) > 1 else None
     nd = len(devices)
     chunk = min(sw.chunk_size, n_total)
     chunk = max(nd, math.ceil(chunk / nd) * nd)  # a multiple of the device count
     solver = _chunk_solver(targets, relative, settings, sw.starts, mesh, reuse)
+    if mesh is None:  # traced once per machine (a rerun skips tracing; the compilation cache compiles)
+        example = (base, np.zeros((chunk, len(names))), pools, active, warm_dec, serving)
+        solver = aot.exported("sweep_chunk", solver, example, repr((targets, relative, settings, sw.starts, reuse)))
     store.mkdir(parents=True, exist_ok=True)
     key = sweep_key(cfg)
     meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: axes[n].path for n in names}}
@@ -451,6 +462,14 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         bar = tqdm(total=n_total, unit="scenario", desc=f"sweep {sw.name}", smoothing=0.1)
     t0 = time.perf_counter()
     solved = 0
+    pending = None  # the chunk in flight: its results are written while the next one computes
+
+    def finish(job):
+        res, rows, c, path = job
+        io.write_frame(path, result_frame(res, labels, rows, c * chunk))
+        if bar:
+            bar.update(len(rows))
+
     for c in range(n_chunks):
         path = store / f"chunk_{c:05d}.parquet"
         rows = plan.iloc[c * chunk:(c + 1) * chunk]
@@ -463,12 +482,13 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         vals = rows.to_numpy(float)
         if len(vals) < chunk:  # pad the last chunk (same compiled shape), drop the padding after
             vals = np.concatenate([vals, np.repeat(vals[-1:], chunk - len(vals), axis=0)])
-        res = solver(base, jnp.asarray(vals), pools, active, warm_dec, serving)
-        frame = result_frame(res, labels, rows, c * chunk)
-        io.write_frame(path, frame)
+        res = solver(base, jnp.asarray(vals), pools, active, warm_dec, serving)  # dispatched asynchronously
+        if pending is not None:
+            finish(pending)
+        pending = (res, rows, c, path)
         solved += 1
-        if bar:
-            bar.update(len(rows))
+    if pending is not None:
+        finish(pending)
     if bar:
         bar.close()
     done = sorted(store.glob("chunk_*.parquet"))
