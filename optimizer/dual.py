@@ -25,8 +25,11 @@ valley, and is split exactly where batch traffic fills the valley to the brim (`
 ``μ`` is found by sign-adaptive projected steps (Optax Rprop) on ``e_p = P_p/ρp − D_p/ρd`` (the
 gradient of the dual, normalised per pool), warm-started from a neighbouring scenario's ``μ``.
 
-Only the relaxed problem without active caps, budgets or quality floors is handled here; callers
-fall back to :func:`optimizer.solver.solve_batch` otherwise.
+GPU caps, the daily GPU budget and the capex budget are limits on the fleet, linear in the pool
+sizes, so their Lagrange multipliers ``λ ≥ 0`` just raise the GPU price that requests are charged
+(:func:`limit_rate`); ``λ`` is found by the same Rprop steps on the relative excess over each
+limit, and only plans within the feasibility tolerance are kept. Quality floors are not handled
+here; callers fall back to :func:`optimizer.solver.solve_batch` for them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizer.objective import Decision
+from kernels.smooth import smooth_max_pos
+from optimizer.objective import POOL_SHARPNESS, Decision
 from optimizer.problem import SECONDS_PER_DAY, Problem
 
 NEG = -1e30
@@ -69,13 +73,15 @@ class Primal(NamedTuple):
     margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet max(peak, daily) this solution needs
 
 
-def primal(mu: jnp.ndarray, prob: Problem, temperature: float = 1e-2) -> Primal:
+def primal(mu: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None) -> Primal:
     """Optimal prices, mix and routing when pool ``(g, j, k)`` charges a share ``mu[g, j, k]`` of its
     GPU cost to peak load and the rest to daily load.
 
     Args:
       mu: (G, J, K) in [0, 1]. prob: one scenario's :class:`Problem`.
       temperature: softmax temperature of the option choice, in utils (logit) and in log-profit (CE).
+      rate: (G,) USD per GPU-hour the requests are charged (default: the rent; :func:`solve_dual`
+        adds the prices of GPU caps and budgets). ``margin`` always uses the rent.
     """
     d = prob.demand
     S, J = d.ref_price.shape
@@ -83,7 +89,8 @@ def primal(mu: jnp.ndarray, prob: Problem, temperature: float = 1e-2) -> Primal:
     mu_sjkg = jnp.transpose(mu, (1, 2, 0))[None]  # (1, J, K, G)
     share = (mu_sjkg * (interactive * prob.peak_to_mean)[:, None, None, None] / prob.peak_utilization
              + (1.0 - mu_sjkg) / prob.daily_utilization)
-    cost = prob.usd_per_gpu_hour / 3600.0 * prob.gpu_s_per_request * share  # (S, J, K, G) USD/request
+    rate = prob.usd_per_gpu_hour if rate is None else rate
+    cost = rate / 3600.0 * prob.gpu_s_per_request * share  # (S, J, K, G) USD/request
     allowed = prob.route_mask > 0
     q = prob.quality[None, :, :, None] - d.ref_quality[:, :, None, None]  # (S, J, K, 1)
     shift = -(d.latency_sens * (prob.served_latency_ms - d.ref_latency_ms))  # (S,)
@@ -161,95 +168,169 @@ class DualSettings(NamedTuple):
     the figures of each run against the Adam and SciPy solvers.
     """
 
-    steps: int = 100  # Rprop steps on μ
-    learning_rate: float = 0.01  # first step in μ (Rprop then adapts it per pool)
+    steps: int = 100  # Rprop steps on μ (and on the limit prices λ)
+    learning_rate: float = 0.01  # first step in μ and λ (Rprop then adapts it per coordinate)
     temperature: float = 1e-2  # final option-choice softmax temperature (utils; log-profit for CE)
     temperature_start: float = 5e-2  # annealed geometrically to `temperature` over the steps
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
+    tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
 
 
 class DualSolution(NamedTuple):
     """Result of :func:`solve_dual` (a pytree; batched under vmap)."""
 
     mu: jnp.ndarray  # (G, J, K) share of each pool's GPU cost charged to its peak load
-    primal: Primal  # the best primal solution seen (by true margin)
-    bound: jnp.ndarray  # () USD/day: upper bound on the relaxed optimum (dual function at μ)
+    lam: jnp.ndarray  # (G + 2,) prices of the GPU caps, the daily budget and the capex budget (see limit_rate)
+    primal: Primal  # the best feasible primal solution seen (by true margin)
+    bound: jnp.ndarray  # () USD/day: upper bound on the relaxed optimum (dual function at μ, λ)
     gap: jnp.ndarray  # () relative certified gap (bound − margin) / |bound|
+    violation: jnp.ndarray  # () largest relative excess of the primal over an active cap or budget
 
 
-def dual_bound(mu: jnp.ndarray, prob: Problem) -> jnp.ndarray:
-    """The dual function at ``mu``: exact best option per offer (argmax), closed-form prices.
+N_LIMITS = 2
+"""Limits besides the per-GPU caps: the daily GPU budget and the capex budget."""
 
-    By weak duality it bounds the relaxed optimum from above for every ``mu`` in [0, 1] (the inner
-    problem is solved globally: vertex-optimal option, unimodal price [ECONOMICS.md §2.2, §2.3];
-    exact when no price floor or ceiling binds).
+
+def limit_mask(prob: Problem, active: jnp.ndarray | None) -> jnp.ndarray:
+    """(G + 2,) 1.0 where a GPU cap, the daily budget or the capex budget applies (the head of the
+    constraint layout of :mod:`optimizer.constraints`)."""
+    G = prob.usd_per_gpu_hour.shape[0]
+    if active is None:
+        return jnp.zeros(G + N_LIMITS, prob.usd_per_gpu_hour.dtype)
+    return (active[:G + N_LIMITS] > 0).astype(prob.usd_per_gpu_hour.dtype)
+
+
+def limit_rate(lam: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """(G,) USD per GPU-hour charged to requests when the limits have prices ``lam`` ≥ 0.
+
+    ``lam`` is dimensionless: a cap's price in units of its GPU's rent, the budget's per dollar
+    spent, and the capex budget's in units of the fleet's mean rent per dollar of capex.
     """
-    return primal(mu, prob, 1e-9).lagrangian
+    G = prob.usd_per_gpu_hour.shape[0]
+    r, capex = prob.usd_per_gpu_hour, prob.capex_per_gpu
+    kappa = r.sum() / jnp.maximum(capex.sum(), 1e-9)  # USD/GPU-hour per USD of capex
+    return r * (1.0 + lam[:G] + lam[G]) + lam[G + 1] * kappa * capex
 
 
-def solve_dual(prob: Problem, mu0: jnp.ndarray, settings: DualSettings = DualSettings()) -> DualSolution:
-    """Find the peak/daily cost split ``μ`` with sign-adaptive projected steps (Optax Rprop) on the
-    dual gradient ``e_p = (P_p/ρp − D_p/ρd) / (P_p/ρp + D_p/ρd)``, keeping the primal solution of
-    highest true margin; pure, jittable and vmappable over scenarios.
+def limit_value(lam: jnp.ndarray, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
+    """USD/day: ``Σ_k λ_k b_k`` over the active limits (the constant of the Lagrangian)."""
+    G = prob.usd_per_gpu_hour.shape[0]
+    r, capex = prob.usd_per_gpu_hour, prob.capex_per_gpu
+    kappa = r.sum() / jnp.maximum(capex.sum(), 1e-9)
+    caps = jnp.where(mask[:G] > 0, lam[:G] * r * 24.0 * prob.gpu_cap, 0.0).sum()
+    budget = jnp.where(mask[G] > 0, lam[G] * prob.budget_usd_per_day, 0.0)
+    capex_b = jnp.where(mask[G + 1] > 0, lam[G + 1] * kappa * 24.0 * prob.capex_budget_usd, 0.0)
+    return caps + budget + capex_b
 
-    The loop runs four evaluation-only iterations after the ``steps`` updates (one traced copy of
-    :func:`primal`, which halves compile time against separate calls): the last ``μ`` at the final
-    temperature, the best ``μ`` at the temperature it was found at, and both again with an exact
-    argmax for the dual bound. Only the best iterate's ``(margin, μ, temperature)`` is carried.
+
+def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
+    """(G + 2,) relative excess of the fleet over each active limit (−1 where inactive), with
+    pools sized by the same smooth max as :func:`optimizer.objective.evaluate`."""
+    gpus = smooth_max_pos(x.peak_need, x.daily_need, POOL_SHARPNESS)
+    per_type = gpus.sum((1, 2))
+    spend = jnp.sum(per_type * prob.usd_per_gpu_hour * 24.0)
+    capex = jnp.sum(per_type * prob.capex_per_gpu)
+    used = jnp.concatenate([per_type, spend[None], capex[None]])
+    limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
+    return jnp.where(mask > 0, (used - limit) / limit, -1.0)
+
+
+def dual_bound(mu: jnp.ndarray, prob: Problem, lam: jnp.ndarray | None = None,
+               active: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The dual function at ``(mu, lam)``: exact best option per offer (argmax), closed-form prices.
+
+    By weak duality it bounds the relaxed optimum from above for every ``mu`` in [0, 1] and every
+    ``lam`` ≥ 0 on the active caps and budgets (the inner problem is solved globally: vertex-optimal
+    option, unimodal price [ECONOMICS.md §2.2, §2.3]; exact when no price floor or ceiling binds).
+    """
+    mask = limit_mask(prob, active)
+    lam = jnp.zeros_like(mask) if lam is None else lam * mask
+    return primal(mu, prob, 1e-9, limit_rate(lam, prob)).lagrangian + limit_value(lam, prob, mask)
+
+
+def solve_dual(prob: Problem, mu0: jnp.ndarray, settings: DualSettings = DualSettings(),
+               lam0: jnp.ndarray | None = None, active: jnp.ndarray | None = None) -> DualSolution:
+    """Find the peak/daily cost split ``μ`` (and, with active GPU caps or budgets, their prices ``λ``)
+    with sign-adaptive projected steps (Optax Rprop) on the dual gradient, keeping the feasible
+    primal solution of highest true margin; pure, jittable and vmappable over scenarios.
+
+    The dual gradient is ``e_p = (P_p/ρp − D_p/ρd) / (P_p/ρp + D_p/ρd)`` for ``μ_p`` (normalised per
+    pool) and minus the relative excess over each active limit for ``λ`` [a cap or budget is a
+    Lagrange multiplier on the GPU price: ECONOMICS.md §2.5]. The loop runs four evaluation-only
+    iterations after the ``steps`` updates (one traced copy of :func:`primal`, which halves compile
+    time against separate calls): the last ``(μ, λ)`` at the final temperature, the best at the
+    temperature it was found at, and both again with an exact argmax for the dual bound.
 
     Args:
       prob: one scenario. mu0: (G, J, K) warm start (e.g. a neighbouring scenario's ``μ``).
+      lam0: (G + 2,) warm start of the limit prices (zeros by default).
+      active: the constraint mask of :func:`optimizer.constraints.active_mask`; its GPU caps and
+        budgets are priced. Quality floors are not handled here (use the Adam solver).
     """
     opt = optax.rprop(settings.learning_rate, min_step_size=1e-12, max_step_size=0.5)
     n = settings.steps
     t0 = max(settings.temperature_start, settings.temperature)
     ratio = (settings.temperature / t0) ** (1.0 / max(n - 1, 1))
     dtype = mu0.dtype
+    mask = limit_mask(prob, active)
+    lam0 = jnp.zeros_like(mask) if lam0 is None else lam0 * mask
+    params0 = (mu0, lam0)
 
     class Carry(NamedTuple):
-        mu: jnp.ndarray  # current split
+        params: tuple  # current (μ, λ)
         opt_state: optax.OptState
-        best_margin: jnp.ndarray
-        best_mu: jnp.ndarray
-        best_t: jnp.ndarray  # temperature the best iterate was found at
-        final: Primal  # primal solution at the final evaluation (best of last and best μ)
-        bound: jnp.ndarray  # min of the dual function at the last and the best μ
+        best_margin: jnp.ndarray  # best true margin among feasible iterates (−inf: none yet)
+        best: tuple  # its (μ, λ)
+        best_t: jnp.ndarray  # the temperature it was found at
+        final: Primal  # the solution returned (last or best iterate)
+        final_ok: jnp.ndarray  # whether `final` is feasible
+        bound: jnp.ndarray  # min of the dual function at the last and the best (μ, λ)
 
     def step(c: Carry, k):
-        # k < n: Rprop update; n: last μ at the final temperature; n+1: best μ at its temperature
-        # (kept if better); n+2, n+3: last and best μ with an exact argmax (dual bounds).
+        # k < n: Rprop update; n: last (μ, λ) at the final temperature; n+1: best at its temperature
+        # (kept if feasible and better); n+2, n+3: last and best with an exact argmax (dual bounds).
         # ``k`` is never batched, so the branch stays a real conditional under vmap.
         use_best = (k == n + 1) | (k == n + 3)
-        mu = jnp.where(use_best, c.best_mu, c.mu)
+        mu, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, settings.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
-        x = primal(mu, prob, t)
+        x = primal(mu, prob, t, limit_rate(lam, prob))
+        excess = limit_excess(x, prob, mask)
+        feasible = jnp.max(excess) <= settings.tol_feasibility
+        better = feasible & (x.margin > c.best_margin)  # every feasible primal point is a plan: keep the best
+
+        def keep(c):
+            return c._replace(best_margin=jnp.where(better, x.margin, c.best_margin),
+                              best=jax.tree.map(lambda a, b: jnp.where(better, a, b), (mu, lam), c.best),
+                              best_t=jnp.where(better, t, c.best_t))
 
         def update(c):
-            better = x.margin > c.best_margin  # every primal point is a feasible plan: keep the best
             e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
-            upd, st = opt.update(-e, c.opt_state, c.mu)
-            return c._replace(mu=jnp.clip(optax.apply_updates(c.mu, upd), 0.0, 1.0), opt_state=st,
-                              best_margin=jnp.where(better, x.margin, c.best_margin),
-                              best_mu=jnp.where(better, mu, c.best_mu), best_t=jnp.where(better, t, c.best_t))
+            upd, st = opt.update((-e, -excess * mask), c.opt_state, c.params)
+            mu_new, lam_new = optax.apply_updates(c.params, upd)
+            params = (jnp.clip(mu_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
+            return keep(c)._replace(params=params, opt_state=st)
 
         def finish(c):
-            better = (k == n) & (x.margin > c.best_margin)
-            take = (k == n) | ((k == n + 1) & (x.margin >= c.final.margin))
-            return c._replace(best_margin=jnp.where(better, x.margin, c.best_margin),
-                              best_mu=jnp.where(better, mu, c.best_mu), best_t=jnp.where(better, t, c.best_t),
-                              final=jax.tree.map(lambda new, old: jnp.where(take, new, old), x, c.final),
-                              bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, x.lagrangian), c.bound))
+            c = jax.lax.cond(k == n, keep, lambda c: c, c)
+            take = (k == n) | ((k == n + 1) & (c.best_margin > -jnp.inf)
+                               & ((x.margin >= c.final.margin) | ~c.final_ok))
+            dual_value = x.lagrangian + limit_value(lam, prob, mask)
+            return c._replace(final=jax.tree.map(lambda a, b: jnp.where(take, a, b), x, c.final),
+                              final_ok=jnp.where(take, feasible, c.final_ok),
+                              bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound))
 
         return jax.lax.cond(k < n, update, finish, c), None
 
     x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype), jax.eval_shape(lambda: primal(mu0, prob, 1.0)))
-    carry = Carry(mu0, opt.init(mu0), jnp.asarray(-jnp.inf, dtype), mu0, jnp.asarray(settings.temperature, dtype),
-                  x0, jnp.asarray(jnp.inf, dtype))
+    carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
+                  jnp.asarray(settings.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
-    return DualSolution(c.best_mu, best, c.bound, gap)
+    violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
+    mu_out, lam_out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
+    return DualSolution(mu_out, lam_out, best, c.bound, gap, violation)
 
 
 def to_decision(x: Primal, prob: Problem) -> Decision:

@@ -36,14 +36,14 @@ from optimizer.objective import Decision, evaluate
 from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, scenario_inputs,
                                serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
-from optimizer.dual import DualSettings, solve_dual, to_decision
-from optimizer.solver import CONVERGED, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings, solve_batch
+from optimizer.dual import N_LIMITS, DualSettings, solve_dual, to_decision
+from optimizer.solver import CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings, solve_batch
 
 
 @functools.lru_cache(maxsize=8)
 def _dual_program(settings: DualSettings):
-    """``solve_dual`` jitted with its static settings bound (one per settings; exportable)."""
-    return jax.jit(functools.partial(solve_dual, settings=settings))
+    """``solve_dual(prob, mu0, lam0, active)`` jitted with its static settings bound (exportable)."""
+    return jax.jit(lambda prob, mu0, lam0, active: solve_dual(prob, mu0, settings, lam0, active))
 
 
 SWEEP_BISECTION_STEPS = 24
@@ -297,18 +297,25 @@ def solve_one(numbers: Numbers, pools: Pools, active: jnp.ndarray, settings: Set
                        b.gpus.sum((1, 2)), jnp.asarray(jnp.nan))
 
 
-def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm_mu: jnp.ndarray,
-                   serving=None) -> SweepResult:
+def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm: tuple[jnp.ndarray, jnp.ndarray],
+                   active: jnp.ndarray, serving=None) -> SweepResult:
     """Assemble and solve one scenario with the structured dual solver, warm-started from the base
-    scenario's cost split. Pure; vmappable. Status: converged when the certified gap to the dual
-    bound is within ``settings.tol_gap``."""
+    scenario's cost split and limit prices ``warm = (μ, λ)``. Pure; vmappable.
+
+    Status: infeasible when the plan exceeds an active GPU cap or budget by more than
+    ``INFEASIBLE_TOL``; converged when it is within ``settings.tol_feasibility`` of them and the
+    certified gap to the dual bound is within ``settings.tol_gap``; step_limit otherwise.
+    """
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
-    sol = solve_dual(prob, warm_mu, settings)
-    b = evaluate(to_decision(sol.primal, prob), prob)
+    sol = solve_dual(prob, warm[0], settings, warm[1], active)
+    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
+    viol = jnp.maximum(jnp.max(b.constraints), 0.0)
     gap = (sol.bound - b.margin) / jnp.maximum(jnp.abs(sol.bound), 1e-9)
     finite = jnp.isfinite(b.margin) & jnp.isfinite(sol.bound)
-    status = jnp.where(~finite, NONFINITE, jnp.where(gap <= settings.tol_gap, CONVERGED, STEP_LIMIT))
-    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, status, jnp.asarray(0.0), jnp.asarray(settings.steps),
+    status = jnp.where(~finite, NONFINITE, jnp.where(
+        viol > INFEASIBLE_TOL, INFEASIBLE,
+        jnp.where((gap <= settings.tol_gap) & (viol <= settings.tol_feasibility), CONVERGED, STEP_LIMIT)))
+    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, status, viol, jnp.asarray(settings.steps),
                        b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
                        b.gpus.sum((1, 2)), sol.bound)
 
@@ -318,16 +325,18 @@ BASE_STEPS = 1000
 METHODS = ("auto", "dual", "adam")
 
 
-def sweep_method(sw: SweepConfig, active: jnp.ndarray) -> str:
-    """The solver a sweep uses: ``dual`` handles the relaxed problem without active constraints."""
+def sweep_method(sw: SweepConfig, active: jnp.ndarray, n_limits: int) -> str:
+    """The solver a sweep uses: ``dual`` handles the relaxed problem with GPU caps and budgets (the
+    first ``n_limits`` constraint rows) but not quality floors, which go to ``adam``."""
     if sw.method not in METHODS:
         raise ConfigError(f"sweep.method = {sw.method!r} is invalid; accepted: {list(METHODS)}")
-    constrained = bool(np.asarray(active).sum() > 0)
-    if sw.method == "dual" and constrained:
-        raise ConfigError("sweep.method = 'dual' solves the relaxed problem without caps, budgets or quality floors, "
-                          "but this scenario (or an axis) sets one; use sweep.method=auto or adam")
+    floors = bool(np.asarray(active)[n_limits:].sum() > 0)
+    if sw.method == "dual" and floors:
+        raise ConfigError("sweep.method = 'dual' prices GPU caps and budgets but not quality floors "
+                          "(demand.segments.*.min_quality), which this scenario (or an axis) sets; "
+                          "use sweep.method=auto or adam")
     if sw.method == "auto":
-        return "adam" if constrained else "dual"
+        return "adam" if floors else "dual"
     return sw.method
 
 
@@ -342,7 +351,7 @@ def _compiled_chunk_solver(targets, relative, settings, starts, mesh, reuse_serv
         nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
         serve = serving if reuse_serving else None
         if isinstance(settings, DualSettings):
-            return jax.vmap(lambda n: solve_one_dual(n, pools, settings, warm, serve))(nums)
+            return jax.vmap(lambda n: solve_one_dual(n, pools, settings, warm, active, serve))(nums)
         return jax.vmap(lambda n: solve_one(n, pools, active, settings, starts, warm, serve))(nums)
 
     if mesh is None:
@@ -417,16 +426,15 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     n_total = len(plan)
     base_prob = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
-    method = sweep_method(sw, active)
+    method = sweep_method(sw, active, len(labels.gpus) + N_LIMITS)
     log(f"sweep '{sw.name}': solver {method}")
     if method == "dual":
         settings = DualSettings(steps=sw.dual_steps, tol_gap=sw.dual_tol_gap)
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
         base_settings = settings._replace(steps=BASE_STEPS)
-        mu0 = jnp.full(base_prob.tp.shape, 0.5)
-        base_sol = aot.exported("base_dual", _dual_program(base_settings), (base_prob, mu0), repr(base_settings))(
-            base_prob, mu0)
-        warm_dec = base_sol.mu
+        start = (base_prob, jnp.full(base_prob.tp.shape, 0.5), jnp.zeros(len(labels.gpus) + N_LIMITS), active)
+        base_sol = aot.exported("base_dual", _dual_program(base_settings), start, repr(base_settings))(*start)
+        warm_dec = (base_sol.mu, base_sol.lam)
     else:
         settings = settings_from(cfg.solver)
         # the base scenario's optimum warm-starts every scenario of the sweep

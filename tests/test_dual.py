@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from scipy.special import lambertw
 
-from optimizer.dual import DualSettings, dual_bound, omega, primal, solve_dual, to_decision
+from optimizer.constraints import active_mask
+from optimizer.dual import DualSettings, dual_bound, limit_excess, limit_mask, omega, primal, solve_dual, to_decision
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
-from optimizer.problem import build_problem
+from optimizer.problem import build_problem, scenario_inputs
 from tests.scenarios import run_config, segment
 
 
@@ -92,3 +93,59 @@ def test_vmapped_solve_equals_looped():
         one = solve_dual(prob, mus[i], st)
         np.testing.assert_allclose(np.asarray(batched.primal.price[i]), np.asarray(one.primal.price), rtol=1e-10)
         assert float(batched.bound[i]) == pytest.approx(float(one.bound), rel=1e-10)
+
+
+def _solve_limited(cfg, steps=600):
+    """Adam + augmented Lagrangian (8 starts) and the dual solver on a scenario with caps or budgets."""
+    res = optimize(cfg)
+    prob = res.prob
+    _, _, labels = scenario_inputs(cfg)
+    active = jnp.asarray(active_mask(labels, prob, fixed_fleet=False))
+    G = prob.usd_per_gpu_hour.shape[0]
+    sol = jax.jit(solve_dual, static_argnames="settings")(prob, jnp.full(prob.tp.shape, 0.5), DualSettings(steps=steps),
+                                                          jnp.zeros(G + 2), active)
+    return res, prob, active, sol
+
+
+def test_gpu_cap_is_priced_until_demand_fills_the_capped_fleet():
+    """The cap's price raises the GPU price until demand fits: the closed-form capacity price of
+    test_optimizer, the Adam solution, and weak duality at random (μ, λ)."""
+    eps = 2.0
+    free = optimize(run_config({"chat": segment(elasticity=eps)}))
+    cap = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    res, prob, active, sol = _solve_limited(run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap}))
+    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
+    assert float(jnp.max(b.constraints)) <= 1e-4  # feasible
+    assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=1e-3)
+    d_cap = cap * float(prob.peak_utilization) * 86400 / (float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
+    p_cap = float(prob.demand.ref_price[0, 0]) * (d_cap / float(prob.demand.ref_demand[0, 0])) ** (-1 / eps)
+    assert float(b.price_per_request[0, 0]) == pytest.approx(p_cap, rel=2e-3)
+    assert float(sol.lam[0]) > 0 and float(sol.lam[1]) == 0 and float(sol.lam[2]) == 0  # only the cap is priced
+    best = float(res.relaxed_breakdown.margin)
+    assert float(b.margin) == pytest.approx(best, rel=1e-3)
+    # plans may exceed a cap by the 1e-4 feasibility tolerance, and so the exact problem's bound by λ·1e-4
+    assert best <= float(sol.bound) * (1 + 1e-4) and -1e-4 <= float(sol.gap) < 5e-3
+    rng = np.random.default_rng(1)
+    mus = jnp.asarray(rng.uniform(0, 1, (16,) + prob.tp.shape))
+    lams = jnp.asarray(rng.uniform(0, 3, (16, 3)))
+    bounds = np.asarray(jax.vmap(lambda m, l: dual_bound(m, prob, l, active))(mus, lams))
+    assert (bounds >= best).all()
+
+
+def test_daily_budget_on_shared_pools_matches_adam():
+    """A daily GPU budget below the free optimum's spend on the peak/batch scenario: the dual plan
+    spends at most the budget and reaches the Adam margin."""
+    free = optimize(peak_batch_cfg())
+    spend = float(free.relaxed_breakdown.gpu_cost)
+    cfg = peak_batch_cfg()
+    cfg = cfg.__class__(**{**cfg.__dict__, "fleet": cfg.fleet.__class__(**{**cfg.fleet.__dict__,
+                                                                          "budget_usd_per_day": 0.6 * spend})})
+    res, prob, active, sol = _solve_limited(cfg)
+    assert res.status == "converged"
+    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
+    assert float(b.gpu_cost) <= 0.6 * spend * (1 + 1e-4)
+    best = float(res.relaxed_breakdown.margin)
+    assert float(b.margin) == pytest.approx(best, rel=1e-3)
+    assert best <= float(sol.bound) * (1 + 1e-4) and -1e-4 <= float(sol.gap) < 5e-3
+    assert float(sol.lam[2]) > 0  # the budget's price (index G)
+    assert float(jnp.max(limit_excess(sol.primal, prob, limit_mask(prob, active)))) <= 1e-4

@@ -96,6 +96,31 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
     assert (tmp_path / "b" / "sweep.parquet").exists()
 
 
+def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
+    """A GPU cap as an axis: the dual solver prices it (auto picks dual), rows stay within the cap
+    and equal single Adam runs to 0.1 %; a quality floor goes to Adam, and method=dual refuses it."""
+    base = sweep_cfg()
+    free = optimize(replace(base, sweep=SweepConfig()))
+    need = float(np.asarray(free.relaxed_breakdown.gpus)[0].sum())  # H100s the free optimum uses
+    axes = {"cap": AxisConfig(path="fleet.gpu_caps.h100-sxm", values=[0.3 * need, 0.7 * need, 2.0 * need])}
+    cfg = replace(base, sweep=SweepConfig(name="cap", axes=axes, chunk_size=4))
+    msgs = []
+    rows = run_sweep(cfg, tmp_path / "a", tmp_path / "store_a", log=msgs.append)
+    assert "solver dual" in msgs[0] and rows["converged"].all()
+    assert (rows["gpus[h100-sxm]"] <= rows["cap"] * (1 + 1e-4) + 1e-3).all()
+    for i in range(3):
+        one = replace(cfg, fleet=replace(cfg.fleet, gpu_caps={"h100-sxm": float(rows["cap"][i])}))
+        single = float(optimize(one).relaxed_breakdown.margin)
+        assert rows["margin_usd_per_day"][i] == pytest.approx(single, rel=1e-3)
+        assert single <= rows["margin_upper_bound_usd_per_day"][i] * (1 + 1e-4)
+    assert rows["margin_usd_per_day"][0] < rows["margin_usd_per_day"][1] < rows["margin_usd_per_day"][2]
+    chat = replace(cfg.demand.segments["chat"], min_quality=0.99)
+    floor = replace(cfg, demand=replace(cfg.demand, segments={**cfg.demand.segments, "chat": chat}))
+    with pytest.raises(ConfigError, match="quality floors"):
+        run_sweep(replace(floor, sweep=replace(floor.sweep, method="dual")), tmp_path / "b", tmp_path / "store_b",
+                  log=lambda m: None)
+
+
 def test_sharded_sweep_equals_unsharded(tmp_path):
     cfg = sweep_cfg(chunk_size=6)
     local = run_sweep(cfg, tmp_path / "one", tmp_path / "s1", log=lambda m: None)
