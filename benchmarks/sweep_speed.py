@@ -181,76 +181,86 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.child:
         return child(int(args.child[0]), args.child[1], args.child[2], args.chunk, args.overrides)
-    from optimizer.engine import settings_from
-    from optimizer.solver import solve_multistart
-    from optimizer.sweep import _chunk_solver
-
-    rows, quality = [], {}
+    n_max = max(args.n)
+    secs, margins, quality, sample = baselines(n_max, args)
+    rows, ratios, latency = [], [], {}
     # Three timings per N, each in a fresh Python process (imports not counted): the first run ever
     # (empty JAX compilation cache: tracing and compilation included), a rerun in a new process with
     # the cache warm (what `tokenmargin` does on every later run: the CLI enables the cache), and a
-    # second run inside the same process (compiled programs already in memory).
-    for n in args.n:
+    # second run inside the same process (compiled programs already in memory). Results are written
+    # after every N, so a run cut short (e.g. by gpu.sh's time limit) keeps what it measured.
+    for n in sorted(args.n):
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as tmp:
             cold, in_process = run_child(n, cache, f"{tmp}/rows.parquet", args)
             warm, _ = run_child(n, cache, f"{tmp}/rows_warm.parquet", args)
             result = pd.read_parquet(f"{tmp}/rows.parquet")
-        rows.append({"scenarios": n,
-                     "first run: wall s": round(cold, 2), "first run: scenarios/s": round(n / cold, 1),
-                     "rerun, new process: wall s": round(warm, 2), "rerun, new process: scenarios/s": round(n / warm, 1),
-                     "rerun, same process: wall s": round(in_process, 2),
-                     "rerun, same process: scenarios/s": round(n / in_process, 1),
-                     "converged %": round(100 * float(result["converged"].mean()), 2),
-                     "certified gap median %": round(100 * float(result["optimality_gap_bound"].median()), 4),
-                     "certified gap p99 %": round(100 * float(result["optimality_gap_bound"].quantile(0.99)), 4)})
-        cfg = load_cfg(n, [f"sweep.chunk_size={min(args.chunk, n)}", *args.overrides])
-        if n != max(args.n):
-            continue
-        # baselines and references on a sample of the largest sweep's scenarios
-        base, pools, labels = scenario_inputs(cfg)
-        names = list(cfg.sweep.axes)
-        axes = axes_of(cfg.sweep)
-        targets = [resolve_path(axes[k].path, labels) for k in names]
-        rel = [axes[k].relative for k in names]
-        plan = design(cfg.sweep)
-        sample = np.linspace(0, n - 1, min(args.baseline_sample, n)).astype(int)
-        values = jnp.asarray(plan.iloc[sample].to_numpy(float))
-        base_prob = assemble(base, pools)
-        active = jnp.asarray(active_mask(labels, base_prob, fixed_fleet=False))
-        settings = settings_from(cfg.solver)
-        warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
-        adam = _chunk_solver(targets, rel, settings, 1, None, False)(base, values, pools, active, warm.decision, None)
-        adam_margin = np.asarray(adam.margin)
-        build = jax.jit(lambda v: assemble(apply_axes(base, targets, rel, v), pools))
-        margins = {"jax_dual": result["margin_usd_per_day"].to_numpy()[sample], "adam_al": adam_margin}
-        secs = {}
-        for name, start in (("scipy_cold", None), ("scipy_warm", warm.decision)):
-            m_all, s_all, ok_all = [], [], []
-            for i in range(len(sample)):
-                prob = build(values[i])
-                m, sec, ok = scipy_solve(prob, active, start)
-                m_all.append(m)
-                s_all.append(sec)
-                ok_all.append(ok)
-            margins[name] = np.asarray(m_all)
-            secs[name] = float(np.mean(s_all))
-            quality[f"{name}_success_pct"] = round(100 * float(np.mean(ok_all)), 1)
-        best = np.max(np.stack(list(margins.values())), axis=0)
-        for name, m in margins.items():
-            gap = (best - m) / np.abs(best) * 100
-            quality[f"{name}_gap_median_pct"] = round(float(np.median(gap)), 4)
-            quality[f"{name}_gap_p99_pct"] = round(float(np.percentile(gap, 99)), 4)
-        quality["sample"] = int(len(sample))
-        ratios = []
-        for r in rows:
-            ratio = {"scenarios": r["scenarios"]}
-            for name in ("scipy_cold", "scipy_warm"):
-                ratio[f"{name} s/scenario (sample)"] = round(secs[name], 4)
-                for run in ("first run", "rerun, new process", "rerun, same process"):
-                    ratio[f"x {name}: {run}"] = round(r[f"{run}: scenarios/s"] * secs[name], 1)
-            ratios.append(ratio)
-    latency = {} if args.no_latency else single_run_latency()
-    speed = pd.DataFrame(rows)
+        r = {"scenarios": n,
+             "first run: wall s": round(cold, 2), "first run: scenarios/s": round(n / cold, 1),
+             "rerun, new process: wall s": round(warm, 2), "rerun, new process: scenarios/s": round(n / warm, 1),
+             "rerun, same process: wall s": round(in_process, 2), "rerun, same process: scenarios/s": round(n / in_process, 1),
+             "converged %": round(100 * float(result["converged"].mean()), 2),
+             "certified gap median %": round(100 * float(result["optimality_gap_bound"].median()), 4),
+             "certified gap p99 %": round(100 * float(result["optimality_gap_bound"].quantile(0.99)), 4)}
+        rows.append(r)
+        ratio = {"scenarios": n}
+        for name in ("scipy_cold", "scipy_warm"):
+            ratio[f"{name} s/scenario (sample)"] = round(secs[name], 4)
+            for run in ("first run", "rerun, new process", "rerun, same process"):
+                ratio[f"x {name}: {run}"] = round(r[f"{run}: scenarios/s"] * secs[name], 1)
+        ratios.append(ratio)
+        if n == n_max:  # quality: the JAX sweep's rows of the sampled scenarios against the other methods
+            margins["jax_dual"] = result["margin_usd_per_day"].to_numpy()[sample]
+            best = np.max(np.stack(list(margins.values())), axis=0)
+            for name, m in margins.items():
+                gap = (best - m) / np.abs(best) * 100
+                quality[f"{name}_gap_median_pct"] = round(float(np.median(gap)), 4)
+                quality[f"{name}_gap_p99_pct"] = round(float(np.percentile(gap, 99)), 4)
+        write_report(rows, ratios, quality, latency, args.tag)
+    if not args.no_latency:
+        latency = single_run_latency()
+        write_report(rows, ratios, quality, latency, args.tag)
+    return {"speed": rows, "ratios": ratios, "quality": quality}
+
+
+def baselines(n: int, args) -> tuple[dict, dict, dict, np.ndarray]:
+    """SciPy SLSQP (cold and warm start) and the Adam solver on a sample of the N-scenario design:
+    (seconds per scenario, margins per method, success rates, sample indices)."""
+    from optimizer.engine import settings_from
+    from optimizer.solver import solve_multistart
+    from optimizer.sweep import _chunk_solver
+
+    cfg = load_cfg(n, [f"sweep.chunk_size={min(args.chunk, n)}", *args.overrides])
+    base, pools, labels = scenario_inputs(cfg)
+    names = list(cfg.sweep.axes)
+    axes = axes_of(cfg.sweep)
+    targets = [resolve_path(axes[k].path, labels) for k in names]
+    rel = [axes[k].relative for k in names]
+    plan = design(cfg.sweep)
+    sample = np.linspace(0, n - 1, min(args.baseline_sample, n)).astype(int)
+    values = jnp.asarray(plan.iloc[sample].to_numpy(float))
+    base_prob = assemble(base, pools)
+    active = jnp.asarray(active_mask(labels, base_prob, fixed_fleet=False))
+    settings = settings_from(cfg.solver)
+    warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
+    adam = _chunk_solver(targets, rel, settings, 1, None, False)(base, values, pools, active, warm.decision, None)
+    build = jax.jit(lambda v: assemble(apply_axes(base, targets, rel, v), pools))
+    margins = {"adam_al": np.asarray(adam.margin)}
+    secs, quality = {}, {"sample": int(len(sample))}
+    for name, start in (("scipy_cold", None), ("scipy_warm", warm.decision)):
+        m_all, s_all, ok_all = [], [], []
+        for i in range(len(sample)):
+            m, sec, ok = scipy_solve(build(values[i]), active, start)
+            m_all.append(m)
+            s_all.append(sec)
+            ok_all.append(ok)
+        margins[name] = np.asarray(m_all)
+        secs[name] = float(np.mean(s_all))
+        quality[f"{name}_success_pct"] = round(100 * float(np.mean(ok_all)), 1)
+    return secs, margins, quality, sample
+
+
+def write_report(rows: list, ratios: list, quality: dict, latency: dict, tag: str) -> None:
+    """Print and write ``benchmarks/results/sweep_speed[_tag].{md,json}`` (atomically)."""
     md = ("# Sweep speed: JAX vectorised sweep vs SciPy SLSQP\n\n"
           f"devices: {[str(d) for d in jax.devices()]}; CPU cores: {os.cpu_count()}; scenarios: default problem, "
           "`risk` Latin-hypercube design.\n"
@@ -259,7 +269,7 @@ def main(argv=None) -> dict:
           "compilation cache. *Rerun, new process*: the cache (and the traced-program exports beside it) warm, as on "
           "every later `tokenmargin` run. *Rerun, same process*: programs already in memory. SciPy time is the mean "
           "per scenario on the sample, extrapolated (speed ratio = JAX scenarios/s × SciPy s/scenario).\n\n"
-          + speed.to_markdown(index=False)
+          + pd.DataFrame(rows).to_markdown(index=False)
           + "\n\n## Speed ratio to SciPy SLSQP (cold start: reference prices; warm start: the base optimum)\n\n"
           + pd.DataFrame(ratios).to_markdown(index=False)
           + "\n\n## Quality on the sampled scenarios (gap to the best margin of all methods, %)\n\n"
@@ -268,13 +278,10 @@ def main(argv=None) -> dict:
              + pd.DataFrame([latency]).to_markdown(index=False) + "\n" if latency else ""))
     print(md)
     out = ROOT / "benchmarks" / "results"
-    suffix = f"_{args.tag}" if args.tag else ""
+    suffix = f"_{tag}" if tag else ""
     io.write_text(out / f"sweep_speed{suffix}.md", md)
     io.write_json(out / f"sweep_speed{suffix}.json", {"speed": rows, "ratios": ratios, "quality": quality,
-                                                       "latency": latency,
-                                                       "devices": [str(d) for d in jax.devices()]})
-    return {"speed": rows, "quality": quality}
-
+                                                       "latency": latency, "devices": [str(d) for d in jax.devices()]})
 
 if __name__ == "__main__":
     main()
