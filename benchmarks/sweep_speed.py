@@ -197,7 +197,8 @@ def main(argv=None) -> dict:
         r = {"scenarios": n,
              "first run: wall s": round(cold, 2), "first run: scenarios/s": round(n / cold, 1),
              "rerun, new process: wall s": round(warm, 2), "rerun, new process: scenarios/s": round(n / warm, 1),
-             "rerun, same process: wall s": round(in_process, 2), "rerun, same process: scenarios/s": round(n / in_process, 1),
+             "rerun, same process: wall s": round(in_process, 2),
+             "rerun, same process: scenarios/s": round(n / in_process, 1),
              "converged %": round(100 * float(result["converged"].mean()), 2),
              "certified gap median %": round(100 * float(result["optimality_gap_bound"].median()), 4),
              "certified gap p99 %": round(100 * float(result["optimality_gap_bound"].quantile(0.99)), 4)}

@@ -37,7 +37,8 @@ from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble,
                                serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 from optimizer.dual import N_LIMITS, DualSettings, solve_dual, to_decision
-from optimizer.solver import CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings, solve_batch
+from optimizer.solver import (CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings,
+                              solve_batch)
 
 
 @functools.lru_cache(maxsize=8)

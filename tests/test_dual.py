@@ -10,7 +10,8 @@ import pytest
 from scipy.special import lambertw
 
 from optimizer.constraints import active_mask
-from optimizer.dual import DualSettings, dual_bound, limit_excess, limit_mask, omega, primal, solve_dual, to_decision
+from optimizer.dual import (DualSettings, dual_bound, limit_excess, limit_mask, omega, primal, solve_dual,
+                            to_decision)
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
 from optimizer.problem import build_problem, scenario_inputs
@@ -117,7 +118,8 @@ def test_gpu_cap_is_priced_until_demand_fills_the_capped_fleet():
     b = evaluate(to_decision(sol.primal, prob), prob, None, active)
     assert float(jnp.max(b.constraints)) <= 1e-4  # feasible
     assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=1e-3)
-    d_cap = cap * float(prob.peak_utilization) * 86400 / (float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
+    d_cap = cap * float(prob.peak_utilization) * 86400 / (
+        float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
     p_cap = float(prob.demand.ref_price[0, 0]) * (d_cap / float(prob.demand.ref_demand[0, 0])) ** (-1 / eps)
     assert float(b.price_per_request[0, 0]) == pytest.approx(p_cap, rel=2e-3)
     assert float(sol.lam[0]) > 0 and float(sol.lam[1]) == 0 and float(sol.lam[2]) == 0  # only the cap is priced
