@@ -34,6 +34,7 @@ here; callers fall back to :func:`optimizer.solver.solve_batch` for them.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -331,6 +332,24 @@ def solve_dual(prob: Problem, mu0: jnp.ndarray, settings: DualSettings = DualSet
     violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
     mu_out, lam_out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
     return DualSolution(mu_out, lam_out, best, c.bound, gap, violation)
+
+
+WARM_START_STEPS = 1000
+"""Dual steps of a scenario solved from scratch (an even cost split, unpriced limits)."""
+
+
+@functools.lru_cache(maxsize=8)
+def dual_program(settings: DualSettings):
+    """``solve_dual(prob, mu0, lam0, active)`` jitted with its static settings bound (exportable)."""
+    return jax.jit(lambda prob, mu0, lam0, active: solve_dual(prob, mu0, settings, lam0, active))
+
+
+def solve_from_scratch(prob: Problem, active: jnp.ndarray, steps: int = WARM_START_STEPS) -> DualSolution:
+    """The dual solution of one scenario from an even split and zero limit prices (compiled once per
+    problem shape): the sweep's base solve, and a start for the single-run Adam solver."""
+    G = prob.usd_per_gpu_hour.shape[0]
+    return dual_program(DualSettings(steps=steps))(prob, jnp.full(prob.tp.shape, 0.5), jnp.zeros(G + N_LIMITS),
+                                                  jnp.asarray(active))
 
 
 def to_decision(x: Primal, prob: Problem) -> Decision:

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from optimizer.constraints import active_mask, constraint_names
+from optimizer.dual import N_LIMITS, WARM_START_STEPS, DualSettings, solve_from_scratch, to_decision
 from optimizer.integer import integer_fleet
-from optimizer.objective import Breakdown, evaluate_jit
+from optimizer.objective import Breakdown, Decision, evaluate_jit
 from optimizer.problem import Labels, Problem, build_problem
 from optimizer.schema import RunConfig, SolverConfig
-from optimizer.solver import CONVERGED, STATUS_NAMES, Settings, Solution, solve_multistart
+from optimizer.solver import (CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings,
+                              Solution, solve_multistart)
 
 INFEASIBLE_REPORT = 1e-4
 """Normalised violation above which a constraint is named as violated in reports."""
@@ -41,6 +43,7 @@ class Stage:
     outer_iterations: int
     wall_s: float
     violated: list[str] = field(default_factory=list)
+    method: str = "adam"  # solver whose plan this is: adam (augmented Lagrangian) or dual (structured)
 
 
 @dataclass
@@ -69,6 +72,54 @@ def _stage(sol: Solution, b: Breakdown, names: list[str], active: np.ndarray, wa
                  outer_iterations=int(sol.outer_iterations), wall_s=round(wall, 3), violated=violated)
 
 
+START_LOGIT_FLOOR = -30.0
+"""Mix and routing logits of the dual start are floored here (weight e^-30 ≈ 1e-13), so the Adam
+solver can still move flows to options the dual start leaves unused."""
+
+
+def dual_candidate(prob: Problem, active: np.ndarray, n_gpus: int) -> tuple[Decision, Solution] | None:
+    """The structured dual solver's plan (``optimizer/dual.py``): as a start for the Adam solver and
+    as a candidate relaxed solution. None with quality floors, which the dual does not handle.
+
+    Tight GPU caps are where it matters: from reference prices the augmented Lagrangian can stall
+    far from the optimum there, while the dual prices the cap. The candidate's status is converged
+    when it is within 1e-4 of every cap and budget and within 0.5 % of its certified upper bound;
+    its multipliers are the caps' and budgets' prices in the solver's normalised units.
+    """
+    if np.asarray(active)[n_gpus + N_LIMITS:].sum() > 0:
+        return None
+    act = jnp.asarray(active)
+    settings = DualSettings(steps=WARM_START_STEPS)
+    sol = solve_from_scratch(prob, act, settings.steps)
+    dec = to_decision(sol.primal, prob)
+    b = evaluate_jit(dec, prob, None, act)
+    viol = float(jnp.maximum(jnp.max(b.constraints), 0.0))
+    gap = float((sol.bound - b.margin) / jnp.maximum(jnp.abs(sol.bound), 1e-9))
+    finite = bool(np.isfinite(float(b.margin)) and np.isfinite(float(sol.bound)))
+    status = (NONFINITE if not finite else INFEASIBLE if viol > INFEASIBLE_TOL
+              else CONVERGED if gap <= settings.tol_gap and viol <= settings.tol_feasibility else STEP_LIMIT)
+    # shadow prices of the normalised constraints g = (used − limit) / limit, in objective units (/ scale)
+    lam, r, cap = np.asarray(sol.lam), np.asarray(prob.usd_per_gpu_hour), np.asarray(prob.gpu_cap)
+    kappa = r.sum() / max(float(np.asarray(prob.capex_per_gpu).sum()), 1e-9)
+    heads = np.concatenate([lam[:n_gpus] * r * 24.0 * cap, [lam[n_gpus] * float(prob.budget_usd_per_day),
+                                                            lam[n_gpus + 1] * kappa * 24.0 * float(prob.capex_budget_usd)]])
+    mult = np.zeros(np.asarray(b.constraints).shape)
+    mult[:n_gpus + N_LIMITS] = np.where(np.asarray(active)[:n_gpus + N_LIMITS] > 0, heads, 0.0) / float(prob.scale)
+    cand = Solution(dec, jnp.asarray(mult), -b.margin / prob.scale, jnp.asarray(viol), jnp.asarray(np.nan),
+                    jnp.asarray(settings.steps), jnp.asarray(1), jnp.asarray(status))
+    start = dec._replace(mix_logits=jnp.maximum(dec.mix_logits, START_LOGIT_FLOOR),
+                         route_logits=jnp.maximum(dec.route_logits, START_LOGIT_FLOOR))
+    return start, cand
+
+
+def prefer_dual(dual: Solution, adam: Solution) -> bool:
+    """Take the dual candidate when it converged and Adam did not, or when its margin is higher."""
+    if int(dual.status) != CONVERGED:
+        return False
+    return int(adam.status) != CONVERGED or float(dual.objective) < float(adam.objective) - 1e-6 * abs(
+        float(adam.objective))
+
+
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
     """Solve a scenario end to end.
 
@@ -83,12 +134,18 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
     settings = settings_from(cfg.solver)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
     t0 = time.perf_counter()
+    dual = dual_candidate(prob, act_relaxed, len(labels.gpus)) if cfg.solver.dual else None
     with bar.bar(settings.outer_steps, "solving", show_bar):
         relaxed, _ = solve_multistart(prob, jnp.asarray(act_relaxed), None, settings, cfg.solver.starts,
-                                          cfg.solver.seed, bar.outer_step if show_bar else None)
+                                      cfg.solver.seed, bar.outer_step if show_bar else None,
+                                      dual[0] if dual else None)
         jax.block_until_ready(relaxed)
+    method = "adam"
+    if dual is not None and prefer_dual(dual[1], relaxed):
+        relaxed, method = dual[1], "dual"
     rb = evaluate_jit(relaxed.decision, prob)
     stages = {"relaxed": _stage(relaxed, rb, names, act_relaxed, time.perf_counter() - t0, INFEASIBLE_REPORT)}
+    stages["relaxed"].method = method
     if progress:
         progress("relaxed solve done")
     final, fb, fleet, loss = relaxed, rb, None, None

@@ -282,6 +282,8 @@ class SolverConfig:
     integer_fleet: bool = True  # round and repair the fleet to whole replicas
     repair_rounds: int = 3  # greedy remove-one-replica rounds after rounding
     seed: int = 0
+    dual: bool = True  # also solve with the structured dual solver (no quality floors): it starts one Adam row and
+    # is the relaxed plan when Adam ends worse or unconverged (optimizer/dual.py; GPU caps and budgets priced)
 
 
 @dataclass

@@ -204,9 +204,15 @@ solve_batch_jit = jax.jit(solve_batch, static_argnames=("settings", "progress"))
 
 
 def solve_multistart(prob: Problem, active: jnp.ndarray, fleet: jnp.ndarray | None, settings: Settings,
-                     starts: int, seed: int, progress: Callable | None = None) -> tuple[Solution, Solution]:
-    """Solve from several starts at once (one batched, compiled solve); returns ``(best, all)``."""
+                     starts: int, seed: int, progress: Callable | None = None,
+                     start: Decision | None = None) -> tuple[Solution, Solution]:
+    """Solve from several starts at once (one batched, compiled solve); returns ``(best, all)``.
+
+    ``start`` (e.g. the dual solver's plan) replaces the last of the ``starts`` generated ones.
+    """
     dec0 = initial_decisions(prob, starts, seed)
+    if start is not None:
+        dec0 = jax.tree.map(lambda d, x: d.at[-1].set(x), dec0, start)
     act, fleets, fixed = _rows(prob, active, fleet, starts)
     sols = solve_batch_jit(dec0, prob, act, fleets, fixed, settings, progress)
     i = best_of(sols)

@@ -36,15 +36,9 @@ from optimizer.objective import Decision, evaluate
 from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, scenario_inputs,
                                serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
-from optimizer.dual import N_LIMITS, DualSettings, solve_dual, to_decision
+from optimizer.dual import N_LIMITS, WARM_START_STEPS, DualSettings, dual_program, solve_dual, to_decision
 from optimizer.solver import (CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings,
                               solve_batch)
-
-
-@functools.lru_cache(maxsize=8)
-def _dual_program(settings: DualSettings):
-    """``solve_dual(prob, mu0, lam0, active)`` jitted with its static settings bound (exportable)."""
-    return jax.jit(lambda prob, mu0, lam0, active: solve_dual(prob, mu0, settings, lam0, active))
 
 
 SWEEP_BISECTION_STEPS = 24
@@ -321,7 +315,7 @@ def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm:
                        b.gpus.sum((1, 2)), sol.bound)
 
 
-BASE_STEPS = 1000
+BASE_STEPS = WARM_START_STEPS
 """Dual steps for the base scenario, whose cost split warm-starts the whole sweep."""
 METHODS = ("auto", "dual", "adam")
 
@@ -434,7 +428,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
         base_settings = settings._replace(steps=BASE_STEPS)
         start = (base_prob, jnp.full(base_prob.tp.shape, 0.5), jnp.zeros(len(labels.gpus) + N_LIMITS), active)
-        base_sol = aot.exported("base_dual", _dual_program(base_settings), start, repr(base_settings))(*start)
+        base_sol = aot.exported("base_dual", dual_program(base_settings), start, repr(base_settings))(*start)
         warm_dec = (base_sol.mu, base_sol.lam)
     else:
         settings = settings_from(cfg.solver)
