@@ -162,7 +162,7 @@ def run_child(n: int, cache: str, out: str, args) -> list[float]:
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), cache, out, "--chunk", str(args.chunk),
            *args.overrides]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ})
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     lines = [x for x in r.stdout.splitlines() if x.startswith("CHILD ")]
     if r.returncode != 0 or not lines:
         raise RuntimeError(r.stderr[-3000:])

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import optax
 
 from kernels.smooth import smooth_max_pos
-from optimizer.objective import POOL_SHARPNESS, Decision
+from optimizer.objective import POOL_SHARPNESS, Breakdown, Decision, evaluate
 from optimizer.problem import SECONDS_PER_DAY, Problem
+from optimizer.solver import CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STEP_LIMIT
 
 NEG = -1e30
 """Logit of an option that is not allowed (softmax weight exactly 0)."""
@@ -201,6 +202,11 @@ def limit_mask(prob: Problem, active: jnp.ndarray | None) -> jnp.ndarray:
     return (active[:G + N_LIMITS] > 0).astype(prob.usd_per_gpu_hour.dtype)
 
 
+def _capex_rate(prob: Problem) -> jnp.ndarray:
+    """USD per GPU-hour per USD of capex: the fleet's mean rent over its mean capex (scales ``λ``)."""
+    return prob.usd_per_gpu_hour.sum() / jnp.maximum(prob.capex_per_gpu.sum(), 1e-9)
+
+
 def limit_rate(lam: jnp.ndarray, prob: Problem) -> jnp.ndarray:
     """(G,) USD per GPU-hour charged to requests when the limits have prices ``lam`` ≥ 0.
 
@@ -208,20 +214,21 @@ def limit_rate(lam: jnp.ndarray, prob: Problem) -> jnp.ndarray:
     spent, and the capex budget's in units of the fleet's mean rent per dollar of capex.
     """
     G = prob.usd_per_gpu_hour.shape[0]
-    r, capex = prob.usd_per_gpu_hour, prob.capex_per_gpu
-    kappa = r.sum() / jnp.maximum(capex.sum(), 1e-9)  # USD/GPU-hour per USD of capex
-    return r * (1.0 + lam[:G] + lam[G]) + lam[G + 1] * kappa * capex
+    r = prob.usd_per_gpu_hour
+    return r * (1.0 + lam[:G] + lam[G]) + lam[G + 1] * _capex_rate(prob) * prob.capex_per_gpu
+
+
+def limit_terms(lam: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """(G + 2,) USD/day: ``λ_k b_k`` of each limit (cap, budget, capex budget), active or not."""
+    G = prob.usd_per_gpu_hour.shape[0]
+    return jnp.concatenate([lam[:G] * prob.usd_per_gpu_hour * 24.0 * prob.gpu_cap,
+                            (lam[G] * prob.budget_usd_per_day)[None],
+                            (lam[G + 1] * _capex_rate(prob) * 24.0 * prob.capex_budget_usd)[None]])
 
 
 def limit_value(lam: jnp.ndarray, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
     """USD/day: ``Σ_k λ_k b_k`` over the active limits (the constant of the Lagrangian)."""
-    G = prob.usd_per_gpu_hour.shape[0]
-    r, capex = prob.usd_per_gpu_hour, prob.capex_per_gpu
-    kappa = r.sum() / jnp.maximum(capex.sum(), 1e-9)
-    caps = jnp.where(mask[:G] > 0, lam[:G] * r * 24.0 * prob.gpu_cap, 0.0).sum()
-    budget = jnp.where(mask[G] > 0, lam[G] * prob.budget_usd_per_day, 0.0)
-    capex_b = jnp.where(mask[G + 1] > 0, lam[G + 1] * kappa * 24.0 * prob.capex_budget_usd, 0.0)
-    return caps + budget + capex_b
+    return jnp.where(mask > 0, limit_terms(lam, prob), 0.0).sum()
 
 
 def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
@@ -344,12 +351,41 @@ def dual_program(settings: DualSettings):
     return jax.jit(lambda prob, mu0, lam0, active: solve_dual(prob, mu0, settings, lam0, active))
 
 
-def solve_from_scratch(prob: Problem, active: jnp.ndarray, steps: int = WARM_START_STEPS) -> DualSolution:
-    """The dual solution of one scenario from an even split and zero limit prices (compiled once per
-    problem shape): the sweep's base solve, and a start for the single-run Adam solver."""
+def scratch_start(prob: Problem, active: jnp.ndarray) -> tuple:
+    """Arguments of :func:`dual_program` for a solve from scratch: an even split, unpriced limits."""
     G = prob.usd_per_gpu_hour.shape[0]
-    return dual_program(DualSettings(steps=steps))(prob, jnp.full(prob.tp.shape, 0.5), jnp.zeros(G + N_LIMITS),
-                                                  jnp.asarray(active))
+    return prob, jnp.full(prob.tp.shape, 0.5), jnp.zeros(G + N_LIMITS), jnp.asarray(active)
+
+
+def solve_from_scratch(prob: Problem, active: jnp.ndarray, steps: int = WARM_START_STEPS) -> DualSolution:
+    """The dual solution of one scenario from :func:`scratch_start` (compiled once per problem
+    shape): the sweep's base solve, and a start for the single-run Adam solver."""
+    return dual_program(DualSettings(steps=steps))(*scratch_start(prob, active))
+
+
+class PlanCheck(NamedTuple):
+    """A dual plan checked against the objective of single runs (:func:`optimizer.objective.evaluate`)."""
+
+    decision: Decision
+    breakdown: Breakdown
+    violation: jnp.ndarray  # () largest normalised excess over an active constraint (0 if none)
+    gap: jnp.ndarray  # () certified relative gap (bound − margin) / |bound|
+    status: jnp.ndarray  # () int, optimizer.solver.STATUS_NAMES
+
+
+def check_plan(sol: DualSolution, prob: Problem, active: jnp.ndarray, settings: DualSettings) -> PlanCheck:
+    """Evaluate a dual solution's plan and give it a status: infeasible beyond ``INFEASIBLE_TOL``;
+    converged within ``settings.tol_feasibility`` of every limit and ``settings.tol_gap`` of the
+    bound; step_limit otherwise. Pure; jittable and vmappable."""
+    dec = to_decision(sol.primal, prob)
+    b = evaluate(dec, prob, None, active)
+    viol = jnp.maximum(jnp.max(b.constraints), 0.0)
+    gap = (sol.bound - b.margin) / jnp.maximum(jnp.abs(sol.bound), 1e-9)
+    finite = jnp.isfinite(b.margin) & jnp.isfinite(sol.bound)
+    status = jnp.where(~finite, NONFINITE, jnp.where(
+        viol > INFEASIBLE_TOL, INFEASIBLE,
+        jnp.where((gap <= settings.tol_gap) & (viol <= settings.tol_feasibility), CONVERGED, STEP_LIMIT)))
+    return PlanCheck(dec, b, viol, gap, status)
 
 
 def to_decision(x: Primal, prob: Problem) -> Decision:

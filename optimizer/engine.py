@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -14,13 +15,13 @@ import numpy as np
 
 from optimizer.constraints import active_mask, constraint_names
 from optimizer import aot
-from optimizer.dual import N_LIMITS, WARM_START_STEPS, DualSettings, dual_program, to_decision
+from optimizer.dual import (N_LIMITS, WARM_START_STEPS, DualSettings, check_plan, dual_program, limit_terms,
+                            scratch_start)
 from optimizer.integer import integer_fleet
-from optimizer.objective import Breakdown, Decision, evaluate, evaluate_jit
+from optimizer.objective import Breakdown, Decision, evaluate_jit
 from optimizer.problem import Labels, Problem, build_problem
 from optimizer.schema import RunConfig, SolverConfig
-from optimizer.solver import (CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings,
-                              Solution, solve_multistart)
+from optimizer.solver import CONVERGED, STATUS_NAMES, Settings, Solution, solve_multistart
 
 INFEASIBLE_REPORT = 1e-4
 """Normalised violation above which a constraint is named as violated in reports."""
@@ -91,34 +92,27 @@ def dual_candidate(prob: Problem, active: np.ndarray, n_gpus: int) -> tuple[Deci
         return None
     act = jnp.asarray(active)
     settings = DualSettings(steps=WARM_START_STEPS)
-    start = (prob, jnp.full(prob.tp.shape, 0.5), jnp.zeros(n_gpus + N_LIMITS), act)
+    start = scratch_start(prob, act)
     sol = aot.exported("base_dual", dual_program(settings), start, repr(settings))(*start)  # = solve_from_scratch
-    dec, start, margin, viol = _dual_plan(sol.primal, prob, act)
-    viol, margin, bound = float(viol), float(margin), float(sol.bound)
-    gap = (bound - margin) / max(abs(bound), 1e-9)
-    finite = bool(np.isfinite(margin) and np.isfinite(bound))
-    status = (NONFINITE if not finite else INFEASIBLE if viol > INFEASIBLE_TOL
-              else CONVERGED if gap <= settings.tol_gap and viol <= settings.tol_feasibility else STEP_LIMIT)
+    dec, start, margin, viol, status, terms = _dual_plan(sol, prob, act, settings)
     # shadow prices of the normalised constraints g = (used − limit) / limit, in objective units (/ scale)
-    lam, r, cap = np.asarray(sol.lam), np.asarray(prob.usd_per_gpu_hour), np.asarray(prob.gpu_cap)
-    kappa = r.sum() / max(float(np.asarray(prob.capex_per_gpu).sum()), 1e-9)
-    heads = np.concatenate([lam[:n_gpus] * r * 24.0 * cap, [lam[n_gpus] * float(prob.budget_usd_per_day),
-                                                            lam[n_gpus + 1] * kappa * 24.0 * float(prob.capex_budget_usd)]])
+    heads = np.where(np.asarray(active)[:n_gpus + N_LIMITS] > 0, np.asarray(terms), 0.0)
     mult = np.zeros(np.asarray(active).shape)
-    mult[:n_gpus + N_LIMITS] = np.where(np.asarray(active)[:n_gpus + N_LIMITS] > 0, heads, 0.0) / float(prob.scale)
-    cand = Solution(dec, jnp.asarray(mult), jnp.asarray(-margin / float(prob.scale)), jnp.asarray(viol),
-                    jnp.asarray(np.nan), jnp.asarray(settings.steps), jnp.asarray(1), jnp.asarray(status))
+    mult[:n_gpus + N_LIMITS] = heads / float(prob.scale)
+    cand = Solution(dec, jnp.asarray(mult), -margin / prob.scale, viol, jnp.asarray(np.nan),
+                    jnp.asarray(settings.steps), jnp.asarray(1), status)
     return start, cand
 
 
-@jax.jit
-def _dual_plan(primal, prob: Problem, active: jnp.ndarray):
-    """(decision, Adam start with floored logits, margin, violation) of a dual plan, in one program."""
-    dec = to_decision(primal, prob)
-    b = evaluate(dec, prob, None, active)
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _dual_plan(sol, prob: Problem, active: jnp.ndarray, settings: DualSettings):
+    """(decision, Adam start with floored logits, margin, violation, status, λ_k·b_k per limit) of a
+    dual plan, in one program."""
+    c = check_plan(sol, prob, active, settings)
+    dec = c.decision
     start = dec._replace(mix_logits=jnp.maximum(dec.mix_logits, START_LOGIT_FLOOR),
                          route_logits=jnp.maximum(dec.route_logits, START_LOGIT_FLOOR))
-    return dec, start, b.margin, jnp.maximum(jnp.max(b.constraints), 0.0)
+    return dec, start, c.breakdown.margin, c.violation, c.status, limit_terms(sol.lam, prob)
 
 
 def prefer_dual(dual: Solution, adam: Solution) -> bool:

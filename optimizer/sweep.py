@@ -36,9 +36,9 @@ from optimizer.objective import Decision, evaluate
 from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, scenario_inputs,
                                serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
-from optimizer.dual import N_LIMITS, WARM_START_STEPS, DualSettings, dual_program, solve_dual, to_decision
-from optimizer.solver import (CONVERGED, INFEASIBLE, INFEASIBLE_TOL, NONFINITE, STATUS_NAMES, STEP_LIMIT, Settings,
-                              solve_batch)
+from optimizer.dual import (N_LIMITS, WARM_START_STEPS, DualSettings, check_plan, dual_program, scratch_start,
+                            solve_dual)
+from optimizer.solver import INFEASIBLE_TOL, STATUS_NAMES, Settings, solve_batch
 
 
 SWEEP_BISECTION_STEPS = 24
@@ -295,22 +295,14 @@ def solve_one(numbers: Numbers, pools: Pools, active: jnp.ndarray, settings: Set
 def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm: tuple[jnp.ndarray, jnp.ndarray],
                    active: jnp.ndarray, serving=None) -> SweepResult:
     """Assemble and solve one scenario with the structured dual solver, warm-started from the base
-    scenario's cost split and limit prices ``warm = (μ, λ)``. Pure; vmappable.
-
-    Status: infeasible when the plan exceeds an active GPU cap or budget by more than
-    ``INFEASIBLE_TOL``; converged when it is within ``settings.tol_feasibility`` of them and the
-    certified gap to the dual bound is within ``settings.tol_gap``; step_limit otherwise.
+    scenario's cost split and limit prices ``warm = (μ, λ)``. Pure; vmappable. Status from
+    :func:`optimizer.dual.check_plan` (limits within tolerance, certified gap within ``tol_gap``).
     """
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
     sol = solve_dual(prob, warm[0], settings, warm[1], active)
-    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
-    viol = jnp.maximum(jnp.max(b.constraints), 0.0)
-    gap = (sol.bound - b.margin) / jnp.maximum(jnp.abs(sol.bound), 1e-9)
-    finite = jnp.isfinite(b.margin) & jnp.isfinite(sol.bound)
-    status = jnp.where(~finite, NONFINITE, jnp.where(
-        viol > INFEASIBLE_TOL, INFEASIBLE,
-        jnp.where((gap <= settings.tol_gap) & (viol <= settings.tol_feasibility), CONVERGED, STEP_LIMIT)))
-    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, status, viol, jnp.asarray(settings.steps),
+    c = check_plan(sol, prob, active, settings)
+    b = c.breakdown
+    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, c.status, c.violation, jnp.asarray(settings.steps),
                        b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
                        b.gpus.sum((1, 2)), sol.bound)
 
@@ -427,7 +419,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         settings = DualSettings(steps=sw.dual_steps, tol_gap=sw.dual_tol_gap)
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
         base_settings = settings._replace(steps=BASE_STEPS)
-        start = (base_prob, jnp.full(base_prob.tp.shape, 0.5), jnp.zeros(len(labels.gpus) + N_LIMITS), active)
+        start = scratch_start(base_prob, active)
         base_sol = aot.exported("base_dual", dual_program(base_settings), start, repr(base_settings))(*start)
         warm_dec = (base_sol.mu, base_sol.lam)
     else:
