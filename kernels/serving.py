@@ -7,7 +7,8 @@ so per replica ::
     output tok/s = osl / (T_prefill + osl · T_token(B) / B)      input tok/s = output · isl / osl
 
 where ``T_token`` is the decode step time per emitted token (the step time itself, or the
-speculative round time divided by the expected tokens per round). Per-GPU figures divide by ``tp``.
+speculative round time divided by the expected tokens per round). Per-GPU figures divide by the
+replica's ``gpus``; disaggregated deployments add the prefill pool's GPUs (:func:`operating_point`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels.roofline import Deployment, Efficiency, decode_step, max_batch, prefill_time
-from kernels.speculative import expected_tokens_per_step, speculative_time_per_step
+from kernels.roofline import (Deployment, Efficiency, decode_step, kv_transfer_time, max_batch,
+                              prefill_cost)
 
 
 class Workload(NamedTuple):
@@ -31,96 +32,119 @@ class Workload(NamedTuple):
 
 
 class Speculation(NamedTuple):
-    """Speculative decoding settings (draft_len = 0 switches it off)."""
+    """Speculative decoding settings (draft_len = 0 switches it off).
+
+    ``tokens_per_round`` is the expected number of tokens emitted per verify pass ``E[T]`` (measured
+    acceptance lengths, e.g. DeepSeek MTP; or ``(1 − a^(k+1))/(1 − a)`` from an iid acceptance
+    ``a``, :func:`kernels.speculative.expected_tokens_per_step`).
+    """
 
     draft_len: jnp.ndarray  # k
-    acceptance: jnp.ndarray  # a
-    draft_cost_ratio: jnp.ndarray  # c_d
+    tokens_per_round: jnp.ndarray  # E[T] in [1, k + 1]
+    draft_cost_ratio: jnp.ndarray  # c_d: a draft step's body (excl. fixed overheads) / a target step's body
 
 
-NO_SPECULATION = Speculation(jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(0.0))
+NO_SPECULATION = Speculation(jnp.asarray(0.0), jnp.asarray(1.0), jnp.asarray(0.0))
 
 
 class ServingPoint(NamedTuple):
     """One operating point of a deployment (per-GPU rates; times in s)."""
 
-    batch: jnp.ndarray  # concurrent sequences per replica
+    batch: jnp.ndarray  # concurrent sequences per (decode) replica
     max_batch: jnp.ndarray  # largest batch whose KV fits
     fits: jnp.ndarray  # bool: weights fit and at least one sequence of KV fits
-    output_tok_s: jnp.ndarray  # output tokens/s per GPU (0 when it does not fit)
+    output_tok_s: jnp.ndarray  # output tokens/s per GPU, prefill GPUs included (0 when it does not fit)
     input_tok_s: jnp.ndarray  # input tokens/s per GPU
     decode_step_s: jnp.ndarray  # one decode step (or speculative round)
-    tpot_s: jnp.ndarray  # time per output token seen by one sequence
-    prefill_s: jnp.ndarray  # replica time to prefill one request
-    ttft_s: jnp.ndarray  # prefill + one decode step
+    tpot_s: jnp.ndarray  # time per output token seen by one sequence (incl. interleaved prefills)
+    prefill_s: jnp.ndarray  # replica time per prefilled request (GPU-s / gpus)
+    ttft_s: jnp.ndarray  # own prefill + KV transfer (disaggregated) + one decode step
     memory_bound_share: jnp.ndarray  # t_mem / (t_mem + t_compute) of the decode step
-    gpu_s_per_request: jnp.ndarray  # GPU-seconds one request costs (prefill + decode share)
-    gpu_s_prefill: jnp.ndarray  # GPU-seconds of its prefill
+    gpu_s_per_request: jnp.ndarray  # GPU-seconds one request costs (prefill + decode)
+    gpu_s_prefill: jnp.ndarray  # GPU-seconds of its prefill (the prefill pool when disaggregated)
+    kv_transfer_s: jnp.ndarray  # prompt KV moved prefill -> decode pool (0 when aggregated)
 
 
 def _decode_token_time(dep, eff, batch, context, spec):
-    """(time per round, tokens per round per sequence, plain step breakdown)."""
+    """(time per round, tokens per round per sequence, plain step breakdown).
+
+    A round is one verify pass of ``k + 1`` tokens per sequence plus ``k`` draft steps, each draft
+    step costing the fixed per-step overhead ``t_0`` plus ``c_d`` of the rest of a target step
+    (its layers' overheads, weights, KV and collectives) [ECONOMICS.md §3.3].
+    """
     plain = decode_step(dep, eff, batch, context, 1.0)
     verify = decode_step(dep, eff, batch, context, spec.draft_len + 1.0)
     spec_on = spec.draft_len > 0
-    round_s = jnp.where(spec_on,
-                        speculative_time_per_step(verify.total_s, plain.total_s, spec.draft_len,
-                                                  spec.draft_cost_ratio),
-                        plain.total_s)
-    tokens = jnp.where(spec_on, expected_tokens_per_step(spec.acceptance, spec.draft_len), 1.0)
+    draft_s = eff.step_overhead_s + spec.draft_cost_ratio * (plain.total_s - eff.step_overhead_s)
+    round_s = jnp.where(spec_on, verify.total_s + spec.draft_len * draft_s, plain.total_s)
+    tokens = jnp.where(spec_on, jnp.clip(spec.tokens_per_round, 1.0, spec.draft_len + 1.0), 1.0)
     return round_s, tokens, plain
 
 
 def operating_point(dep: Deployment, eff: Efficiency, wl: Workload, batch: jnp.ndarray,
-                    spec: Speculation = NO_SPECULATION) -> ServingPoint:
-    """Throughput and latency of a deployment holding ``batch`` concurrent sequences.
+                    spec: Speculation = NO_SPECULATION,
+                    disaggregated: jnp.ndarray = False) -> ServingPoint:
+    """Throughput and latency of a deployment holding ``batch`` concurrent sequences per replica.
+
+    Aggregated (``disaggregated`` False): a replica interleaves prefills with decode steps, so in
+    steady state each sequence waits for the ``B`` prefills started during its lifetime::
+
+        TPOT = T_token + B · T_prefill / osl,     GPU-s / request = gpus · (T_prefill + osl · T_token / B)
+
+    Disaggregated: prefills run on a separate pool of the same GPUs and layout (GPU-s of prefill
+    added, no interference), the prompt KV moves over the scale-out NICs, ``TPOT = T_token`` and
+    ``TTFT = prefill + transfer + one step``. Each pool is sized by its own load (the GPU-seconds).
 
     ``batch`` is clipped to [1, B_max]; a deployment whose weights (or one sequence of KV) do not
     fit gets ``fits = False`` and zero throughput, never a negative or NaN one.
     """
+    dis = jnp.asarray(disaggregated, jnp.result_type(float))
     b_max = max_batch(dep, eff, wl.isl + wl.osl)
     fits = b_max >= 1.0
     b = jnp.clip(batch, 1.0, jnp.maximum(b_max, 1.0))
     context = wl.isl + 0.5 * wl.osl
     round_s, tokens, plain = _decode_token_time(dep, eff, b, context, spec)
     token_s = round_s / tokens  # replica time per emitted token per sequence
-    prefill_s = prefill_time(dep, eff, wl.isl, wl.cached_share)
-    replica_s_per_request = prefill_s + wl.osl * token_s / b
-    out_per_gpu = wl.osl / replica_s_per_request / dep.tp
-    out_per_gpu = jnp.where(fits, out_per_gpu, 0.0)
+    pre = prefill_cost(dep, eff, wl.isl, wl.cached_share)
+    prefill_s = pre.gpu_s / dep.gpus
+    transfer_s = jnp.where(dis > 0.5, kv_transfer_time(dep, wl.isl), 0.0)
+    decode_gpu_s = wl.osl * token_s / b * dep.gpus
+    gpu_s = pre.gpu_s + decode_gpu_s
+    tpot = token_s + jnp.where(dis > 0.5, 0.0, b * prefill_s / wl.osl)
+    out_per_gpu = jnp.where(fits, wl.osl / gpu_s, 0.0)
     mem_share = plain.memory_s / (plain.memory_s + plain.compute_s)
     return ServingPoint(
         batch=b, max_batch=b_max, fits=fits, output_tok_s=out_per_gpu,
-        input_tok_s=out_per_gpu * wl.isl / wl.osl, decode_step_s=round_s, tpot_s=token_s,
-        prefill_s=prefill_s, ttft_s=prefill_s + plain.total_s, memory_bound_share=mem_share,
-        gpu_s_per_request=replica_s_per_request * dep.tp, gpu_s_prefill=prefill_s * dep.tp)
+        input_tok_s=out_per_gpu * wl.isl / wl.osl, decode_step_s=round_s, tpot_s=tpot,
+        prefill_s=prefill_s, ttft_s=pre.latency_s + transfer_s + plain.total_s, memory_bound_share=mem_share,
+        gpu_s_per_request=gpu_s, gpu_s_prefill=pre.gpu_s, kv_transfer_s=transfer_s)
 
 
 def max_throughput_point(dep: Deployment, eff: Efficiency, wl: Workload,
-                         spec: Speculation = NO_SPECULATION) -> ServingPoint:
+                         spec: Speculation = NO_SPECULATION, disaggregated: jnp.ndarray = False) -> ServingPoint:
     """Operating point at the largest batch that fits (offline maximum throughput)."""
-    return operating_point(dep, eff, wl, max_batch(dep, eff, wl.isl + wl.osl), spec)
+    return operating_point(dep, eff, wl, max_batch(dep, eff, wl.isl + wl.osl), spec, disaggregated)
 
 
 BISECTION_STEPS = 48
 """Bisection iterations in log-batch space (resolves 2^-48 of the log range, ~1e-14 relative)."""
 
 
-def _slo_slack(b, dep, eff, wl, tpot_s, ttft_s, spec):
+def _slo_slack(b, dep, eff, wl, tpot_s, ttft_s, spec, dis):
     """``max(TPOT/τ, TTFT/τ') − 1`` at batch ``b``: increasing in ``b``, ≤ 0 where the SLO holds."""
-    p = operating_point(dep, eff, wl, b, spec)
+    p = operating_point(dep, eff, wl, b, spec, dis)
     return jnp.maximum(p.tpot_s / tpot_s, p.ttft_s / ttft_s) - 1.0
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _slo_root(steps, log_hi, dep, eff, wl, tpot_s, ttft_s, spec):
+def _slo_root(steps, log_hi, dep, eff, wl, tpot_s, ttft_s, spec, dis):
     """Largest ``b`` in ``[1, exp(log_hi)]`` with slack ≤ 0, by ``steps`` bisections on ``log b``
     (the feasible end of the final bracket)."""
 
     def body(_, lohi):
         lo, hi = lohi
         mid = 0.5 * (lo + hi)
-        ok = _slo_slack(jnp.exp(mid), dep, eff, wl, tpot_s, ttft_s, spec) <= 0.0
+        ok = _slo_slack(jnp.exp(mid), dep, eff, wl, tpot_s, ttft_s, spec, dis) <= 0.0
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(log_hi), log_hi))
@@ -142,7 +166,7 @@ def _slo_root_jvp(steps, primals, tangents):
 
 def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarray,
               ttft_s: jnp.ndarray, spec: Speculation = NO_SPECULATION,
-              steps: int = BISECTION_STEPS) -> tuple[jnp.ndarray, jnp.ndarray]:
+              steps: int = BISECTION_STEPS, disaggregated: jnp.ndarray = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Largest batch in [1, B_max] whose TPOT ≤ ``tpot_s`` and TTFT ≤ ``ttft_s``.
 
     Both latencies increase with the batch, so the slack ``g(B) = max(TPOT/τ, TTFT/τ') − 1`` has
@@ -156,13 +180,14 @@ def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarra
       deployment does not fit (``batch`` is then 1).
     """
     tpot_s, ttft_s = jnp.asarray(tpot_s), jnp.asarray(ttft_s)
+    dis = jnp.asarray(disaggregated, jnp.result_type(float))
     b_max = max_batch(dep, eff, wl.isl + wl.osl)
     hi0 = jnp.maximum(b_max, 1.0)
     # slack at both ends of [1, B_max] in one evaluation
     ends = jnp.stack(jnp.broadcast_arrays(jnp.ones_like(hi0), hi0))
-    slack_ends = jax.lax.stop_gradient(_slo_slack(ends, dep, eff, wl, tpot_s, ttft_s, spec))
+    slack_ends = jax.lax.stop_gradient(_slo_slack(ends, dep, eff, wl, tpot_s, ttft_s, spec, dis))
     at_cap = slack_ends[1] <= 0.0
-    b_root = _slo_root(steps, jax.lax.stop_gradient(jnp.log(hi0)), dep, eff, wl, tpot_s, ttft_s, spec)
+    b_root = _slo_root(steps, jax.lax.stop_gradient(jnp.log(hi0)), dep, eff, wl, tpot_s, ttft_s, spec, dis)
     batch = jnp.where(at_cap, hi0, b_root)
     feasible = (b_max >= 1.0) & (slack_ends[0] <= 0.0)
     return jnp.where(feasible, batch, 1.0), feasible

@@ -30,16 +30,3 @@ def expected_tokens_per_step(acceptance: jnp.ndarray, draft_len: jnp.ndarray) ->
     return jnp.where(near_one, taylor, exact)
 
 
-def speculative_time_per_step(verify_step_s: jnp.ndarray, plain_step_s: jnp.ndarray,
-                              draft_len: jnp.ndarray, draft_cost_ratio: jnp.ndarray) -> jnp.ndarray:
-    """Wall time of one speculative round: one verification pass plus ``k`` draft steps.
-
-        T_round = T_verify + k · c_d · T_step                      [ECONOMICS.md §3.3]
-
-    Args:
-      verify_step_s: target step time verifying ``k + 1`` tokens per sequence, s.
-      plain_step_s: target step time for one token per sequence, s.
-      draft_len: ``k``.
-      draft_cost_ratio: ``c_d``, one draft step as a fraction of a plain target step.
-    """
-    return verify_step_s + draft_len * draft_cost_ratio * plain_step_s

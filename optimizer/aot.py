@@ -31,12 +31,14 @@ def _register() -> None:
     """Let ``jax.export`` serialise the NamedTuple pytrees that cross a sweep program's boundary."""
     from kernels.demand import DemandParams
     from kernels.roofline import Deployment
+    from kernels.serving import Speculation
     from optimizer.dual import DualSolution, Primal
     from optimizer.objective import Decision
-    from optimizer.problem import Numbers, Pools, Problem
+    from optimizer.problem import Numbers, Pools, Problem, ServingTable
     from optimizer.sweep import SweepResult
 
-    for t in (DemandParams, Deployment, DualSolution, Primal, Decision, Numbers, Pools, Problem, SweepResult):
+    for t in (DemandParams, Deployment, Speculation, DualSolution, Primal, Decision, Numbers, Pools, Problem,
+              ServingTable, SweepResult):
         export.register_namedtuple_serialization(t, serialized_name=f"tokenmargin.{t.__name__}")
 
 

@@ -3,18 +3,20 @@
 Fitted (few, physically meaningful; never one per row or per model):
   * achieved share of peak memory bandwidth ``η_bw``, of peak tensor FLOPS in decode ``η_fl`` and
     in prefill ``η_pf`` — one triple per GPU family present in the data (or one shared triple),
-    each kept inside a physical range (``BW_EFF_RANGE``, ``FLOPS_EFF_RANGE``) by a scaled sigmoid;
-  * the efficiency of routed-expert GEMMs relative to dense GEMMs ``η_moe`` (one for all families:
-    grouped GEMMs with few rows per expert, routing and dispatch);
-  * a fixed per-decode-step overhead ``t_0`` (scheduling, kernel launches), kept > 0 by exp;
-  * the usable share of HBM for weights + KV ``u`` (runtime reserve, fragmentation), in
-    (0.5, 0.98) by a scaled sigmoid — only when ``fit_mem_util`` is set.
+    each kept inside a physical range by a scaled sigmoid;
+  * ``η_moe``: the rate grouped expert GEMMs reach relative to dense GEMMs (few rows per expert),
+    in ``MOE_EFF_RANGE`` — it lowers achieved bandwidth and FLOPs, never multiplies the bytes moved;
+  * the fixed times of a decode step: ``t_0`` per step (scheduling, sampling), ``t_layer`` per layer
+    (kernel launches), ``t_moe`` more per MoE layer (router, top-k, permutation and grouped-GEMM
+    launches) and ``α`` per collective (all-reduce, EP dispatch / combine);
+  * ``λ``, the expert-parallel load imbalance (busiest / mean rank), in ``IMBALANCE_RANGE``;
+  * the usable share of HBM for weights + KV ``u`` — only when ``fit_mem_util`` is set.
 
-Loss: mean squared log error ``mean((log pred − log measured)²)`` of offline throughput over the
-cases that fit (a 20 % miss on a small model counts like one on a large model), plus the same error
-of the inter-token latency of online-serving measurements at their Little's-law concurrency when
-given. The latency term pins the per-step overhead and bandwidth efficiency at small batches, which
-offline maximum-throughput runs alone cannot separate.
+Loss: mean squared log error ``mean((log pred − log measured)²)`` of output tok/s per GPU, averaged
+per regime so that both weigh equally: maximum throughput (``measured_throughput.csv``) and the
+latency-bound regime (``measured_slo_throughput.csv``: fixed concurrency or a TPOT), plus the same
+error of the inter-token latency of online-serving measurements at their Little's-law concurrency.
+Only TensorRT-LLM-sourced tables are used.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optimizer.cases import CaseBatch, EfficiencyTable, LatencyBatch, efficiency_table, predict, predict_itl
+from optimizer.cases import EfficiencyTable, LatencyBatch, efficiency_table, predict, predict_itl
 from optimizer.schema import GPU_FAMILIES, EfficiencyConfig
 
 MEM_UTIL_RANGE = (0.5, 0.98)
 BW_EFF_RANGE = (0.2, 0.95)  # achievable HBM bandwidth tops out near 90-95 % of peak (STREAM-like copies)
 FLOPS_EFF_RANGE = (0.02, 0.95)
-MOE_EFF_RANGE = (0.05, 1.0)
+MOE_EFF_RANGE = (0.5, 1.0)  # ASSUMPTION: grouped GEMMs reach at least half the dense GEMM rate
+IMBALANCE_RANGE = (1.0, 2.0)  # busiest / mean EP rank; 1 = perfect balance (EPLB-style balancing keeps it low)
+LAYER_OVERHEAD_RANGE_S = (0.0, 200e-6)  # per layer per step
+COLLECTIVE_LATENCY_RANGE_S = (0.5e-6, 50e-6)  # one small-message collective on NVLink / RDMA
 
 
 def _bounded(x, lo_hi):
@@ -55,6 +60,10 @@ class CalibParams(NamedTuple):
     moe_logit: jnp.ndarray  # () logit of η_moe
     log_overhead_s: jnp.ndarray  # () log of t_0 in seconds
     mem_logit: jnp.ndarray  # () logit of the position of u in MEM_UTIL_RANGE
+    layer_logit: jnp.ndarray  # () logit of t_layer in LAYER_OVERHEAD_RANGE_S
+    moe_layer_logit: jnp.ndarray  # () logit of t_moe in LAYER_OVERHEAD_RANGE_S
+    collective_logit: jnp.ndarray  # () logit of α in COLLECTIVE_LATENCY_RANGE_S
+    imbalance_logit: jnp.ndarray  # () logit of λ in IMBALANCE_RANGE
 
 
 def _logit(p):
@@ -69,7 +78,11 @@ def to_table(theta: CalibParams, per_family: bool) -> EfficiencyTable:
     if not per_family:
         bw, fl, pf = (jnp.full_like(x, x[0]) for x in (bw, fl, pf))
     return EfficiencyTable(bw, fl, pf, _bounded(theta.moe_logit, MOE_EFF_RANGE),
-                           jnp.exp(theta.log_overhead_s), _bounded(theta.mem_logit, MEM_UTIL_RANGE))
+                           jnp.exp(theta.log_overhead_s), _bounded(theta.mem_logit, MEM_UTIL_RANGE),
+                           _bounded(theta.layer_logit, LAYER_OVERHEAD_RANGE_S),
+                           _bounded(theta.moe_layer_logit, LAYER_OVERHEAD_RANGE_S),
+                           _bounded(theta.collective_logit, COLLECTIVE_LATENCY_RANGE_S),
+                           _bounded(theta.imbalance_logit, IMBALANCE_RANGE))
 
 
 def from_table(table: EfficiencyTable) -> CalibParams:
@@ -77,27 +90,42 @@ def from_table(table: EfficiencyTable) -> CalibParams:
                        _unbounded(table.prefill_flops_eff, FLOPS_EFF_RANGE),
                        _unbounded(table.moe_eff, MOE_EFF_RANGE),
                        jnp.log(jnp.maximum(table.step_overhead_s, 1e-6)),
-                       _unbounded(table.mem_util, MEM_UTIL_RANGE))
+                       _unbounded(table.mem_util, MEM_UTIL_RANGE),
+                       _unbounded(table.layer_overhead_s, LAYER_OVERHEAD_RANGE_S),
+                       _unbounded(table.moe_layer_overhead_s, LAYER_OVERHEAD_RANGE_S),
+                       _unbounded(table.collective_latency_s, COLLECTIVE_LATENCY_RANGE_S),
+                       _unbounded(table.ep_imbalance, IMBALANCE_RANGE))
 
 
-def log_error_loss(theta: CalibParams, batch: CaseBatch, per_family: bool,
-                   latency: LatencyBatch | None = None):
-    """Mean squared log error of predicted vs measured throughput (+ ITL when given)."""
+def regime_losses(theta: CalibParams, regimes: dict, per_family: bool,
+                  latency: LatencyBatch | None = None) -> dict:
+    """Mean squared log error per regime name (``regimes``: name -> {mode: CaseBatch}) and ``latency``."""
     table = to_table(theta, per_family)
-    pred, fits = predict(batch, table)
-    err = jnp.log(jnp.maximum(pred, 1e-9)) - jnp.log(batch.measured)
-    w = fits.astype(err.dtype)
-    loss = jnp.sum(w * err**2) / jnp.maximum(jnp.sum(w), 1.0)
+    out = {}
+    for name, batches in regimes.items():
+        total, count = 0.0, 0.0
+        for mode, batch in batches.items():
+            pred, _, _, fits = predict(batch, table, mode)
+            err = jnp.log(jnp.maximum(pred, 1e-9)) - jnp.log(batch.measured)
+            w = (fits & jnp.isfinite(batch.measured)).astype(err.dtype)
+            total = total + jnp.sum(w * jnp.where(w > 0, err, 0.0) ** 2)
+            count = count + jnp.sum(w)
+        out[name] = total / jnp.maximum(count, 1.0)
     if latency is not None:
         itl = predict_itl(latency, table)
-        loss = loss + jnp.mean((jnp.log(itl) - jnp.log(latency.measured_itl_s)) ** 2)
-    return loss
+        out["online_latency"] = jnp.mean((jnp.log(itl) - jnp.log(latency.measured_itl_s)) ** 2)
+    return out
 
 
-def fit(batch: CaseBatch, start: EfficiencyConfig, per_family: bool = True, steps: int = 600,
+def log_error_loss(theta: CalibParams, regimes: dict, per_family: bool, latency: LatencyBatch | None = None):
+    """Sum over regimes of their mean squared log errors (each regime weighs the same)."""
+    return sum(regime_losses(theta, regimes, per_family, latency).values())
+
+
+def fit(regimes: dict, start: EfficiencyConfig, per_family: bool = True, steps: int = 600,
         learning_rate: float = 0.05, fit_mem_util: bool = True,
         latency: LatencyBatch | None = None) -> tuple[EfficiencyConfig, dict[str, float]]:
-    """Fit the efficiency factors to ``batch`` starting from ``start``.
+    """Fit the efficiency factors to ``regimes`` (name -> {mode: CaseBatch}) starting from ``start``.
 
     Adam with a cosine-decayed learning rate (a constant rate stalls; ECONOMICS.md §4.2), all
     steps in one ``lax.scan`` inside ``jit``.
@@ -113,7 +141,7 @@ def fit(batch: CaseBatch, start: EfficiencyConfig, per_family: bool = True, step
 
     def loss(th):
         th = th._replace(mem_logit=frozen * jax.lax.stop_gradient(th.mem_logit) + (1 - frozen) * th.mem_logit)
-        return log_error_loss(th, batch, per_family, latency)
+        return log_error_loss(th, regimes, per_family, latency)
 
     @jax.jit
     def run(theta):
@@ -127,8 +155,9 @@ def fit(batch: CaseBatch, start: EfficiencyConfig, per_family: bool = True, step
 
     theta, _ = run(theta0)
     before, after = float(loss(theta0)), float(loss(theta))
+    parts = {f"loss_{k}": float(v) for k, v in regime_losses(theta, regimes, per_family, latency).items()}
     t = to_table(theta, per_family)
-    present = set(np.asarray(batch.family).tolist())
+    present = {int(f) for batches in regimes.values() for b in batches.values() for f in np.asarray(b.family)}
     bw, fl, pf = dict(start.bw_eff), dict(start.flops_eff), dict(start.prefill_flops_eff)
     for i, fam in enumerate(GPU_FAMILIES):
         if i in present:
@@ -138,10 +167,14 @@ def fit(batch: CaseBatch, start: EfficiencyConfig, per_family: bool = True, step
     out = replace(start, bw_eff=bw, flops_eff=fl, prefill_flops_eff=pf,
                   moe_eff=round(float(t.moe_eff), 4),
                   step_overhead_ms=round(float(t.step_overhead_s) * 1000.0, 4),
+                  layer_overhead_us=round(float(t.layer_overhead_s) * 1e6, 3),
+                  moe_layer_overhead_us=round(float(t.moe_layer_overhead_s) * 1e6, 3),
+                  collective_latency_us=round(float(t.collective_latency_s) * 1e6, 3),
+                  ep_imbalance=round(float(t.ep_imbalance), 4),
                   mem_util=round(float(t.mem_util), 4) if fit_mem_util else start.mem_util)
     # Families absent from the data get the mean of the fitted families (stated in the source).
     idx = sorted(present)
     out = replace(out, default_bw_eff=round(float(jnp.mean(t.bw_eff[jnp.asarray(idx)])), 4),
                   default_flops_eff=round(float(jnp.mean(t.flops_eff[jnp.asarray(idx)])), 4),
                   default_prefill_flops_eff=round(float(jnp.mean(t.prefill_flops_eff[jnp.asarray(idx)])), 4))
-    return out, {"loss_before": before, "loss_after": after}
+    return out, {"loss_before": before, "loss_after": after, **parts}

@@ -12,12 +12,14 @@ import jax.numpy as jnp
 import pandas as pd
 
 from kernels.cost import usd_per_mtok
+from kernels.roofline import weight_bytes_per_gpu
 from kernels.serving import max_throughput_point, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.cases import error_summary, predict_frame, read_cases
 from optimizer.errors import ConfigError, DoesNotFit, InfeasibleProblem
-from optimizer.params import (build_deployment, build_speculation, build_workload, efficiency_for,
-                              gpu_hour_cost)
+from optimizer.deployments import candidate_layouts
+from optimizer.params import (Layout, build_deployment, build_mtp, build_speculation, build_workload,
+                              check_precision_supported, efficiency_for, gpu_hour_cost, validate_layout)
 from optimizer.schema import EstimateConfig
 
 
@@ -25,64 +27,179 @@ def _bound(mem_share: float) -> str:
     return "memory" if mem_share >= 0.5 else "compute"
 
 
+def estimate_layouts(cfg: EstimateConfig) -> list[Layout]:
+    """The layouts ``cfg`` allows: the given deployment keys, the rest free (the candidates of
+    :func:`optimizer.deployments.candidate_layouts`, or the one layout when every key is given)."""
+    hw, model, prec = cfg.hardware, cfg.model, cfg.precision
+    for name in ("gpus", "nodes", "tp", "ep"):
+        v = getattr(cfg, name)
+        if v is not None and not v >= 1:
+            raise ConfigError(f"{name} must be an integer >= 1 or null (= best), got {v}")
+    gpus = cfg.gpus
+    if cfg.nodes is not None:
+        by_nodes = cfg.nodes * hw.gpus_per_node
+        if gpus is not None and gpus != by_nodes:
+            raise ConfigError(f"gpus={gpus} disagrees with nodes={cfg.nodes} x {hw.gpus_per_node} GPUs per "
+                              f"'{hw.key}' node; set one of them")
+        gpus = by_nodes
+    if gpus is None and cfg.tp is not None and (model.num_experts == 0 or cfg.ep is None):
+        gpus = cfg.tp  # plain tensor parallelism, as before deployments were explicit
+    sp = cfg.speculative
+    method = sp.method
+    if method not in (None, "none", "mtp", "draft"):
+        raise ConfigError(f"speculative.method = {method!r}; accepted: null (best), none, mtp, draft")
+    if method is None and sp.draft_len > 0:
+        method = "draft"  # a draft length without a method keeps its old meaning: a draft model
+    if method == "mtp" and not model.mtp_accepted_tokens:
+        raise ConfigError(f"speculative.method=mtp: model '{model.key}' has no MTP head with sourced acceptance; "
+                          f"models with one: {', '.join(k for k in catalog.available('model') if catalog.load_model(k).mtp_accepted_tokens)}")
+    ks = None
+    if method in ("none", "draft"):
+        ks = {0}
+    elif method == "mtp":
+        ks = {sp.draft_len} if sp.draft_len else {1, 3}
+    context = cfg.isl + cfg.osl
+    if gpus is not None and cfg.tp is not None and cfg.disaggregated is not None and ks is not None and len(ks) == 1 \
+            and (cfg.ep is not None or model.num_experts == 0):
+        lay = Layout(gpus=gpus, tp=cfg.tp, ep=cfg.ep or 1, disaggregated=cfg.disaggregated, spec_k=next(iter(ks)))
+        validate_layout(hw, model, lay)
+        return [lay]
+    lays = candidate_layouts(hw, model, prec, cfg.efficiency.mem_util, context, gpus=gpus)
+    if ks is not None and gpus is not None:
+        base = {(x.gpus, x.tp, x.ep, x.disaggregated) for x in lays}
+        lays += [Layout(g, t, e, d, k) for (g, t, e, d) in base for k in ks
+                 if 0 < k <= len(model.mtp_accepted_tokens)]
+    if cfg.tp is not None or cfg.ep is not None:
+        extra = []
+        for x in lays:
+            t = cfg.tp if cfg.tp is not None else x.tp
+            e = cfg.ep if cfg.ep is not None else x.ep
+            if x.gpus % t == 0 and (model.num_experts == 0 or (x.gpus % e == 0 and model.num_experts % e == 0)):
+                extra.append(Layout(x.gpus, t, e, x.disaggregated, x.spec_k))
+        lays = extra
+    out = []
+    for x in dict.fromkeys(lays):
+        if (cfg.disaggregated is not None and x.disaggregated != cfg.disaggregated) or (ks is not None and x.spec_k not in ks):
+            continue
+        try:
+            validate_layout(hw, model, x)
+        except ConfigError:
+            continue
+        out.append(x)
+    if not out and gpus is not None:
+        lay = Layout(gpus=gpus, tp=cfg.tp or gpus, ep=cfg.ep or 1)
+        validate_layout(hw, model, lay)  # a bad layout says why; otherwise it is too small
+        dep = build_deployment(hw, model, prec, lay)
+        raise DoesNotFit(
+            f"model '{model.key}' at {prec.key} does not fit {gpus}x {hw.key} ({lay.label()}): "
+            f"{float(weight_bytes_per_gpu(dep)) / 1e9:.1f} GB of weights per GPU + KV for one {context:g}-token "
+            f"sequence exceed the usable {hw.memory_gb * cfg.efficiency.mem_util:.1f} GB "
+            f"({cfg.efficiency.mem_util:.0%} of {hw.memory_gb:g} GB); use more GPUs (gpus=, nodes=, or leave them "
+            f"null to search), or a lower precision")
+    if not out:
+        raise DoesNotFit(
+            f"model '{model.key}' at {prec.key} has no deployment on '{hw.key}' that holds its weights plus one "
+            f"{context:g}-token sequence and matches gpus={cfg.gpus}, nodes={cfg.nodes}, tp={cfg.tp}, ep={cfg.ep}, "
+            f"disaggregated={cfg.disaggregated}, speculative.method={sp.method}; free a key (null = best), raise "
+            f"gpus or pick a lower precision")
+    return out
+
+
+def _speculation_for(cfg: EstimateConfig, lay: Layout):
+    if lay.spec_k:
+        return build_mtp(cfg.model, lay.spec_k)
+    return build_speculation(cfg.speculative)
+
+
+def _point(cfg: EstimateConfig, lay: Layout, eff, wl):
+    """(ServingPoint, meets target) of one layout under cfg.target."""
+    dep = build_deployment(cfg.hardware, cfg.model, cfg.precision, lay)
+    spec = _speculation_for(cfg, lay)
+    t = cfg.target
+    dis = jnp.asarray(float(lay.disaggregated))
+    if t.concurrency is not None:
+        return operating_point(dep, eff, wl, jnp.asarray(float(t.concurrency)), spec, dis), True
+    if t.tpot_ms is not None or t.ttft_ms is not None:
+        tpot = t.tpot_ms / 1000.0 if t.tpot_ms is not None else math.inf
+        ttft = t.ttft_ms / 1000.0 if t.ttft_ms is not None else math.inf
+        b, ok = slo_batch(dep, eff, wl, jnp.asarray(tpot), jnp.asarray(ttft), spec, disaggregated=dis)
+        return operating_point(dep, eff, wl, b, spec, dis), bool(ok)
+    return max_throughput_point(dep, eff, wl, spec, dis), True
+
+
 def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
-    """One row: the deployment's operating point, latencies and cost per million tokens.
+    """One row: the best deployment's operating point, latencies and cost per million tokens.
 
     The operating point is the largest batch that fits, unless ``target.concurrency`` fixes the
-    batch or ``target.tpot_ms`` / ``target.ttft_ms`` bound it.
+    batch or ``target.tpot_ms`` / ``target.ttft_ms`` bound it. Deployment keys left null are chosen:
+    every candidate layout is evaluated and the one with the most output tok/s per GPU that meets
+    the target is reported (``candidates`` counts them).
 
     Raises:
-      DoesNotFit: the weights or one sequence of KV do not fit ``tp`` GPUs.
-      InfeasibleProblem: no batch meets the latency target.
+      DoesNotFit: no allowed layout holds the weights plus one sequence of KV.
+      InfeasibleProblem: no allowed layout meets the latency target.
     """
     hw, model, prec = cfg.hardware, cfg.model, cfg.precision
-    dep = build_deployment(hw, model, prec, cfg.tp)
+    check_precision_supported(hw, prec)
     eff = efficiency_for(cfg.efficiency, hw.family)
     wl = build_workload(cfg.isl, cfg.osl, cfg.cached_share)
-    spec = build_speculation(cfg.speculative)
+    build_speculation(cfg.speculative)
     if cfg.isl + cfg.osl > model.max_context:
         raise ConfigError(f"isl + osl = {cfg.isl + cfg.osl:g} exceeds model '{model.key}' max_context "
                           f"{model.max_context}")
     t = cfg.target
     if t.concurrency is not None and (t.tpot_ms is not None or t.ttft_ms is not None):
         raise ConfigError("set either target.concurrency or target.tpot_ms/ttft_ms, not both")
+    if t.concurrency is not None and not t.concurrency >= 1:
+        raise ConfigError(f"target.concurrency must be ≥ 1, got {t.concurrency}")
+    for name in ("tpot_ms", "ttft_ms"):
+        v = getattr(t, name)
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"target.{name} must be a positive number of ms or null, got {v}")
+    layouts = estimate_layouts(cfg)
+    results = [(lay, *_point(cfg, lay, eff, wl)) for lay in layouts]
+    fitting = [r for r in results if bool(r[1].fits)]
+    if not fitting:
+        lay0 = layouts[0]
+        dep = build_deployment(hw, model, prec, lay0)
+        raise DoesNotFit(
+            f"model '{model.key}' at {prec.key} does not fit {lay0.gpus}x {hw.key} ({lay0.label()}): "
+            f"{float(weight_bytes_per_gpu(dep)) / 1e9:.1f} GB of weights per GPU + KV for one "
+            f"{cfg.isl + cfg.osl:g}-token sequence exceed the usable {hw.memory_gb * cfg.efficiency.mem_util:.1f} GB "
+            f"({cfg.efficiency.mem_util:.0%} of {hw.memory_gb:g} GB); use more GPUs or a lower precision")
+    meeting = [r for r in fitting if r[2]]
+    if not meeting:
+        lay, one, _ = min(((lay, _point(cfg.__class__(**{**cfg.__dict__, "target": type(t)(concurrency=1.0)}),
+                                        lay, eff, wl)[0], None) for lay, _, _ in fitting),
+                          key=lambda r: float(r[1].tpot_s))
+        raise InfeasibleProblem(
+            f"no batch meets the latency target on '{hw.key}' ({model.key}, {prec.key}) in any of "
+            f"{len(fitting)} deployments: the fastest, {lay.label()}, has TPOT {float(one.tpot_s) * 1e3:.2f} ms "
+            f"and TTFT {float(one.ttft_s) * 1e3:.1f} ms at one sequence "
+            f"(targets: tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})")
+    lay, p, _ = max(meeting, key=lambda r: float(r[1].output_tok_s))
     if t.concurrency is not None:
-        if not t.concurrency >= 1:
-            raise ConfigError(f"target.concurrency must be ≥ 1, got {t.concurrency}")
-        p = operating_point(dep, eff, wl, jnp.asarray(float(t.concurrency)), spec)
         mode = f"concurrency={t.concurrency:g}"
     elif t.tpot_ms is not None or t.ttft_ms is not None:
-        tpot = t.tpot_ms / 1000.0 if t.tpot_ms is not None else math.inf
-        ttft = t.ttft_ms / 1000.0 if t.ttft_ms is not None else math.inf
-        b, ok = slo_batch(dep, eff, wl, jnp.asarray(tpot), jnp.asarray(ttft), spec)
-        p = operating_point(dep, eff, wl, b, spec)
-        if bool(p.fits) and not bool(ok):
-            one = operating_point(dep, eff, wl, jnp.asarray(1.0), spec)
-            raise InfeasibleProblem(
-                f"no batch meets the latency target on {cfg.tp}x {hw.key} ({model.key}, {prec.key}): "
-                f"even one sequence has TPOT {float(one.tpot_s) * 1e3:.2f} ms "
-                f"and TTFT {float(one.ttft_s) * 1e3:.1f} ms "
-                f"(targets: tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})")
         mode = f"slo(tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})"
     else:
-        p = max_throughput_point(dep, eff, wl, spec)
         mode = "max_throughput"
-    if not bool(p.fits):
-        weights_gb = float(dep.weight_bytes) / 1e9
-        usable = cfg.tp * hw.memory_gb * cfg.efficiency.mem_util
-        raise DoesNotFit(
-            f"model '{model.key}' at {prec.key} does not fit {cfg.tp}x {hw.key}: weights {weights_gb:.1f} GB "
-            f"+ KV for one {cfg.isl + cfg.osl:g}-token sequence exceed the usable {usable:.1f} GB "
-            f"({cfg.efficiency.mem_util:.0%} of {cfg.tp}x{hw.memory_gb:g} GB); raise tp or pick a lower precision")
     price = gpu_hour_cost(hw, cfg.cost)
     gpu_s_decode = float(p.gpu_s_per_request - p.gpu_s_prefill)
+    spec_name = (f"mtp-{lay.spec_k}" if lay.spec_k else
+                 (f"draft-{cfg.speculative.draft_len}" if cfg.speculative.draft_len > 0 else "none"))
     row = {
-        "model": model.key, "gpu": hw.key, "precision": prec.key, "tp": cfg.tp,
+        "model": model.key, "gpu": hw.key, "precision": prec.key, "deployment": lay.label(),
+        "gpus": lay.gpus, "nodes": lay.nodes(hw), "tp": lay.tp, "dp": lay.dp, "ep": lay.ep,
+        "disaggregated": lay.disaggregated, "speculation": spec_name, "candidates": len(layouts),
         "isl": cfg.isl, "osl": cfg.osl, "cached_share": cfg.cached_share, "operating_point": mode,
         "max_concurrency": math.floor(float(p.max_batch)), "batch": math.floor(float(p.batch) * 10) / 10,
         "output_tok_s_per_gpu": round(float(p.output_tok_s), 1),
         "input_tok_s_per_gpu": round(float(p.input_tok_s), 1),
+        "tokens_per_s_per_user": round(1.0 / float(p.tpot_s), 2),
         "prefill_ms": round(float(p.prefill_s) * 1e3, 3),
+        "prefill_gpu_share": round(float(p.gpu_s_prefill / p.gpu_s_per_request), 4),
+        "kv_transfer_ms": round(float(p.kv_transfer_s) * 1e3, 3),
         "decode_step_ms": round(float(p.decode_step_s) * 1e3, 3),
         "tpot_ms": round(float(p.tpot_s) * 1e3, 3), "ttft_ms": round(float(p.ttft_s) * 1e3, 3),
         "bound": _bound(float(p.memory_bound_share)),

@@ -8,12 +8,15 @@ fit) happens here too, with messages that name the field and the accepted values
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels.roofline import Deployment, Efficiency
 from kernels.serving import Speculation, Workload
+from kernels.speculative import expected_tokens_per_step
 from optimizer import catalog
 from optimizer.errors import ConfigError, UnsupportedPrecision
 from optimizer.schema import (CostConfig, EfficiencyConfig, HardwareConfig, ModelConfig,
@@ -23,9 +26,9 @@ GB = 1e9
 TB = 1e12
 
 
-def stack_trees(trees: list):
-    """Stack a list of same-structure pytrees (e.g. Deployments) along a new leading axis."""
-    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+def stack_trees(trees: list, xp=jnp):
+    """Stack a list of same-structure pytrees (e.g. Deployments) along a new leading axis (``xp``: jnp or np)."""
+    return jax.tree.map(lambda *a: xp.stack(a), *trees)
 
 
 def peak_tflops(hw: HardwareConfig, compute: str) -> float | None:
@@ -70,35 +73,137 @@ def attention_flops_coefficients(model: ModelConfig) -> tuple[float, float, floa
             prefill * model.full_attention_layers)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How one replica is laid out over GPUs (host-side, hashable).
+
+    ``gpus`` per replica; attention/dense tensor parallelism ``tp`` (dividing ``gpus``; the rest are
+    attention data-parallel ranks); routed experts expert-parallel ``ep`` ways; prefill on a separate
+    pool (``disaggregated``); ``spec_k`` draft tokens of the model's MTP head (0 = off).
+    """
+
+    gpus: int
+    tp: int
+    ep: int = 1
+    disaggregated: bool = False
+    spec_k: int = 0
+
+    @property
+    def dp(self) -> int:
+        return self.gpus // self.tp
+
+    def nodes(self, hw: HardwareConfig) -> int:
+        """Servers the replica spans (NVL72 racks count their trays of ``gpus_per_node`` GPUs)."""
+        return self.nodes_of(hw.gpus_per_node)
+
+    def nodes_of(self, gpus_per_node: int) -> int:
+        return max(1, math.ceil(self.gpus / max(gpus_per_node, 1)))
+
+    def label(self) -> str:
+        """Short human label, e.g. ``16 GPU TP1 DP16 EP16 disagg MTP-3``."""
+        parts = [f"{self.gpus} GPU", f"TP{self.tp}"]
+        if self.dp > 1:
+            parts.append(f"DP{self.dp}")
+        if self.ep > 1:
+            parts.append(f"EP{self.ep}")
+        if self.disaggregated:
+            parts.append("disagg")
+        if self.spec_k:
+            parts.append(f"MTP-{self.spec_k}")
+        return " ".join(parts)
+
+
+def scaleup(hw: HardwareConfig) -> tuple[float, int]:
+    """(bandwidth per GPU per direction GB/s, GPUs) of the domain TP can use: NVLink / xGMI, else PCIe."""
+    if hw.scaleup_bw_gb_s > 0:
+        return hw.scaleup_bw_gb_s, max(int(hw.scaleup_domain_gpus), 1)
+    if hw.pcie_bw_gb_s > 0:
+        return hw.pcie_bw_gb_s, max(int(hw.gpus_per_node), 1)
+    return 0.0, 1
+
+
+def validate_layout(hw: HardwareConfig, model: ModelConfig, layout: Layout) -> None:
+    """Check a layout against the GPU's links and the model's experts (messages name the accepted values)."""
+    g, tp, ep = layout.gpus, layout.tp, layout.ep
+    if g < 1 or tp < 1 or ep < 1:
+        raise ConfigError(f"deployment gpus={g}, tp={tp}, ep={ep}: each must be an integer >= 1")
+    if g % tp:
+        raise ConfigError(f"tp={tp} must divide the replica's gpus={g} (the rest are attention data-parallel "
+                          f"ranks); accepted tp values: {[d for d in range(1, g + 1) if g % d == 0]}")
+    if model.num_attention_heads % tp:
+        raise ConfigError(f"tp={tp} must divide model '{model.key}''s {model.num_attention_heads} attention heads; "
+                          f"accepted tp values: {[d for d in range(1, g + 1) if g % d == 0 and model.num_attention_heads % d == 0]}")
+    if model.num_experts == 0 and ep > 1:
+        raise ConfigError(f"ep={ep}: model '{model.key}' is dense (no routed experts); use ep=1")
+    if model.num_experts == 0 and tp != g:
+        raise ConfigError(f"model '{model.key}' is dense: its replica is tensor-parallel over all its GPUs, so "
+                          f"tp must equal gpus ({g}); got tp={tp} (pipeline parallelism is not modelled)")
+    if ep > 1 and (g % ep or model.num_experts % ep):
+        raise ConfigError(f"ep={ep} must divide both the replica's gpus={g} and model '{model.key}''s "
+                          f"{model.num_experts} routed experts")
+    bw, domain = scaleup(hw)
+    if g > 1 and bw <= 0 and hw.scaleout_bw_gb_s <= 0:
+        raise ConfigError(f"a {g}-GPU replica needs a link between GPUs, but GPU '{hw.key}' has no scale-up, PCIe "
+                          f"or scale-out bandwidth in the catalog; use 1 GPU per replica")
+    if g > domain and hw.scaleout_bw_gb_s <= 0:
+        raise ConfigError(f"a {g}-GPU replica spans more than GPU '{hw.key}''s {domain}-GPU scale-up domain but the "
+                          f"catalog has no scale-out bandwidth for it (scaleout_bw_gb_s = 0); use at most {domain} GPUs")
+    if layout.spec_k:
+        if not model.mtp_layers or not model.mtp_accepted_tokens:
+            raise ConfigError(f"MTP speculation needs a model with an MTP head and sourced acceptance; "
+                              f"'{model.key}' has none (mtp_layers={model.mtp_layers})")
+        if not 1 <= layout.spec_k <= len(model.mtp_accepted_tokens):
+            raise ConfigError(f"MTP draft length {layout.spec_k} for '{model.key}': accepted values "
+                              f"1..{len(model.mtp_accepted_tokens)} (sourced acceptance lengths)")
+
+
 def validate_tp(hw: HardwareConfig, tp: int) -> None:
-    """TP degree must be a positive power of two within one scale-up domain."""
-    if tp < 1 or (tp & (tp - 1)) != 0:
-        raise ConfigError(f"tp must be a power of two ≥ 1 (1, 2, 4, 8, ...), got {tp}")
-    if tp > 1 and hw.scaleup_bw_gb_s <= 0:
-        raise ConfigError(f"tp={tp} needs a scale-up link, but GPU '{hw.key}' has none "
-                          f"(scaleup_bw_gb_s = 0); use tp=1")
-    if tp > max(hw.scaleup_domain_gpus, 1):
-        raise ConfigError(f"tp={tp} exceeds the scale-up domain of GPU '{hw.key}' "
-                          f"({hw.scaleup_domain_gpus} GPUs); accepted tp values: "
-                          f"{[2**i for i in range(int(math.log2(max(hw.scaleup_domain_gpus, 1))) + 1)]}")
+    """TP degree must be a positive integer and stay within the GPU's scale-up domain (or PCIe node)."""
+    bw, domain = scaleup(hw)
+    if tp < 1:
+        raise ConfigError(f"tp must be an integer >= 1, got {tp}")
+    if tp > 1 and bw <= 0:
+        raise ConfigError(f"tp={tp} needs a link between GPUs, but GPU '{hw.key}' has no scale-up or PCIe "
+                          f"bandwidth in the catalog; use tp=1")
 
 
-def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConfig, tp: int,
+def attention_tflops(hw: HardwareConfig, prec: PrecisionConfig, peak: float) -> float:
+    """Math roof of attention kernels: BF16 (never above the precision's own roof).
+
+    Decode and prefill attention kernels (FlashAttention / FlashInfer / TensorRT-LLM FMHA / FlashMLA)
+    compute in 16-bit, dequantising an FP8 KV cache on load, so FP8 / FP4 weights do not speed up
+    attention math. (Fitting both measured regimes with an FP8 attention roof instead gave 12.1 / 11.1 %
+    median error against 10.5 / 9.6 % with BF16.)
+    """
+    bf16 = hw.dense_tflops.bf16
+    return float(min(bf16 if bf16 is not None else peak, peak))
+
+
+def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConfig, layout: Layout | int,
                      dtype=jnp.float64) -> Deployment:
-    """Arrays for one (GPU, model, precision, TP) deployment.
+    """Arrays for one (GPU, model, precision, layout) deployment (an int layout = plain TP over that many GPUs).
+
+    With ``dtype=None`` the leaves are NumPy float64 scalars (cheap to build and stack host-side).
 
     Raises:
       UnsupportedPrecision: the GPU lacks the precision's math roof.
-      ConfigError: a bad TP degree.
+      ConfigError: a bad layout.
     """
+    if isinstance(layout, int):
+        layout = Layout(gpus=layout, tp=layout, ep=1)
+        validate_tp(hw, layout.tp)
     peak = check_precision_supported(hw, prec)
-    validate_tp(hw, tp)
+    validate_layout(hw, model, layout)
     bpw, bkv = prec.bytes_per_weight, prec.bytes_per_kv / 2.0  # catalog KV is at 2 B/element
     routed = model.routed_expert_params_b * GB
     total = model.total_params_b * GB
     attn_full, attn_win, attn_prefill = attention_flops_coefficients(model)
     moe = model.num_experts > 0
-    f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
+    link, domain = scaleup(hw)
+    if dtype is None:
+        f = np.float64
+    else:
+        f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
     return Deployment(
         weight_bytes=f(total * bpw), dense_weight_bytes=f((total - routed) * bpw),
         expert_weight_bytes=f(routed * bpw),
@@ -109,9 +214,28 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
         kv_full_bytes_per_token=f(model.kv_bytes_per_token_bf16 * bkv),
         kv_window_bytes_per_token=f(model.window_kv_bytes_per_token_bf16 * bkv),
         window_tokens=f(model.window_tokens), attn_full_flops=f(attn_full),
-        attn_window_flops=f(attn_win), attn_prefill_flops=f(attn_prefill), layers=f(model.layers), hidden_size=f(model.hidden_size),
+        attn_window_flops=f(attn_win), attn_prefill_flops=f(attn_prefill), layers=f(model.layers),
+        moe_layers=f((model.moe_layers or model.layers) if moe else 0.0), hidden_size=f(model.hidden_size),
+        kv_heads=f(1.0 if model.attention == "mla" else max(model.num_kv_heads, 1)),
         hbm_bytes=f(hw.memory_gb * GB), mem_bw=f(hw.mem_bw_tb_s * TB), peak_flops=f(peak * TB),
-        link_bw=f(hw.scaleup_bw_gb_s * GB), tp=f(tp))
+        attn_peak_flops=f(attention_tflops(hw, prec, peak) * TB),
+        link_bw=f(link * GB), scaleout_bw=f(hw.scaleout_bw_gb_s * GB), domain_gpus=f(domain),
+        gpus=f(layout.gpus), tp=f(layout.tp), ep=f(layout.ep))
+
+
+def build_mtp(model: ModelConfig, k: int, dtype=jnp.float64) -> Speculation:
+    """MTP speculation with ``k`` drafts from the model's sourced acceptance lengths.
+
+    A draft step runs the ``mtp_layers`` MTP modules, so its body costs ``mtp_layers / layers`` of a
+    target step's body (plus the fixed per-step overheads, :func:`kernels.serving.operating_point`).
+    """
+    f = np.float64 if dtype is None else (lambda x: jnp.asarray(x, dtype))  # noqa: E731
+    if k == 0:
+        return Speculation(f(0.0), f(1.0), f(0.0))
+    if not model.mtp_accepted_tokens or not 1 <= k <= len(model.mtp_accepted_tokens):
+        raise ConfigError(f"speculative.method=mtp with draft_len={k}: model '{model.key}' has sourced MTP "
+                          f"acceptance for draft lengths 1..{len(model.mtp_accepted_tokens)}")
+    return Speculation(f(float(k)), f(model.mtp_accepted_tokens[k - 1]), f(model.mtp_layers / model.layers))
 
 
 def efficiency_for(eff: EfficiencyConfig, family: str, dtype=jnp.float64) -> Efficiency:
@@ -120,7 +244,10 @@ def efficiency_for(eff: EfficiencyConfig, family: str, dtype=jnp.float64) -> Eff
     return Efficiency(bw_eff=f(eff.bw_eff.get(family, eff.default_bw_eff)),
                       flops_eff=f(eff.flops_eff.get(family, eff.default_flops_eff)),
                       prefill_flops_eff=f(eff.prefill_flops_eff.get(family, eff.default_prefill_flops_eff)),
-                      moe_eff=f(eff.moe_eff), step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util))
+                      moe_eff=f(eff.moe_eff), step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util),
+                      layer_overhead_s=f(eff.layer_overhead_us * 1e-6),
+                      moe_layer_overhead_s=f(eff.moe_layer_overhead_us * 1e-6),
+                      collective_latency_s=f(eff.collective_latency_us * 1e-6), ep_imbalance=f(eff.ep_imbalance))
 
 
 def build_workload(isl: float, osl: float, cached_share: float = 0.0, dtype=jnp.float64) -> Workload:
@@ -142,8 +269,8 @@ def build_speculation(spec: SpeculativeConfig, dtype=jnp.float64) -> Speculation
         raise ConfigError(f"speculative.acceptance must be in [0, 1], got {spec.acceptance}")
     if spec.draft_cost_ratio < 0:
         raise ConfigError(f"speculative.draft_cost_ratio must be ≥ 0, got {spec.draft_cost_ratio}")
-    return Speculation(jnp.asarray(float(spec.draft_len), dtype), jnp.asarray(spec.acceptance, dtype),
-                       jnp.asarray(spec.draft_cost_ratio, dtype))
+    tokens = expected_tokens_per_step(jnp.asarray(spec.acceptance, dtype), jnp.asarray(float(spec.draft_len), dtype))
+    return Speculation(jnp.asarray(float(spec.draft_len), dtype), tokens, jnp.asarray(spec.draft_cost_ratio, dtype))
 
 
 def gpu_hour_cost(hw: HardwareConfig, cost: CostConfig) -> float:

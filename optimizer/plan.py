@@ -17,22 +17,49 @@ def _r(x, nd=4):
     return float(np.round(float(x), nd))
 
 
+def _main_layout(prob: Problem, labels: Labels, work: np.ndarray, g: int, j: int, k: int):
+    """The layout carrying most of pool (g, j, k)'s work, and every layout it uses."""
+    dep = np.asarray(prob.deployment, float)[:, j, k, g]  # (S,)
+    w = work[:, j, k, g]
+    used = {}
+    for s in range(len(w)):
+        lay = labels.layout_at(g, j, k, dep[s])
+        if lay is not None and w[s] > 0:
+            used[lay] = used.get(lay, 0.0) + w[s]
+    if not used:
+        return None, []
+    return max(used, key=used.get), sorted(used, key=used.get, reverse=True)
+
+
 def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
-    """One row per pool with GPUs: GPUs, replicas, cost, peak and daily utilisation."""
-    gpus, tp = np.asarray(b.gpus, float), np.asarray(prob.tp, float)
+    """One row per pool with GPUs: its deployment, GPUs (prefill / decode), replicas, cost, utilisation."""
+    gpus, rep = np.asarray(b.gpus, float), np.asarray(prob.tp, float)
     peak, daily = np.asarray(b.peak_load, float), np.asarray(b.daily_load, float)
     price = np.asarray(prob.usd_per_gpu_hour, float)
+    work = np.asarray(b.work, float)
+    pre = np.asarray(prob.prefill_share, float)
     rows = []
     for (g, j, k), n in np.ndenumerate(gpus):
         if n <= 1e-6:
             continue
+        main, used = _main_layout(prob, labels, work, g, j, k)
+        w = work[:, j, k, g]
+        share = float((w * pre[:, j, k, g]).sum() / max(w.sum(), 1e-300))
+        disagg = main is not None and main.disaggregated
         rows.append({
             "gpu": labels.gpus[g], "model": labels.models[j], "precision": labels.precisions[k],
-            "tp": int(tp[g, j, k]), "replicas": _r(n / max(tp[g, j, k], 1), 3), "gpus": _r(n, 3),
+            "deployment": main.label() if main else "", "other_deployments": "; ".join(x.label() for x in used[1:]),
+            "replica_gpus": int(rep[g, j, k]), "nodes_per_replica": main.nodes_of(labels.gpus_per_node[g]) if main else 0,
+            "tp": main.tp if main else 0, "dp": main.dp if main else 0, "ep": main.ep if main else 0,
+            "disaggregated": bool(disagg), "speculation": f"MTP-{main.spec_k}" if main and main.spec_k else "none",
+            "replicas": _r(n / max(rep[g, j, k], 1), 3), "gpus": _r(n, 3),
+            "prefill_gpus": _r(n * share, 3) if disagg else 0.0, "decode_gpus": _r(n * (1 - share), 3) if disagg else 0.0,
             "usd_per_gpu_hour": _r(price[g], 4), "cost_usd_per_day": _r(n * price[g] * 24, 2),
             "peak_utilization": _r(peak[g, j, k] / n, 4), "daily_utilization": _r(daily[g, j, k] / n, 4),
         })
-    return pd.DataFrame(rows, columns=["gpu", "model", "precision", "tp", "replicas", "gpus", "usd_per_gpu_hour",
+    return pd.DataFrame(rows, columns=["gpu", "model", "precision", "deployment", "other_deployments", "replica_gpus",
+                                       "nodes_per_replica", "tp", "dp", "ep", "disaggregated", "speculation",
+                                       "replicas", "gpus", "prefill_gpus", "decode_gpus", "usd_per_gpu_hour",
                                        "cost_usd_per_day", "peak_utilization", "daily_utilization"])
 
 
@@ -89,6 +116,11 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                               if mix[s, j, k] >= 0.005)
             by_type = ", ".join(f"{labels.gpus[g]} {gpu_alloc[g]:.1f}" for g in range(len(labels.gpus))
                                 if gpu_alloc[g] >= 0.05)
+            deps = []
+            for (k, g) in zip(*np.nonzero(work[s, j] > 1e-9 * max(work[s, j].sum(), 1e-300))):
+                lay = labels.layout_at(int(g), j, int(k), float(np.asarray(prob.deployment)[s, j, k, g]))
+                if lay is not None:
+                    deps.append(f"{labels.gpus[g]}/{labels.precisions[k]}: {lay.label()}")
             rows.append({
                 "segment": seg, "tier": labels.tiers[s], "model": m,
                 "input_usd_per_mtok": _r(mu[s, j] * p_in0), "cached_input_usd_per_mtok": _r(mu[s, j] * p_in0 * cr),
@@ -96,6 +128,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 "requests_per_day": _r(reqs[s, j], 1), "input_tokens_per_day": _r(tok_in, 0),
                 "output_tokens_per_day": _r(tok_out, 0), "revenue_usd_per_day": _r(rev[s, j], 2),
                 "precision_mix": mixes, "served_quality": _r(q[s, j], 4), "gpus_by_type": by_type,
+                "deployments": "; ".join(deps),
                 "gpus": _r(gpu_alloc.sum(), 3), "peak_utilization": _r(peak_util, 4),
                 "cost_usd_per_day": _r(cost, 2),
                 "cost_usd_per_mtok": _r(cost / max((tok_in + tok_out) / 1e6, 1e-300), 4) if tok_in + tok_out > 0 else 0.0,

@@ -8,6 +8,7 @@ request shape and SLO (:func:`serving_table`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,11 +19,12 @@ import numpy as np
 
 from kernels.demand import DemandParams, calibrate_logit
 from kernels.roofline import Deployment, Efficiency
-from kernels.serving import BISECTION_STEPS, Workload, operating_point, slo_batch
+from kernels.serving import BISECTION_STEPS, Speculation, Workload, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.cases import EfficiencyTable, efficiency_at, efficiency_table
 from optimizer.errors import ConfigError
-from optimizer.params import build_deployment, gpu_hour_cost, peak_tflops, stack_trees
+from optimizer.deployments import candidate_layouts
+from optimizer.params import Layout, build_deployment, build_mtp, gpu_hour_cost, peak_tflops, stack_trees
 from optimizer.schema import PRECISION_KEYS, RunConfig, SegmentConfig
 
 SECONDS_PER_DAY = 86400.0
@@ -40,9 +42,11 @@ class Problem(NamedTuple):
     gpu_s_per_request: jnp.ndarray  # (S, J, K, G) GPU-seconds per request at the segment's SLO
     batch_at_slo: jnp.ndarray  # (S, J, K, G) concurrent sequences per replica at the SLO
     tpot_ms: jnp.ndarray  # (S, J, K, G) served TPOT, ms
+    deployment: jnp.ndarray  # (S, J, K, G) index of the chosen candidate layout in Labels.pool_layouts (-1: none)
+    prefill_share: jnp.ndarray  # (S, J, K, G) share of a request's GPU-seconds spent in prefill
     usd_per_gpu_hour: jnp.ndarray  # (G,)
     capex_per_gpu: jnp.ndarray  # (G,) USD (0 where unknown)
-    tp: jnp.ndarray  # (G, J, K) GPUs per replica (0 where the pool is unavailable)
+    tp: jnp.ndarray  # (G, J, K) GPUs per replica of the pool's largest chosen deployment (0 where unavailable)
     is_batch: jnp.ndarray  # (S,) bool
     peak_to_mean: jnp.ndarray  # (S,)
     served_latency_ms: jnp.ndarray  # (S,) TPOT the segment is served at (its SLO, or its reference)
@@ -77,6 +81,15 @@ class Labels:
     ref_input_usd_per_mtok: tuple[tuple[float, ...], ...] = ()  # (S, J), 0 where not offered
     ref_output_usd_per_mtok: tuple[tuple[float, ...], ...] = ()  # (S, J)
     scenario: str = ""
+    pool_index: tuple[tuple[int, int, int], ...] = ()  # (P,) (gpu, model, precision) index of each pool
+    pool_layouts: tuple[tuple[Layout, ...], ...] = ()  # (P, C_p) candidate layouts of each pool
+    gpus_per_node: tuple[int, ...] = ()  # (G,) servers' GPUs, for node counts in reports
+
+    def layout_at(self, g: int, j: int, k: int, c: float) -> Layout | None:
+        """The candidate layout ``c`` of pool (gpu g, model j, precision k), or None."""
+        if c < 0 or (g, j, k) not in self.pool_index:
+            return None
+        return self.pool_layouts[self.pool_index.index((g, j, k))][int(c)]
 
 
 DEFAULT_LOG_MU = (math.log(0.02), math.log(50.0))
@@ -131,50 +144,59 @@ def _validate_segment(name: str, s: SegmentConfig) -> None:
         bad("min_quality", s.min_quality, "a retention fraction in (0, 1] or null")
 
 
-def choose_tp(dep_for_tp, hw, usable_share: float, max_context: float) -> int | None:
-    """Smallest power-of-two TP (within the scale-up domain) whose weights take at most half the
-    usable memory, else the largest TP that fits one max-context sequence; None if none fits.
+class ServingTable(NamedTuple):
+    """Each segment's best deployment on each pool at its shape and SLO (leading axes (S, P))."""
 
-    Half the memory for KV is a serving heuristic (ASSUMPTION), not an optimum.
-    """
-    domain = max(int(hw.scaleup_domain_gpus), 1) if hw.scaleup_bw_gb_s > 0 else 1
-    options = [2**i for i in range(int(math.log2(domain)) + 1)]
-    fitting = None
-    for tp in options:
-        dep = dep_for_tp(tp)
-        usable = tp * hw.memory_gb * 1e9 * usable_share
-        weights = float(dep.weight_bytes)
-        if weights <= 0.5 * usable:
-            return tp
-        # host-side arithmetic (no XLA dispatch): KV of one max-context sequence
-        kv = float(dep.kv_full_bytes_per_token) * max_context + float(dep.kv_window_bytes_per_token) * min(
-            max_context, float(dep.window_tokens))
-        if usable - weights >= kv:
-            fitting = tp
-    return fitting
+    gpu_s: jnp.ndarray  # (S, P) GPU-seconds per request (prefill + decode pools)
+    feasible: jnp.ndarray  # (S, P) bool: some candidate fits and meets the SLO
+    batch: jnp.ndarray  # (S, P) sequences per decode replica at the SLO
+    tpot_s: jnp.ndarray  # (S, P) served TPOT, s
+    choice: jnp.ndarray  # (S, P) index of the chosen candidate (float; 0 when infeasible)
+    replica_gpus: jnp.ndarray  # (S, P) GPUs per (decode) replica of the chosen candidate
+    prefill_share: jnp.ndarray  # (S, P) prefill GPU-s / total GPU-s per request
 
 
-def serving_table(deps: Deployment, effs: Efficiency, wls: Workload, tpot_s: jnp.ndarray,
-                  ttft_s: jnp.ndarray, bisection_steps: int = BISECTION_STEPS):
-    """GPU-seconds per request, batch and TPOT of every (segment, pool) at the segment's SLO.
+def candidate_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg: jnp.ndarray,
+                    valid: jnp.ndarray, wls: Workload, tpot_s: jnp.ndarray, ttft_s: jnp.ndarray,
+                    bisection_steps: int = BISECTION_STEPS):
+    """Every (segment, pool, candidate) at the segment's SLO: ``(gpu_s, ok, batch, tpot_s, prefill_gpu_s)``,
+    each (S, P, C); ``ok`` is False for padding, misfits and SLO misses."""
+
+    def one(dep, eff, spec, dis, wl, tpot, ttft):
+        b, ok = slo_batch(dep, eff, wl, tpot, ttft, spec, steps=bisection_steps, disaggregated=dis)
+        p = operating_point(dep, eff, wl, b, spec, dis)
+        return p.gpu_s_per_request, ok & p.fits, b, p.tpot_s, p.gpu_s_prefill
+
+    per_cand = jax.vmap(one, in_axes=(0, None, 0, 0, None, None, None))
+    per_pool = jax.vmap(per_cand, in_axes=(0, 0, 0, 0, None, None, None))
+    gpu_s, ok, b, tpot, pre = jax.vmap(per_pool, in_axes=(None, None, None, None, 0, 0, 0))(
+        deps, effs, specs, disagg, wls, tpot_s, ttft_s)
+    return gpu_s, ok & valid[None] & jnp.isfinite(gpu_s), b, tpot, pre
+
+
+def serving_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg: jnp.ndarray,
+                  valid: jnp.ndarray, wls: Workload, tpot_s: jnp.ndarray, ttft_s: jnp.ndarray,
+                  bisection_steps: int = BISECTION_STEPS) -> ServingTable:
+    """Best candidate deployment of every (segment, pool) at the segment's SLO: fewest GPU-s per request.
 
     Args:
-      deps, effs: stacked over pools (leading axis P). wls, tpot_s, ttft_s: stacked over segments (S).
+      deps, specs, disagg, valid: stacked over (pool P, candidate C); ``valid`` masks the padding.
+      effs: stacked over pools (P). wls, tpot_s, ttft_s: stacked over segments (S).
       bisection_steps: static precision of the SLO batch (:func:`kernels.serving.slo_batch`).
 
     Returns:
-      ``(gpu_s (S, P), feasible (S, P), batch (S, P), tpot_s (S, P))``. Pure and jittable.
+      :class:`ServingTable`. Pure and jittable; the choice is an exact argmin (piecewise
+      differentiable: gradients flow through the chosen candidate).
     """
-
-    def one(dep, eff, wl, tpot, ttft):
-        b, ok = slo_batch(dep, eff, wl, tpot, ttft, steps=bisection_steps)
-        p = operating_point(dep, eff, wl, b)
-        return p.gpu_s_per_request, ok & p.fits, b, p.tpot_s
-
-    per_pool = jax.vmap(one, in_axes=(0, 0, None, None, None))
-    return jax.vmap(per_pool, in_axes=(None, None, 0, 0, 0))(deps, effs, wls, tpot_s, ttft_s)
-
-
+    gpu_s, ok, b, tpot, pre = candidate_table(deps, effs, specs, disagg, valid, wls, tpot_s, ttft_s, bisection_steps)
+    score = jnp.where(ok, gpu_s, jnp.inf)
+    c = jnp.argmin(score, axis=-1)
+    take = lambda x: jnp.take_along_axis(x, c[..., None], axis=-1)[..., 0]  # noqa: E731
+    g = take(gpu_s)
+    gpus = jnp.broadcast_to(deps.gpus, ok.shape)
+    return ServingTable(gpu_s=g, feasible=ok.any(-1), batch=take(b), tpot_s=take(tpot),
+                        choice=c.astype(gpu_s.dtype), replica_gpus=take(gpus),
+                        prefill_share=take(pre) / jnp.maximum(g, 1e-30))
 
 
 class Numbers(NamedTuple):
@@ -216,12 +238,19 @@ class Numbers(NamedTuple):
     moe_eff: jnp.ndarray  # ()
     step_overhead_ms: jnp.ndarray  # ()
     mem_util: jnp.ndarray  # ()
+    layer_overhead_us: jnp.ndarray  # ()
+    moe_layer_overhead_us: jnp.ndarray  # ()
+    collective_latency_us: jnp.ndarray  # ()
+    ep_imbalance: jnp.ndarray  # ()
 
 
 class Pools(NamedTuple):
-    """The fixed structure of a scenario's pools (GPU × model × precision at a chosen TP)."""
+    """The fixed structure of a scenario's pools (GPU × model × precision) and their candidate deployments."""
 
-    dep: Deployment  # stacked over pools (P,)
+    dep: Deployment  # stacked over (pool P, candidate C); padding repeats candidate 0
+    spec: Speculation  # (P, C) speculative decoding of each candidate
+    disagg: jnp.ndarray  # (P, C) 1.0 where the candidate is prefill/decode disaggregated
+    valid: jnp.ndarray  # (P, C) bool: a real candidate (not padding)
     gpu: jnp.ndarray  # (P,) int GPU index
     model: jnp.ndarray  # (P,) int model index
     precision: jnp.ndarray  # (P,) int precision index
@@ -229,7 +258,7 @@ class Pools(NamedTuple):
     offer_mask: jnp.ndarray  # (S, J)
     is_logit: jnp.ndarray  # (S,) bool
     is_batch: jnp.ndarray  # (S,) bool
-    tp: jnp.ndarray  # (G, J, K)
+    tp: jnp.ndarray  # (G, J, K) 1.0 where the pool has a candidate (availability)
 
 
 def _validate_fleet(fl) -> None:
@@ -270,25 +299,35 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
                 raise ConfigError(f"demand.segments.{s}: isl + osl = {seg.isl + seg.osl:g} exceeds model '{m}' "
                                   f"max_context {mc.max_context}")
     max_ctx = max(s.isl + s.osl for s in segs)
-    deps, idx = [], []
+    cands, idx = [], []
     tp = np.zeros((G, J, K))
     for gi, hw in enumerate(hws):
         for ji, mc in enumerate(mcs):
             for ki, pc in enumerate(precs):
                 if peak_tflops(hw, pc.compute) is None:
                     continue
-                t = choose_tp(lambda n: build_deployment(hw, mc, pc, n, np.float64), hw, cfg.efficiency.mem_util,
-                              max_ctx)
-                if t is None:
+                lays = candidate_layouts(hw, mc, pc, cfg.efficiency.mem_util, max_ctx,
+                                         disaggregation=fl.disaggregation, speculation=fl.speculation)
+                lays = [lay for lay in lays if lay.gpus <= fl.max_replica_gpus]
+                if not lays:
                     continue
-                tp[gi, ji, ki] = t
-                deps.append(build_deployment(hw, mc, pc, t))
+                tp[gi, ji, ki] = 1.0
+                cands.append(tuple(lays))
                 idx.append((gi, ji, ki, GPU_FAMILIES.index(hw.family)))
     for ji, m in enumerate(models):
         if not tp[:, ji, :].any():
             raise ConfigError(f"model '{m}' fits none of the fleet's GPUs {list(fl.gpus)} at precisions "
-                              f"{list(fl.precisions)} (within one scale-up domain); add a larger GPU or a "
-                              f"lower precision")
+                              f"{list(fl.precisions)} in any deployment of up to {fl.max_replica_gpus} GPUs "
+                              f"(fleet.max_replica_gpus); add a larger GPU or a lower precision")
+    n_cand = max(len(c) for c in cands)
+    dep_rows, spec_rows, dis_rows, valid_rows = [], [], [], []
+    for (gi, ji, ki, _), lays in zip(idx, cands):
+        hw, mc, pc = hws[gi], mcs[ji], precs[ki]
+        padded = list(lays) + [lays[0]] * (n_cand - len(lays))
+        dep_rows.append(stack_trees([build_deployment(hw, mc, pc, lay, None) for lay in padded], np))
+        spec_rows.append(stack_trees([build_mtp(mc, lay.spec_k, None) for lay in padded], np))
+        dis_rows.append([float(lay.disaggregated) for lay in padded])
+        valid_rows.append([c < len(lays) for c in range(n_cand)])
     offer = np.zeros((S, J))
     ref_in, ref_out, share = np.zeros((S, J)), np.zeros((S, J)), np.zeros((S, J))
     for si, seg in enumerate(segs):
@@ -297,7 +336,9 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
             offer[si, ji] = 1.0
             ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
     idx_a = np.asarray(idx, int)
-    pools = Pools(dep=stack_trees(deps), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
+    pools = Pools(dep=jax.tree.map(jnp.asarray, stack_trees(dep_rows, np)),
+                  spec=jax.tree.map(jnp.asarray, stack_trees(spec_rows, np)), disagg=f64(dis_rows),
+                  valid=jnp.asarray(valid_rows), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
                   precision=jnp.asarray(idx_a[:, 2]), family=jnp.asarray(idx_a[:, 3]), offer_mask=f64(offer),
                   is_logit=jnp.asarray([s.demand == "logit" for s in segs]),
                   is_batch=jnp.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
@@ -329,7 +370,10 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         peak_utilization=f64(fl.peak_utilization), daily_utilization=f64(fl.daily_utilization),
         quality=f64([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs]),
         bw_eff=eff_table.bw_eff, flops_eff=eff_table.flops_eff, prefill_flops_eff=eff_table.prefill_flops_eff,
-        moe_eff=eff_table.moe_eff, step_overhead_ms=f64(eff.step_overhead_ms), mem_util=eff_table.mem_util)
+        moe_eff=eff_table.moe_eff, step_overhead_ms=f64(eff.step_overhead_ms), mem_util=eff_table.mem_util,
+        layer_overhead_us=f64(eff.layer_overhead_us), moe_layer_overhead_us=f64(eff.moe_layer_overhead_us),
+        collective_latency_us=f64(eff.collective_latency_us),
+        ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(hw.key in fl.gpu_caps for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
@@ -339,7 +383,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
                     cached_price_ratio=tuple(float(s.cached_price_ratio) for s in segs),
                     ref_input_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_in),
                     ref_output_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_out),
-                    scenario=d.name)
+                    scenario=d.name, pool_index=tuple((i[0], i[1], i[2]) for i in idx), pool_layouts=tuple(cands),
+                    gpus_per_node=tuple(int(hw.gpus_per_node) for hw in hws))
     return numbers, pools, labels
 
 
@@ -348,20 +393,55 @@ def f64(x):
 
 
 SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
-                            "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util"})
+                            "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util", "layer_overhead_us", "moe_layer_overhead_us",
+                            "collective_latency_us", "ep_imbalance"})
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
 
 def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
     """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util)
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
+                            n.collective_latency_us * 1e-6, n.ep_imbalance)
     effs = efficiency_at(table, pools.family)
     wls = Workload(n.isl, n.osl, n.cached_share)
     interactive = ~pools.is_batch
     tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
     ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
-    return serving_table(pools.dep, effs, wls, tpot, ttft, bisection_steps)
+    return serving_table(pools.dep, effs, pools.spec, pools.disagg, pools.valid, wls, tpot, ttft, bisection_steps)
+
+
+def prune_candidates(n: Numbers, pools: Pools, labels: Labels, keep: int = 2) -> tuple[Pools, Labels]:
+    """Keep, per pool, the union over segments of each segment's ``keep`` best candidates at ``n``.
+
+    Sweeps re-evaluate the serving table per scenario when a serving input is an axis; evaluating only
+    the deployments that are best (or runner-up) somewhere at the base scenario keeps that cost at
+    ``≤ keep · S`` candidates per pool instead of every layout.
+    """
+    table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
+                            n.collective_latency_us * 1e-6, n.ep_imbalance)
+    effs = efficiency_at(table, pools.family)
+    interactive = ~pools.is_batch
+    tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
+    ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
+    gpu_s, ok, *_ = jax.jit(candidate_table)(pools.dep, effs, pools.spec, pools.disagg, pools.valid,
+                                             Workload(n.isl, n.osl, n.cached_share), tpot, ttft)
+    score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
+    order = np.argsort(score, axis=-1)[..., :keep]
+    kept = []
+    for p in range(score.shape[1]):
+        cs = sorted({int(c) for s in range(score.shape[0]) for c in order[s, p] if np.isfinite(score[s, p, c])})
+        kept.append(cs or [0])
+    width = max(len(c) for c in kept)
+    idx = np.asarray([c + [c[0]] * (width - len(c)) for c in kept])
+    valid = np.asarray([[j < len(c) for j in range(width)] for c in kept])
+    rows = np.arange(len(kept))[:, None]
+    sub = lambda x: x[rows, idx]  # noqa: E731
+    new = pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
+                         disagg=sub(pools.disagg), valid=jnp.asarray(valid))
+    layouts = tuple(tuple(labels.pool_layouts[p][c] for c in cs) for p, cs in enumerate(kept))
+    return new, dataclasses.replace(labels, pool_layouts=layouts)
 
 
 def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:
@@ -374,7 +454,8 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     """
     S, J = pools.offer_mask.shape
     G, _, K = pools.tp.shape
-    gpu_s, ok, batch, tpot_served = serving_of(n, pools, bisection_steps) if serving is None else serving  # (S, P)
+    table = serving_of(n, pools, bisection_steps) if serving is None else serving  # (S, P)
+    gpu_s, ok, batch, tpot_served = table.gpu_s, table.feasible, table.batch, table.tpot_s
     offered = pools.offer_mask[:, pools.model] > 0  # (S, P)
     usable = ok & offered & jnp.isfinite(gpu_s)
     put = lambda v: jnp.zeros((S, J, K, G)).at[:, pools.model, pools.precision, pools.gpu].set(v)  # noqa: E731
@@ -382,6 +463,10 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     gpu_s_t = put(jnp.where(usable, gpu_s, 0.0))
     batch_t = put(jnp.where(usable, batch, 0.0))
     tpot_t = put(jnp.where(usable, tpot_served * 1e3, 0.0))
+    choice_t = put(jnp.where(usable, table.choice + 1.0, 0.0)) - 1.0
+    prefill_t = put(jnp.where(usable, table.prefill_share, 0.0))
+    replica = put(jnp.where(usable, table.replica_gpus, 0.0))  # (S, J, K, G)
+    pool_gpus = jnp.transpose(replica.max(0), (2, 0, 1))  # (G, J, K) largest chosen replica per pool
     mix_mask = (route.sum(-1) > 0).astype(jnp.float64)
 
     offer = pools.offer_mask
@@ -402,8 +487,8 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     scale = jnp.maximum((ref_requests[:, None] * share * ref_price).sum(), 1e-9)
     return Problem(
         demand=dp, quality=n.quality, mix_mask=mix_mask, route_mask=route, gpu_s_per_request=gpu_s_t,
-        batch_at_slo=batch_t, tpot_ms=tpot_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
-        tp=pools.tp, is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
+        batch_at_slo=batch_t, tpot_ms=tpot_t, deployment=choice_t, prefill_share=prefill_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
+        tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
         gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
         min_quality=n.min_quality, log_mu_lo=jnp.log(n.price_floor_ratio), log_mu_hi=jnp.log(n.price_ceiling_ratio),
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale)

@@ -49,6 +49,10 @@ class HardwareConfig:
     power_w: float = MISSING  # board power (TDP/TGP), W
     scaleup_bw_gb_s: float = 0.0  # scale-up link bandwidth per GPU per direction, GB/s (0 = PCIe only)
     scaleup_domain_gpus: int = 1  # GPUs in one scale-up (NVLink / xGMI) domain
+    gpus_per_node: int = 8  # GPUs per server (the PCIe node for GPUs without a scale-up link)
+    pcie_bw_gb_s: float = 0.0  # host PCIe bandwidth per GPU per direction, GB/s (TP over PCIe when no scale-up link)
+    scaleout_bw_gb_s: float = 0.0  # scale-out (InfiniBand / RoCE NIC) bandwidth per GPU per direction, GB/s
+    interconnect_source: str = ""  # where the PCIe / scale-out figures come from
     price_usd_per_gpu_hour: float = MISSING  # default rental price, USD per GPU-hour
     price_date: str = MISSING  # date of that price
     price_source: str = MISSING  # where that price comes from
@@ -96,6 +100,10 @@ class ModelConfig:
     kv_bytes_per_token_bf16: float = MISSING  # KV bytes per context token over the full-attention layers at 2 B/element
     window_kv_bytes_per_token_bf16: float = 0.0  # KV bytes per token over window layers at 2 B/element (capped at window_tokens)
     max_context: int = MISSING  # tokens
+    moe_layers: int = 0  # layers with routed experts (0 = every layer of an MoE model)
+    mtp_layers: int = 0  # native multi-token-prediction modules (DeepSeek-V3: 1), drafted autoregressively
+    mtp_accepted_tokens: list[float] = field(default_factory=list)  # E[tokens per verify round] for k = 1, 2, ... drafts
+    mtp_source: str = ""  # where the MTP acceptance figures come from
     quality: QualityRetention = field(default_factory=QualityRetention)
     quality_source: str = MISSING  # which quant_quality.csv rows / evidence were used
     source: str = MISSING
@@ -129,8 +137,12 @@ class EfficiencyConfig:
     default_flops_eff: float = 0.6
     default_prefill_flops_eff: float = 0.6
     moe_eff: float = 1.0  # efficiency of routed-expert GEMMs relative to dense GEMMs (all families)
-    step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, kernel launches), ms
+    step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, sampling), ms
     mem_util: float = 0.9  # usable share of HBM for weights + KV cache
+    layer_overhead_us: float = 0.0  # fixed per layer per decode step (kernel launches, syncs), microseconds
+    moe_layer_overhead_us: float = 0.0  # extra per MoE layer per step (router, top-k, permute, grouped GEMM launches), us
+    collective_latency_us: float = 0.0  # latency of one collective (all-reduce, EP dispatch or combine), microseconds
+    ep_imbalance: float = 1.0  # busiest / mean tokens per expert-parallel rank at large EP (>= 1)
     source: str = ""  # command and data that produced the values
 
 
@@ -145,11 +157,17 @@ class WorkloadConfig:
 
 @dataclass
 class SpeculativeConfig:
-    """Speculative decoding (off when draft_len == 0)."""
+    """Speculative decoding.
 
-    draft_len: int = 0  # k, draft tokens proposed per target step
-    acceptance: float = 0.7  # a, iid per-token acceptance probability
-    draft_cost_ratio: float = 0.05  # one draft step's time as a fraction of a target decode step
+    ``method``: null = the best of off and the model's MTP head (where its acceptance is sourced);
+    ``none``; ``mtp`` (the model's MTP head, ``draft_len`` drafts or the best of 1 and 3 when 0);
+    ``draft`` (a draft model or Eagle-style head with iid ``acceptance`` and ``draft_cost_ratio``).
+    """
+
+    method: Optional[str] = None  # null | none | mtp | draft
+    draft_len: int = 0  # k, draft tokens proposed per target step (0 with method=draft = off)
+    acceptance: float = 0.7  # method=draft: a, iid per-token acceptance probability
+    draft_cost_ratio: float = 0.05  # method=draft: a draft step's body as a fraction of a target step's body
 
 
 @dataclass
@@ -181,7 +199,11 @@ class EstimateConfig:
     model: ModelConfig = MISSING
     precision: PrecisionConfig = MISSING
     efficiency: EfficiencyConfig = MISSING
-    tp: int = 1  # tensor-parallel degree (GPUs per replica)
+    gpus: Optional[int] = None  # GPUs per replica (null = best; `nodes` x gpus_per_node when nodes is set)
+    nodes: Optional[int] = None  # servers per replica (null = best)
+    tp: Optional[int] = None  # attention / dense tensor-parallel degree (null = best)
+    ep: Optional[int] = None  # expert-parallel degree (null = best; 1 for dense models)
+    disaggregated: Optional[bool] = None  # prefill/decode disaggregated (null = best)
     isl: float = 1000.0
     osl: float = 1000.0
     cached_share: float = 0.0
@@ -198,6 +220,8 @@ class CalibrateConfig:
 
     efficiency: EfficiencyConfig = MISSING
     cases: Optional[str] = None  # CSV in the measured_throughput.csv format (None = bundled copy)
+    slo_cases: Optional[str] = None  # CSV in the measured_slo_throughput.csv format (None = bundled copy)
+    use_slo: bool = True  # also fit the latency-bound regime
     per_family: bool = True  # fit bandwidth / compute efficiency per GPU family
     fit_mem_util: bool = True  # also fit the usable HBM share
     use_latency: bool = True  # add online-serving inter-token latencies to the loss
@@ -263,6 +287,9 @@ class FleetConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     budget_usd_per_day: Optional[float] = None  # cap on GPU spend per day
     capex_budget_usd: Optional[float] = None  # cap on fleet purchase value
+    max_replica_gpus: int = 64  # largest deployment (GPUs per replica) the optimizer may choose
+    disaggregation: bool = True  # consider prefill/decode disaggregated deployments
+    speculation: bool = True  # consider MTP speculative decoding where the model has sourced acceptance
     peak_utilization: float = 0.8  # utilisation cap at peak for interactive traffic
     daily_utilization: float = 0.9  # cap on average daily utilisation incl. batch
 
@@ -315,7 +342,8 @@ class SweepConfig:
     # auto: the structured dual solver (optimizer/dual.py) when no cap, budget or quality floor is
     # active, else adam (the augmented-Lagrangian Adam solver of single runs); or force either
     method: str = "auto"
-    dual_steps: int = 60  # method=dual: Rprop steps on the peak/daily cost split
+    dual_steps: int = 120  # method=dual: Rprop steps on the peak/daily cost split (60 left 2 of 12 what-if
+    # scenarios at a 0.6-3.5 % certified gap once deployments became choices; 120 closes all to < 0.3 %)
     dual_tol_gap: float = 5e-3  # method=dual: certified relative optimality gap to count as converged
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep

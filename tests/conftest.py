@@ -24,9 +24,10 @@ def llama8b_h100_fp8() -> Deployment:
         expert_active_params=f(0.0),
         kv_full_bytes_per_token=f(65536.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
         attn_full_flops=f(4 * 32 * 32 * 128), attn_window_flops=f(0.0),
-        attn_prefill_flops=f(4 * 32 * 32 * 128), layers=f(32.0),
-        hidden_size=f(4096.0), hbm_bytes=f(80e9), mem_bw=f(3.35e12), peak_flops=f(1979e12),
-        link_bw=f(450e9), tp=f(1.0))
+        attn_prefill_flops=f(4 * 32 * 32 * 128), layers=f(32.0), moe_layers=f(0.0),
+        hidden_size=f(4096.0), kv_heads=f(8.0), hbm_bytes=f(80e9), mem_bw=f(3.35e12), peak_flops=f(1979e12),
+        attn_peak_flops=f(1979e12), link_bw=f(450e9), scaleout_bw=f(50e9), domain_gpus=f(8.0),
+        gpus=f(1.0), tp=f(1.0), ep=f(1.0))
 
 
 def moe_like() -> Deployment:
@@ -38,9 +39,10 @@ def moe_like() -> Deployment:
         expert_active_params=f(654e9 * 8 / 256),
         kv_full_bytes_per_token=f(35136.0), kv_window_bytes_per_token=f(0.0), window_tokens=f(0.0),
         attn_full_flops=f(61 * 2 * 128 * (576 + 512)), attn_window_flops=f(0.0),
-        attn_prefill_flops=f(61 * 2 * 128 * (192 + 128)), layers=f(61.0),
-        hidden_size=f(7168.0), hbm_bytes=f(141e9), mem_bw=f(4.8e12), peak_flops=f(1979e12),
-        link_bw=f(450e9), tp=f(8.0))
+        attn_prefill_flops=f(61 * 2 * 128 * (192 + 128)), layers=f(61.0), moe_layers=f(58.0),
+        hidden_size=f(7168.0), kv_heads=f(1.0), hbm_bytes=f(141e9), mem_bw=f(4.8e12), peak_flops=f(1979e12),
+        attn_peak_flops=f(1979e12), link_bw=f(450e9), scaleout_bw=f(50e9), domain_gpus=f(8.0),
+        gpus=f(8.0), tp=f(8.0), ep=f(8.0))
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def dep_moe() -> Deployment:
 @pytest.fixture
 def eff() -> Efficiency:
     f = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-    return Efficiency(f(0.8), f(0.6), f(0.7), f(1.0), f(0.002), f(0.9))
+    return Efficiency(f(0.8), f(0.6), f(0.7), f(1.0), f(0.002), f(0.9), f(0.0), f(0.0), f(0.0), f(1.0))
 
 
 @pytest.fixture

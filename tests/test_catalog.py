@@ -14,10 +14,11 @@ from optimizer.schema import GPU_FAMILIES, PRECISION_KEYS, EstimateConfig, regis
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 GPUS = ["a100-sxm", "l40s", "h100-sxm", "h100-nvl", "h800", "h200-sxm", "gh200", "b200", "b300", "gb200",
-        "gb300", "rtx-pro-6000", "mi300x", "mi325x", "mi355x"]
+        "gb300", "rtx-pro-6000", "mi300x", "mi325x", "mi350x", "mi355x"]
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.3-70b", "llama-3.1-405b", "llama-4-scout",
           "llama-4-maverick", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-7b", "qwen2.5-72b",
-          "qwen3-8b", "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-20b", "gpt-oss-120b", "deepseek-v3"]
+          "qwen3-8b", "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-20b", "gpt-oss-120b", "deepseek-v3",
+          "deepseek-v3.2", "kimi-k2", "llama-2-70b"]
 
 register_configs()
 

@@ -148,7 +148,7 @@ def test_fp8_never_loses_to_bf16_when_memory_bound(dep8b, eff, wl):
 
 
 def test_throughput_never_exceeds_roofline(dep8b, dep_moe, wl):
-    ideal = Efficiency(*(jnp.asarray(x) for x in (1.0, 1.0, 1.0, 1.0, 0.0, 0.9)))
+    ideal = Efficiency(*(jnp.asarray(x) for x in (1.0, 1.0, 1.0, 1.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1.0)))
     for dep in (dep8b, dep_moe):
         for isl, osl in [(128.0, 128.0), (1000.0, 1000.0), (20000.0, 2000.0)]:
             w = Workload(jnp.asarray(isl), jnp.asarray(osl), jnp.asarray(0.0))
@@ -210,7 +210,8 @@ def test_slo_batch_precision_follows_bisection_steps(dep8b, eff, wl):
 
 
 def test_speculation_helps_at_small_batch_hurts_at_large(dep8b, eff, wl):
-    spec = Speculation(jnp.asarray(4.0), jnp.asarray(0.8), jnp.asarray(0.05))
+    spec = Speculation(jnp.asarray(4.0), expected_tokens_per_step(0.8, 4.0), jnp.asarray(0.05))
+    eff = eff._replace(step_overhead_s=jnp.asarray(2e-4))  # every draft step pays the fixed per-step overhead
     small_plain = operating_point(dep8b, eff, wl, 1.0)
     small_spec = operating_point(dep8b, eff, wl, 1.0, spec)
     assert float(small_spec.tpot_s) < float(small_plain.tpot_s) / 2
