@@ -123,3 +123,48 @@ def test_cli_fp4_on_hopper_fails_clearly(tmp_path):
     r = _cli(["precision=fp4"], tmp_path)
     assert r.returncode == 1
     assert "precision 'fp4'" in r.stderr and "h200-sxm" in r.stderr and "b200" in r.stderr
+
+
+def test_latency_bound_cases_format_and_blank_deployments():
+    """The measured_slo_throughput.csv format: measured output tok/s per GPU, interactivity as concurrency,
+    deployment columns that may be blank (best deployment of num_gpus GPUs), MTP-k speculation."""
+    from optimizer.cases import BUNDLED_SLO_CASES
+
+    df = read_cases(BUNDLED_SLO_CASES)
+    out = predict_frame(df, catalog.load_efficiency())
+    assert {"predicted_output_tok_s_per_gpu", "chosen_deployment", "chosen_precision", "skipped_reason"} <= set(out.columns)
+    ok = out["predicted_output_tok_s_per_gpu"].notna()
+    assert ok.sum() >= 20 and (out.loc[ok, "predicted_output_tok_s_per_gpu"] > 0).all()
+    # given deployment columns are honoured: TP8 attention with MoE EP2 and 3 MTP drafts
+    assert out.loc[0, "chosen_deployment"] == "8 GPU TP8 EP2 MTP-3"
+    # attention DP (TensorRT-LLM --tp 8 --enable_attention_dp) is 8 attention ranks of TP 1
+    assert out.loc[1, "chosen_deployment"].startswith("8 GPU TP1 DP8 EP8")
+    # blank precision: the best the GPU supports (FP4 on GB200)
+    assert out.loc[16, "chosen_precision"] == "fp4"
+    # unknown models and unsourced speculation are skipped with a reason, never guessed
+    assert "unknown model 'deepseek-v4-pro'" in out.loc[18, "skipped_reason"]
+    assert "Eagle3" in out.loc[15, "skipped_reason"] or "isl" in out.loc[15, "skipped_reason"]
+    s = error_summary(out)
+    assert s["median_ape_pct"] <= 15.0  # issue 9: in-sample median APE <= 15 % in the latency-bound regime
+    # the MTP rows order as measured: 2 drafts beat 1, and 5 drafts do not beat 3 (draft cost at batch 1)
+    mtp = out.set_index(out["mtp_or_spec"].fillna(""))
+    k1, k2, k3, k5 = (float(mtp.loc[f"MTP-{k} (autoregressive)", "predicted_output_tok_s_per_gpu"]) for k in (1, 2, 3, 5))
+    assert k2 > k1 and k5 < k3
+
+
+def test_estimate_chooses_the_deployment_for_deepseek_at_an_slo():
+    """Issue 9: DeepSeek-V3 FP8 on H200 at 40 ms TPOT was 56 tok/s/GPU and $17/M output with one TP8 node."""
+    c = cfg(model="deepseek-v3", tp=None, isl=4383, osl=1211, target=TargetConfig(tpot_ms=40))
+    row = estimate_one(c).iloc[0]
+    assert row["tpot_ms"] <= 40.0 + 1e-6 and row["output_tok_s_per_gpu"] > 300
+    assert row["usd_per_mtok_output"] < 2.0
+    assert row["ep"] > 1 and row["candidates"] > 5
+    # fixing the old single-node TP8 deployment is still possible, and is worse
+    fixed = estimate_one(cfg(model="deepseek-v3", tp=8, ep=8, gpus=8, isl=4383, osl=1211, disaggregated=False,
+                             target=TargetConfig(tpot_ms=40))).iloc[0]
+    assert fixed["deployment"].startswith("8 GPU TP8 EP8") and fixed["output_tok_s_per_gpu"] < row["output_tok_s_per_gpu"]
+    # nodes= spans servers: two 8-GPU H800 nodes hold DeepSeek-V3 FP8, one cannot
+    h800 = cfg(model="deepseek-v3", gpu="h800", tp=None, nodes=2, isl=4383, osl=1211)
+    assert estimate_one(h800).iloc[0]["nodes"] == 2
+    with pytest.raises(DoesNotFit, match="does not fit 8x h800"):
+        estimate_one(cfg(model="deepseek-v3", gpu="h800", tp=None, nodes=1, isl=4383, osl=1211))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -47,7 +48,7 @@ def test_typo_in_a_segment_fails_at_compose_time():
         compose_run(["demand.segments.consumer_chat.elasticity=high"])
 
 
-@pytest.mark.parametrize("experiment", ["default", "china-140t"])
+@pytest.mark.parametrize("experiment", ["default", "china-140t", "deepseek-h800"])
 def test_presets_solve_and_write_the_plan(tmp_path, experiment):
     cfg = compose_run([f"experiment={experiment}", "output.plots=false", "output.progress=false"])
     summary = run(cfg, tmp_path)
@@ -67,6 +68,16 @@ def test_presets_solve_and_write_the_plan(tmp_path, experiment):
     assert plan["cost_usd_per_day"].sum() == pytest.approx(t["gpu_cost_usd_per_day"], rel=1e-4)
     fleet = pd.read_csv(tmp_path / "fleet.csv")
     assert (fleet["replicas"] == fleet["replicas"].round()).all()
+    # every pool shows its deployment; a disaggregated pool splits its GPUs into prefill + decode
+    assert {"deployment", "replica_gpus", "nodes_per_replica", "tp", "dp", "ep", "disaggregated", "speculation",
+            "prefill_gpus", "decode_gpus"} <= set(fleet.columns)
+    assert (fleet["deployment"].str.len() > 0).all() and (fleet["replica_gpus"] >= 1).all()
+    dis = fleet[fleet["disaggregated"]]
+    assert np.allclose(dis["prefill_gpus"] + dis["decode_gpus"], dis["gpus"], rtol=1e-3)
+    assert (plan["deployments"].str.len() > 0).sum() >= 1
+    if experiment == "deepseek-h800":
+        # DeepSeek-V3 at FP8 on 80 GB H800s only fits a multi-node expert-parallel deployment
+        assert (fleet["nodes_per_replica"] >= 2).all() and (fleet["ep"] >= 16).all()
     # no float32 noise: JSON money has at most 2 decimals
     for row in json.loads((tmp_path / "plan.json").read_text()):
         assert round(row["revenue_usd_per_day"], 2) == row["revenue_usd_per_day"]
