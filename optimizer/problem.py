@@ -240,6 +240,7 @@ class Numbers(NamedTuple):
     mem_util: jnp.ndarray  # ()
     layer_overhead_us: jnp.ndarray  # ()
     moe_layer_overhead_us: jnp.ndarray  # ()
+    attn_flops_eff: jnp.ndarray  # ()
     collective_latency_us: jnp.ndarray  # ()
     ep_imbalance: jnp.ndarray  # ()
 
@@ -372,6 +373,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         bw_eff=eff_table.bw_eff, flops_eff=eff_table.flops_eff, prefill_flops_eff=eff_table.prefill_flops_eff,
         moe_eff=eff_table.moe_eff, step_overhead_ms=f64(eff.step_overhead_ms), mem_util=eff_table.mem_util,
         layer_overhead_us=f64(eff.layer_overhead_us), moe_layer_overhead_us=f64(eff.moe_layer_overhead_us),
+        attn_flops_eff=f64(eff.attn_flops_eff),
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
@@ -394,6 +396,7 @@ def f64(x):
 
 SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
                             "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util", "layer_overhead_us", "moe_layer_overhead_us",
+                            "attn_flops_eff",
                             "collective_latency_us", "ep_imbalance"})
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
@@ -401,7 +404,7 @@ SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", 
 def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
     """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6, n.attn_flops_eff,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
     effs = efficiency_at(table, pools.family)
     wls = Workload(n.isl, n.osl, n.cached_share)
@@ -419,7 +422,7 @@ def prune_candidates(n: Numbers, pools: Pools, labels: Labels, keep: int = 2) ->
     ``≤ keep · S`` candidates per pool instead of every layout.
     """
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6, n.attn_flops_eff,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
     effs = efficiency_at(table, pools.family)
     interactive = ~pools.is_batch

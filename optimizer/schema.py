@@ -140,6 +140,7 @@ class EfficiencyConfig:
     step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, sampling), ms
     mem_util: float = 0.9  # usable share of HBM for weights + KV cache
     layer_overhead_us: float = 0.0  # fixed per layer per decode step (kernel launches, syncs), microseconds
+    attn_flops_eff: float = 0.6  # achieved / peak (BF16) FLOPS of attention kernels, all families
     moe_layer_overhead_us: float = 0.0  # extra per MoE layer per step (router, top-k, permute, grouped GEMM launches), us
     collective_latency_us: float = 0.0  # latency of one collective (all-reduce, EP dispatch or combine), microseconds
     ep_imbalance: float = 1.0  # busiest / mean tokens per expert-parallel rank at large EP (>= 1)
