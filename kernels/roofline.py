@@ -90,7 +90,6 @@ class Efficiency(NamedTuple):
     mem_util: jnp.ndarray  # usable share of HBM for weights + KV, in (0, 1]
     layer_overhead_s: jnp.ndarray = 0.0  # fixed time per layer per step (kernel launches, syncs), s
     moe_layer_overhead_s: jnp.ndarray = 0.0  # extra fixed time per MoE layer per step (routing kernels), s
-    attn_flops_eff: jnp.ndarray = 0.6  # achieved / peak BF16 FLOPS of attention kernels (decode and prefill)
     collective_latency_s: jnp.ndarray = 0.0  # latency of one collective (all-reduce, dispatch or combine), s
     ep_imbalance: jnp.ndarray = 1.0  # busiest / mean tokens per expert-parallel rank at large EP, ≥ 1
 
@@ -242,7 +241,7 @@ def decode_step(dep: Deployment, eff: Efficiency, batch: jnp.ndarray, context: j
     dense_mem = dep.dense_weight_bytes / dep.tp / bw
     dense_fl = rank_tokens * 2.0 * (dep.active_params - dep.expert_active_params) / dep.tp / fl
     attn_mem = (batch / dp) * imbalance(dep, eff, dp) * kv_bytes_per_sequence(dep, context) / kv_shards(dep) / bw
-    attn_fl = rank_tokens * attention_flops_per_token(dep, context) / dep.tp / (dep.attn_peak_flops * eff.attn_flops_eff)
+    attn_fl = rank_tokens * attention_flops_per_token(dep, context) / dep.tp / (dep.attn_peak_flops * eff.flops_eff)
     # routed experts: the busiest GPU sees lam x the mean tokens
     routed = tokens * imbalance(dep, eff)
     exp_mem = expert_bytes_per_gpu(dep, eff, tokens) / (bw * eff.moe_eff)
@@ -283,9 +282,8 @@ def prefill_cost(dep: Deployment, eff: Efficiency, isl: jnp.ndarray,
     w = dep.window_tokens
     # Windowed layers: each new token attends to at most `w` tokens.
     win_ctx = jnp.maximum(soft_clip_below(0.5 * (isl + cached), w, WINDOW_SOFTNESS_TOKENS), 0.0)
-    # attention at its own roof and efficiency, expressed in the linear layers' (F_pf) time units
-    attn = ((full_attn + dep.attn_window_flops * new * win_ctx) * dep.peak_flops / dep.attn_peak_flops
-            * eff.prefill_flops_eff / eff.attn_flops_eff)
+    # attention at its own (BF16) roof, expressed in the linear layers' (F_pf) time units
+    attn = (full_attn + dep.attn_window_flops * new * win_ctx) * dep.peak_flops / dep.attn_peak_flops
     comm = allreduce_time(dep, eff, new) + alltoall_time(dep, eff, new * dp_ranks(dep))
     gpu_s = (dense + attn + expert) / f_pf + comm * dep.gpus / dp_ranks(dep)
     latency_s = (dense + attn) / (dep.tp * f_pf) + expert / (dep.gpus * f_pf) + comm

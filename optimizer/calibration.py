@@ -9,7 +9,6 @@ Fitted (few, physically meaningful; never one per row or per model):
   * the fixed times of a decode step: ``t_0`` per step (scheduling, sampling), ``t_layer`` per layer
     (kernel launches), ``t_moe`` more per MoE layer (router, top-k, permutation and grouped-GEMM
     launches) and ``α`` per collective (all-reduce, EP dispatch / combine);
-  * ``η_attn``: the achieved share of the BF16 peak in attention kernels (one for all families);
   * ``λ``, the expert-parallel load imbalance (busiest / mean rank), in ``IMBALANCE_RANGE``;
   * the usable share of HBM for weights + KV ``u`` — only when ``fit_mem_util`` is set.
 
@@ -63,7 +62,6 @@ class CalibParams(NamedTuple):
     mem_logit: jnp.ndarray  # () logit of the position of u in MEM_UTIL_RANGE
     layer_logit: jnp.ndarray  # () logit of t_layer in LAYER_OVERHEAD_RANGE_S
     moe_layer_logit: jnp.ndarray  # () logit of t_moe in LAYER_OVERHEAD_RANGE_S
-    attn_logit: jnp.ndarray  # () logit of the attention kernels' FLOPS efficiency in FLOPS_EFF_RANGE
     collective_logit: jnp.ndarray  # () logit of α in COLLECTIVE_LATENCY_RANGE_S
     imbalance_logit: jnp.ndarray  # () logit of λ in IMBALANCE_RANGE
 
@@ -83,7 +81,6 @@ def to_table(theta: CalibParams, per_family: bool) -> EfficiencyTable:
                            jnp.exp(theta.log_overhead_s), _bounded(theta.mem_logit, MEM_UTIL_RANGE),
                            _bounded(theta.layer_logit, LAYER_OVERHEAD_RANGE_S),
                            _bounded(theta.moe_layer_logit, LAYER_OVERHEAD_RANGE_S),
-                           _bounded(theta.attn_logit, FLOPS_EFF_RANGE),
                            _bounded(theta.collective_logit, COLLECTIVE_LATENCY_RANGE_S),
                            _bounded(theta.imbalance_logit, IMBALANCE_RANGE))
 
@@ -96,7 +93,6 @@ def from_table(table: EfficiencyTable) -> CalibParams:
                        _unbounded(table.mem_util, MEM_UTIL_RANGE),
                        _unbounded(table.layer_overhead_s, LAYER_OVERHEAD_RANGE_S),
                        _unbounded(table.moe_layer_overhead_s, LAYER_OVERHEAD_RANGE_S),
-                       _unbounded(table.attn_flops_eff, FLOPS_EFF_RANGE),
                        _unbounded(table.collective_latency_s, COLLECTIVE_LATENCY_RANGE_S),
                        _unbounded(table.ep_imbalance, IMBALANCE_RANGE))
 
@@ -173,7 +169,6 @@ def fit(regimes: dict, start: EfficiencyConfig, per_family: bool = True, steps: 
                   step_overhead_ms=round(float(t.step_overhead_s) * 1000.0, 4),
                   layer_overhead_us=round(float(t.layer_overhead_s) * 1e6, 3),
                   moe_layer_overhead_us=round(float(t.moe_layer_overhead_s) * 1e6, 3),
-                  attn_flops_eff=round(float(t.attn_flops_eff), 4),
                   collective_latency_us=round(float(t.collective_latency_s) * 1e6, 3),
                   ep_imbalance=round(float(t.ep_imbalance), 4),
                   mem_util=round(float(t.mem_util), 4) if fit_mem_util else start.mem_util)

@@ -143,7 +143,6 @@ class EfficiencyTable(NamedTuple):
     mem_util: jnp.ndarray  # ()
     layer_overhead_s: jnp.ndarray  # ()
     moe_layer_overhead_s: jnp.ndarray  # ()
-    attn_flops_eff: jnp.ndarray  # ()
     collective_latency_s: jnp.ndarray  # ()
     ep_imbalance: jnp.ndarray  # ()
 
@@ -156,7 +155,7 @@ def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64) -> EfficiencyTabl
     return EfficiencyTable(jnp.asarray(bw, dtype), jnp.asarray(fl, dtype), jnp.asarray(pf, dtype),
                            jnp.asarray(eff.moe_eff, dtype), jnp.asarray(eff.step_overhead_ms / 1000.0, dtype),
                            jnp.asarray(eff.mem_util, dtype), jnp.asarray(eff.layer_overhead_us * 1e-6, dtype),
-                           jnp.asarray(eff.moe_layer_overhead_us * 1e-6, dtype), jnp.asarray(eff.attn_flops_eff, dtype),
+                           jnp.asarray(eff.moe_layer_overhead_us * 1e-6, dtype),
                            jnp.asarray(eff.collective_latency_us * 1e-6, dtype), jnp.asarray(eff.ep_imbalance, dtype))
 
 
@@ -165,7 +164,7 @@ def efficiency_at(table: EfficiencyTable, family) -> Efficiency:
     f = jnp.asarray(family)
     b = lambda x: jnp.broadcast_to(x, f.shape)  # noqa: E731
     return Efficiency(table.bw_eff[f], table.flops_eff[f], table.prefill_flops_eff[f], b(table.moe_eff),
-                      b(table.step_overhead_s), b(table.mem_util), b(table.layer_overhead_s), b(table.moe_layer_overhead_s), b(table.attn_flops_eff),
+                      b(table.step_overhead_s), b(table.mem_util), b(table.layer_overhead_s), b(table.moe_layer_overhead_s),
                       b(table.collective_latency_s), b(table.ep_imbalance))
 
 

@@ -246,7 +246,7 @@ def efficiency_for(eff: EfficiencyConfig, family: str, dtype=jnp.float64) -> Eff
                       prefill_flops_eff=f(eff.prefill_flops_eff.get(family, eff.default_prefill_flops_eff)),
                       moe_eff=f(eff.moe_eff), step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util),
                       layer_overhead_s=f(eff.layer_overhead_us * 1e-6),
-                      moe_layer_overhead_s=f(eff.moe_layer_overhead_us * 1e-6), attn_flops_eff=f(eff.attn_flops_eff),
+                      moe_layer_overhead_s=f(eff.moe_layer_overhead_us * 1e-6),
                       collective_latency_s=f(eff.collective_latency_us * 1e-6), ep_imbalance=f(eff.ep_imbalance))
 
 

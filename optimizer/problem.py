@@ -160,7 +160,11 @@ def candidate_table(deps: Deployment, effs: Efficiency, specs: Speculation, disa
                     valid: jnp.ndarray, wls: Workload, tpot_s: jnp.ndarray, ttft_s: jnp.ndarray,
                     bisection_steps: int = BISECTION_STEPS):
     """Every (segment, pool, candidate) at the segment's SLO: ``(gpu_s, ok, batch, tpot_s, prefill_gpu_s)``,
-    each (S, P, C); ``ok`` is False for padding, misfits and SLO misses."""
+    each (S, P, C); ``ok`` is False for padding, misfits and SLO misses.
+
+    Candidates are shared by every segment (``valid`` of shape (P, C)) or given per segment
+    (``valid`` (S, P, C), as :func:`prune_candidates` leaves them for sweeps)."""
+    per_segment = valid.ndim == 3
 
     def one(dep, eff, spec, dis, wl, tpot, ttft):
         b, ok = slo_batch(dep, eff, wl, tpot, ttft, spec, steps=bisection_steps, disaggregated=dis)
@@ -169,9 +173,10 @@ def candidate_table(deps: Deployment, effs: Efficiency, specs: Speculation, disa
 
     per_cand = jax.vmap(one, in_axes=(0, None, 0, 0, None, None, None))
     per_pool = jax.vmap(per_cand, in_axes=(0, 0, 0, 0, None, None, None))
-    gpu_s, ok, b, tpot, pre = jax.vmap(per_pool, in_axes=(None, None, None, None, 0, 0, 0))(
+    seg = 0 if per_segment else None
+    gpu_s, ok, b, tpot, pre = jax.vmap(per_pool, in_axes=(seg, None, seg, seg, 0, 0, 0))(
         deps, effs, specs, disagg, wls, tpot_s, ttft_s)
-    return gpu_s, ok & valid[None] & jnp.isfinite(gpu_s), b, tpot, pre
+    return gpu_s, ok & (valid if per_segment else valid[None]) & jnp.isfinite(gpu_s), b, tpot, pre
 
 
 def serving_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg: jnp.ndarray,
@@ -193,7 +198,7 @@ def serving_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg
     c = jnp.argmin(score, axis=-1)
     take = lambda x: jnp.take_along_axis(x, c[..., None], axis=-1)[..., 0]  # noqa: E731
     g = take(gpu_s)
-    gpus = jnp.broadcast_to(deps.gpus, ok.shape)
+    gpus = jnp.broadcast_to(deps.gpus, ok.shape)  # (P, C) or (S, P, C)
     return ServingTable(gpu_s=g, feasible=ok.any(-1), batch=take(b), tpot_s=take(tpot),
                         choice=c.astype(gpu_s.dtype), replica_gpus=take(gpus),
                         prefill_share=take(pre) / jnp.maximum(g, 1e-30))
@@ -240,7 +245,6 @@ class Numbers(NamedTuple):
     mem_util: jnp.ndarray  # ()
     layer_overhead_us: jnp.ndarray  # ()
     moe_layer_overhead_us: jnp.ndarray  # ()
-    attn_flops_eff: jnp.ndarray  # ()
     collective_latency_us: jnp.ndarray  # ()
     ep_imbalance: jnp.ndarray  # ()
 
@@ -373,7 +377,6 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         bw_eff=eff_table.bw_eff, flops_eff=eff_table.flops_eff, prefill_flops_eff=eff_table.prefill_flops_eff,
         moe_eff=eff_table.moe_eff, step_overhead_ms=f64(eff.step_overhead_ms), mem_util=eff_table.mem_util,
         layer_overhead_us=f64(eff.layer_overhead_us), moe_layer_overhead_us=f64(eff.moe_layer_overhead_us),
-        attn_flops_eff=f64(eff.attn_flops_eff),
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
@@ -396,7 +399,6 @@ def f64(x):
 
 SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
                             "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util", "layer_overhead_us", "moe_layer_overhead_us",
-                            "attn_flops_eff",
                             "collective_latency_us", "ep_imbalance"})
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
@@ -404,7 +406,7 @@ SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", 
 def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
     """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6, n.attn_flops_eff,
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
     effs = efficiency_at(table, pools.family)
     wls = Workload(n.isl, n.osl, n.cached_share)
@@ -414,15 +416,18 @@ def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS)
     return serving_table(pools.dep, effs, pools.spec, pools.disagg, pools.valid, wls, tpot, ttft, bisection_steps)
 
 
-def prune_candidates(n: Numbers, pools: Pools, labels: Labels, keep: int = 2) -> tuple[Pools, Labels]:
-    """Keep, per pool, the union over segments of each segment's ``keep`` best candidates at ``n``.
+def prune_candidates(n: Numbers, pools: Pools, labels: Labels) -> Pools:
+    """Give each (segment, pool) only the deployment it chooses at the base scenario ``n``.
 
-    Sweeps re-evaluate the serving table per scenario when a serving input is an axis; evaluating only
-    the deployments that are best (or runner-up) somewhere at the base scenario keeps that cost at
-    ``≤ keep · S`` candidates per pool instead of every layout.
+    Sweeps re-evaluate the serving table per scenario when a serving input is an axis; evaluating
+    one deployment per (segment, pool) instead of every candidate layout keeps that cost at the
+    (S, P) lanes of a single-layout model. Returns Pools whose ``dep``, ``spec``, ``disagg`` and
+    ``valid`` have a leading segment axis, (S, P, 1). The deployments stay those of the base
+    scenario across the sweep (a sweep prices the base plan's deployments under changed inputs;
+    a change of deployment is a structural choice, for multirun or a single run).
     """
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6, n.attn_flops_eff,
+                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
     effs = efficiency_at(table, pools.family)
     interactive = ~pools.is_batch
@@ -431,20 +436,11 @@ def prune_candidates(n: Numbers, pools: Pools, labels: Labels, keep: int = 2) ->
     gpu_s, ok, *_ = jax.jit(candidate_table)(pools.dep, effs, pools.spec, pools.disagg, pools.valid,
                                              Workload(n.isl, n.osl, n.cached_share), tpot, ttft)
     score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
-    order = np.argsort(score, axis=-1)[..., :keep]
-    kept = []
-    for p in range(score.shape[1]):
-        cs = sorted({int(c) for s in range(score.shape[0]) for c in order[s, p] if np.isfinite(score[s, p, c])})
-        kept.append(cs or [0])
-    width = max(len(c) for c in kept)
-    idx = np.asarray([c + [c[0]] * (width - len(c)) for c in kept])
-    valid = np.asarray([[j < len(c) for j in range(width)] for c in kept])
-    rows = np.arange(len(kept))[:, None]
-    sub = lambda x: x[rows, idx]  # noqa: E731
-    new = pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
-                         disagg=sub(pools.disagg), valid=jnp.asarray(valid))
-    layouts = tuple(tuple(labels.pool_layouts[p][c] for c in cs) for p, cs in enumerate(kept))
-    return new, dataclasses.replace(labels, pool_layouts=layouts)
+    best = np.argmin(score, axis=-1)[..., None]  # (S, P, 1)
+    rows = np.arange(score.shape[1])[None, :, None]
+    sub = lambda x: x[rows, best]  # noqa: E731  (P, C, ...) -> (S, P, 1, ...)
+    return pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
+                          disagg=sub(pools.disagg), valid=jnp.asarray(np.isfinite(np.min(score, -1))[..., None]))
 
 
 def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:

@@ -116,7 +116,7 @@ def run(cfg, outdir: Path) -> Path:
               f"{report['itl_median_ape_pct_after']:.1f}")
     print(f"fitted: bw_eff={fitted.bw_eff} flops_eff={fitted.flops_eff} moe_eff={fitted.moe_eff} "
           f"step_overhead_ms={fitted.step_overhead_ms} layer_overhead_us={fitted.layer_overhead_us} "
-          f"moe_layer_overhead_us={fitted.moe_layer_overhead_us} attn_flops_eff={fitted.attn_flops_eff} "
+          f"moe_layer_overhead_us={fitted.moe_layer_overhead_us} "
           f"collective_latency_us={fitted.collective_latency_us} ep_imbalance={fitted.ep_imbalance}")
     print(f"written: {path}")
     return path

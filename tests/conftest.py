@@ -58,7 +58,7 @@ def dep_moe() -> Deployment:
 @pytest.fixture
 def eff() -> Efficiency:
     f = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-    return Efficiency(f(0.8), f(0.6), f(0.7), f(1.0), f(0.002), f(0.9), f(0.0), f(0.0), f(0.6), f(0.0), f(1.0))
+    return Efficiency(f(0.8), f(0.6), f(0.7), f(1.0), f(0.002), f(0.9), f(0.0), f(0.0), f(0.0), f(1.0))
 
 
 @pytest.fixture

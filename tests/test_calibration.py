@@ -12,7 +12,7 @@ from optimizer.schema import EfficiencyConfig
 
 TRUTH = EfficiencyConfig(bw_eff={"hopper": 0.75, "blackwell": 0.85}, flops_eff={"hopper": 0.45, "blackwell": 0.3},
                          prefill_flops_eff={"hopper": 0.65, "blackwell": 0.5}, moe_eff=0.7, step_overhead_ms=1.0,
-                         mem_util=0.9, layer_overhead_us=5.0, moe_layer_overhead_us=10.0, attn_flops_eff=0.5, collective_latency_us=20.0, ep_imbalance=1.3)
+                         mem_util=0.9, layer_overhead_us=5.0, moe_layer_overhead_us=10.0, collective_latency_us=20.0, ep_imbalance=1.3)
 
 
 def _regimes(eff):

@@ -148,7 +148,7 @@ def test_fp8_never_loses_to_bf16_when_memory_bound(dep8b, eff, wl):
 
 
 def test_throughput_never_exceeds_roofline(dep8b, dep_moe, wl):
-    ideal = Efficiency(*(jnp.asarray(x) for x in (1.0, 1.0, 1.0, 1.0, 0.0, 0.9, 0.0, 0.0, 1.0, 0.0, 1.0)))
+    ideal = Efficiency(*(jnp.asarray(x) for x in (1.0, 1.0, 1.0, 1.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1.0)))
     for dep in (dep8b, dep_moe):
         for isl, osl in [(128.0, 128.0), (1000.0, 1000.0), (20000.0, 2000.0)]:
             w = Workload(jnp.asarray(isl), jnp.asarray(osl), jnp.asarray(0.0))
