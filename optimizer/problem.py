@@ -403,16 +403,20 @@ SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", 
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
 
 
-def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
-    """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
+def _serving_inputs(n: Numbers, pools: Pools):
+    """Per-pool efficiency factors and per-segment TPOT / TTFT targets (s; batch segments have none)."""
     table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
                             n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
-    effs = efficiency_at(table, pools.family)
-    wls = Workload(n.isl, n.osl, n.cached_share)
     interactive = ~pools.is_batch
-    tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
-    ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
+    return (efficiency_at(table, pools.family), jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf),
+            jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf))
+
+
+def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
+    """The (S, P) serving table of a scenario: GPU-s per request, feasible, batch, TPOT (s)."""
+    effs, tpot, ttft = _serving_inputs(n, pools)
+    wls = Workload(n.isl, n.osl, n.cached_share)
     return serving_table(pools.dep, effs, pools.spec, pools.disagg, pools.valid, wls, tpot, ttft, bisection_steps)
 
 
@@ -426,13 +430,7 @@ def prune_candidates(n: Numbers, pools: Pools, labels: Labels) -> Pools:
     scenario across the sweep (a sweep prices the base plan's deployments under changed inputs;
     a change of deployment is a structural choice, for multirun or a single run).
     """
-    table = EfficiencyTable(n.bw_eff, n.flops_eff, n.prefill_flops_eff, n.moe_eff, n.step_overhead_ms / 1000.0,
-                            n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
-                            n.collective_latency_us * 1e-6, n.ep_imbalance)
-    effs = efficiency_at(table, pools.family)
-    interactive = ~pools.is_batch
-    tpot = jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf)
-    ttft = jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf)
+    effs, tpot, ttft = _serving_inputs(n, pools)
     gpu_s, ok, *_ = jax.jit(candidate_table)(pools.dep, effs, pools.spec, pools.disagg, pools.valid,
                                              Workload(n.isl, n.osl, n.cached_share), tpot, ttft)
     score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
