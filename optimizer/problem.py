@@ -420,8 +420,20 @@ def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS)
     return serving_table(pools.dep, effs, pools.spec, pools.disagg, pools.valid, wls, tpot, ttft, bisection_steps)
 
 
-def prune_candidates(n: Numbers, pools: Pools, labels: Labels) -> Pools:
-    """Give each (segment, pool) only the deployment it chooses at the base scenario ``n``.
+def candidate_scores(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
+    """GPU-s per request and feasibility of every (segment, pool, candidate) of a scenario, each (S, P, C)."""
+    effs, tpot, ttft = _serving_inputs(n, pools)
+    gpu_s, ok, *_ = candidate_table(pools.dep, effs, pools.spec, pools.disagg, pools.valid,
+                                    Workload(n.isl, n.osl, n.cached_share), tpot, ttft, bisection_steps)
+    return gpu_s, ok
+
+
+candidate_scores_jit = jax.jit(candidate_scores, static_argnames=("bisection_steps",))
+
+
+def prune_candidates(pools: Pools, gpu_s, ok) -> Pools:
+    """Give each (segment, pool) only the deployment it chooses at the base scenario (``gpu_s``, ``ok`` from
+    :func:`candidate_scores` there).
 
     Sweeps re-evaluate the serving table per scenario when a serving input is an axis; evaluating
     one deployment per (segment, pool) instead of every candidate layout keeps that cost at the
@@ -430,9 +442,6 @@ def prune_candidates(n: Numbers, pools: Pools, labels: Labels) -> Pools:
     scenario across the sweep (a sweep prices the base plan's deployments under changed inputs;
     a change of deployment is a structural choice, for multirun or a single run).
     """
-    effs, tpot, ttft = _serving_inputs(n, pools)
-    gpu_s, ok, *_ = jax.jit(candidate_table)(pools.dep, effs, pools.spec, pools.disagg, pools.valid,
-                                             Workload(n.isl, n.osl, n.cached_share), tpot, ttft)
     score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
     best = np.argmin(score, axis=-1)[..., None]  # (S, P, 1)
     rows = np.arange(score.shape[1])[None, :, None]

@@ -33,8 +33,8 @@ from optimizer.constraints import active_mask
 from optimizer.engine import settings_from
 from optimizer.errors import ConfigError
 from optimizer.objective import Decision, evaluate
-from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit, prune_candidates,
-                               scenario_inputs, serving_of_jit)
+from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit,
+                               candidate_scores_jit, prune_candidates, scenario_inputs, serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 from optimizer.dual import (N_LIMITS, WARM_START_STEPS, DualSettings, check_plan, dual_program, scratch_start,
                             solve_dual)
@@ -404,7 +404,8 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     if sw.chunk_size < 1 or sw.starts < 1:
         raise ConfigError(f"sweep.chunk_size and sweep.starts must be >= 1 (got {sw.chunk_size}, {sw.starts})")
     base, pools, labels = scenario_inputs(cfg)
-    pools = prune_candidates(base, pools, labels)
+    # each (segment, pool) keeps its base deployment (traced once per machine, like the other programs)
+    pools = prune_candidates(pools, *aot.exported("candidate_scores", candidate_scores_jit, (base, pools))(base, pools))
     axes = axes_of(sw)
     names = list(axes)
     targets = [resolve_path(axes[n].path, labels) for n in names]
