@@ -8,7 +8,6 @@ request shape and SLO (:func:`serving_table`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
