@@ -6,9 +6,12 @@ DataFrames, so tests and notebooks call them directly.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 
 from kernels.cost import usd_per_mtok
@@ -19,7 +22,8 @@ from optimizer.cases import error_summary, predict_frame, read_cases
 from optimizer.errors import ConfigError, DoesNotFit, InfeasibleProblem
 from optimizer.deployments import candidate_layouts
 from optimizer.params import (Layout, build_deployment, build_mtp, build_speculation, build_workload,
-                              check_precision_supported, efficiency_for, gpu_hour_cost, validate_layout)
+                              check_precision_supported, efficiency_for, gpu_hour_cost, stack_trees,
+                              validate_layout)
 from optimizer.schema import EstimateConfig
 
 
@@ -107,24 +111,45 @@ def estimate_layouts(cfg: EstimateConfig) -> list[Layout]:
 
 def _speculation_for(cfg: EstimateConfig, lay: Layout):
     if lay.spec_k:
-        return build_mtp(cfg.model, lay.spec_k)
-    return build_speculation(cfg.speculative)
+        return build_mtp(cfg.model, lay.spec_k, None)
+    sp = build_speculation(cfg.speculative)
+    return type(sp)(*(np.float64(x) for x in sp))
 
 
-def _point(cfg: EstimateConfig, lay: Layout, eff, wl):
-    """(ServingPoint, meets target) of one layout under cfg.target."""
-    dep = build_deployment(cfg.hardware, cfg.model, cfg.precision, lay)
-    spec = _speculation_for(cfg, lay)
-    t = cfg.target
-    dis = jnp.asarray(float(lay.disaggregated))
-    if t.concurrency is not None:
-        return operating_point(dep, eff, wl, jnp.asarray(float(t.concurrency)), spec, dis), True
-    if t.tpot_ms is not None or t.ttft_ms is not None:
-        tpot = t.tpot_ms / 1000.0 if t.tpot_ms is not None else math.inf
-        ttft = t.ttft_ms / 1000.0 if t.ttft_ms is not None else math.inf
-        b, ok = slo_batch(dep, eff, wl, jnp.asarray(tpot), jnp.asarray(ttft), spec, disaggregated=dis)
-        return operating_point(dep, eff, wl, b, spec, dis), bool(ok)
-    return max_throughput_point(dep, eff, wl, spec, dis), True
+@functools.partial(jax.jit, static_argnames=("mode",))
+def _points(deps, specs, dis, eff, wl, batch, tpot_s, ttft_s, mode: str):
+    """Operating points of stacked candidate layouts (one compiled ``vmap``): (ServingPoint, meets target)."""
+
+    def one(dep, spec, x):
+        if mode == "fixed":
+            return operating_point(dep, eff, wl, batch, spec, x), jnp.asarray(True)
+        if mode == "slo":
+            b, ok = slo_batch(dep, eff, wl, tpot_s, ttft_s, spec, disaggregated=x)
+            return operating_point(dep, eff, wl, b, spec, x), ok
+        return max_throughput_point(dep, eff, wl, spec, x), jnp.asarray(True)
+
+    return jax.vmap(one)(deps, specs, dis)
+
+
+def _evaluate(cfg: EstimateConfig, layouts: list[Layout], eff, wl, target) -> list:
+    """[(layout, ServingPoint of floats, meets target)] for every layout under ``target``."""
+    deps = jax.tree.map(jnp.asarray, stack_trees(
+        [build_deployment(cfg.hardware, cfg.model, cfg.precision, lay, None) for lay in layouts], np))
+    specs = jax.tree.map(jnp.asarray, stack_trees([_speculation_for(cfg, lay) for lay in layouts], np))
+    dis = jnp.asarray([float(lay.disaggregated) for lay in layouts])
+    if target.concurrency is not None:
+        mode, tpot, ttft = "fixed", math.inf, math.inf
+    elif target.tpot_ms is not None or target.ttft_ms is not None:
+        mode = "slo"
+        tpot = target.tpot_ms / 1000.0 if target.tpot_ms is not None else math.inf
+        ttft = target.ttft_ms / 1000.0 if target.ttft_ms is not None else math.inf
+    else:
+        mode, tpot, ttft = "max", math.inf, math.inf
+    batch = float(target.concurrency) if target.concurrency is not None else 1.0
+    pts, ok = _points(deps, specs, dis, eff, wl, jnp.asarray(batch), jnp.asarray(tpot), jnp.asarray(ttft), mode=mode)
+    pts = jax.tree.map(np.asarray, pts)
+    ok = np.asarray(ok)
+    return [(lay, jax.tree.map(lambda x: x[i], pts), bool(ok[i])) for i, lay in enumerate(layouts)]
 
 
 def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
@@ -157,7 +182,7 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"target.{name} must be a positive number of ms or null, got {v}")
     layouts = estimate_layouts(cfg)
-    results = [(lay, *_point(cfg, lay, eff, wl)) for lay in layouts]
+    results = _evaluate(cfg, layouts, eff, wl, t)
     fitting = [r for r in results if bool(r[1].fits)]
     if not fitting:
         lay0 = layouts[0]
@@ -169,9 +194,8 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
             f"({cfg.efficiency.mem_util:.0%} of {hw.memory_gb:g} GB); use more GPUs or a lower precision")
     meeting = [r for r in fitting if r[2]]
     if not meeting:
-        lay, one, _ = min(((lay, _point(cfg.__class__(**{**cfg.__dict__, "target": type(t)(concurrency=1.0)}),
-                                        lay, eff, wl)[0], None) for lay, _, _ in fitting),
-                          key=lambda r: float(r[1].tpot_s))
+        ones = _evaluate(cfg, [r[0] for r in fitting], eff, wl, type(t)(concurrency=1.0))
+        lay, one, _ = min(ones, key=lambda r: float(r[1].tpot_s))
         raise InfeasibleProblem(
             f"no batch meets the latency target on '{hw.key}' ({model.key}, {prec.key}) in any of "
             f"{len(fitting)} deployments: the fastest, {lay.label()}, has TPOT {float(one.tpot_s) * 1e3:.2f} ms "
