@@ -20,6 +20,7 @@ def _regimes(eff):
             for name, path in (("max_throughput", BUNDLED_CASES), ("latency_bound", BUNDLED_SLO_CASES))}
 
 
+@pytest.mark.slow  # ~30 s: 1500 Adam steps over both regimes (nightly: pytest -m "slow or not slow")
 def test_fit_recovers_factors_from_synthetic_measurements():
     """Measurements made by the model itself at known factors, in both regimes, are fitted back."""
     regimes = _regimes(TRUTH)

@@ -48,7 +48,8 @@ def test_typo_in_a_segment_fails_at_compose_time():
         compose_run(["demand.segments.consumer_chat.elasticity=high"])
 
 
-@pytest.mark.parametrize("experiment", ["default", "china-140t", "deepseek-h800"])
+@pytest.mark.parametrize("experiment", ["default", "china-140t",
+                                        pytest.param("deepseek-h800", marks=pytest.mark.slow)])
 def test_presets_solve_and_write_the_plan(tmp_path, experiment):
     cfg = compose_run([f"experiment={experiment}", "output.plots=false", "output.progress=false"])
     summary = run(cfg, tmp_path)
