@@ -236,11 +236,12 @@ def decode_step(dep: Deployment, eff: Efficiency, batch: jnp.ndarray, context: j
     fl = dep.peak_flops * eff.flops_eff
     dp = dp_ranks(dep)
     tokens = batch * tokens_per_seq
-    rank_tokens = tokens / dp * imbalance(dep, eff, dp)  # the busiest attention rank
+    lam_dp = imbalance(dep, eff, dp)
+    rank_tokens = tokens / dp * lam_dp  # the busiest attention rank
     # attention / dense layers of one rank, split over its tp GPUs
     dense_mem = dep.dense_weight_bytes / dep.tp / bw
     dense_fl = rank_tokens * 2.0 * (dep.active_params - dep.expert_active_params) / dep.tp / fl
-    attn_mem = (batch / dp) * imbalance(dep, eff, dp) * kv_bytes_per_sequence(dep, context) / kv_shards(dep) / bw
+    attn_mem = (batch / dp) * lam_dp * kv_bytes_per_sequence(dep, context) / kv_shards(dep) / bw
     attn_fl = rank_tokens * attention_flops_per_token(dep, context) / dep.tp / (dep.attn_peak_flops * eff.flops_eff)
     # routed experts: the busiest GPU sees lam x the mean tokens
     routed = tokens * imbalance(dep, eff)

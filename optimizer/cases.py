@@ -35,7 +35,7 @@ import pandas as pd
 from kernels.roofline import Deployment, Efficiency
 from kernels.serving import Speculation, Workload, max_throughput_point, operating_point, slo_batch
 from optimizer import catalog
-from optimizer.deployments import candidate_layouts
+from optimizer.deployments import candidate_layouts, with_draft_lengths
 from optimizer.errors import ConfigError, DataError
 from optimizer.params import Layout, build_deployment, build_mtp, check_precision_supported, stack_trees
 from optimizer.schema import GPU_FAMILIES, EfficiencyConfig
@@ -197,10 +197,7 @@ def _row_layouts(hw, model, prec, rec: dict, mem_util: float) -> list[Layout]:
     dpa = _flag(rec.get("dp_attention"))
     spec = _spec_choices(rec.get("mtp_or_spec"))
     if spec is not None and spec != (0,) and gpus is not None:
-        # explicit MTP rows: add the drafts the candidate set may have skipped (e.g. MTP-2, MTP-5)
-        base = {(lay.gpus, lay.tp, lay.ep, lay.disaggregated) for lay in lays}
-        lays = lays + [Layout(g, t, e, d, k) for (g, t, e, d) in base for k in spec
-                       if 1 <= k <= len(model.mtp_accepted_tokens)]
+        lays = with_draft_lengths(lays, model, spec)  # drafts the candidate set skips (e.g. MTP-2, MTP-5)
     if ep is not None and np.isfinite(ep) and model.num_experts > 0:
         e = int(ep)  # a given EP degree (e.g. TP8 attention with MoE TP4 x EP2) on every candidate shape
         if gpus is None or (gpus % e == 0 and model.num_experts % e == 0):
@@ -275,8 +272,8 @@ def build_cases(df: pd.DataFrame, eff: EfficiencyConfig | None = None, dtype=jnp
     group_cache: dict = {}
     uniq: dict = {}  # (gpu, model, prec, layout) -> index into the unique tables
     u_dep, u_spec = [], []
-    per_mode = {m: {"rows": [], "cands": [], "fam": [], "wl": [], "batch": [], "tpot": [], "meas": [], "lays": []}
-                for m in MODES}
+    per_mode = {m: {"rows": [], "cands": [], "fam": [], "wl": [], "batch": [], "tpot": [], "meas": [], "lays": [],
+                    "num": []} for m in MODES}
     for i, r in enumerate(recs):
         isl, osl = r.get("isl"), r.get("osl")
         if not (np.isfinite(isl) and np.isfinite(osl) and isl > 0 and osl > 0):
@@ -333,7 +330,7 @@ def build_cases(df: pd.DataFrame, eff: EfficiencyConfig | None = None, dtype=jnp
         d["batch"].append(conc)  # per deployment; divided by its replicas below
         d["tpot"].append(tpot)
         d["meas"].append(measured[i])
-        d.setdefault("num", []).append(num)
+        d["num"].append(num)
     if not u_dep:
         return Grouped({}, {}, {}, reasons)
     table_dep = stack_trees(u_dep, np)

@@ -47,6 +47,14 @@ def fits_one_sequence(hw: HardwareConfig, model: ModelConfig, prec: PrecisionCon
     return hw.memory_gb * 1e9 * mem_util - per_gpu >= kv_tok * context / shards
 
 
+def with_draft_lengths(layouts: list[Layout], model: ModelConfig, drafts) -> list[Layout]:
+    """``layouts`` plus every shape of them with each MTP draft length in ``drafts`` that ``model`` has
+    sourced acceptance for (e.g. a measured MTP-2 or MTP-5 row, or ``speculative.draft_len=5``)."""
+    shapes = dict.fromkeys((x.gpus, x.tp, x.ep, x.disaggregated) for x in layouts)
+    return layouts + [Layout(g, t, e, d, k) for (g, t, e, d) in shapes for k in drafts
+                      if 0 < k <= len(model.mtp_accepted_tokens)]
+
+
 def candidate_layouts(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConfig, mem_util: float,
                       context: float, *, gpus: int | None = None, disaggregation: bool = True,
                       speculation: bool = True) -> list[Layout]:

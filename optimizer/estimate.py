@@ -20,7 +20,7 @@ from kernels.serving import max_throughput_point, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.cases import error_summary, predict_frame, read_cases
 from optimizer.errors import ConfigError, DoesNotFit, InfeasibleProblem
-from optimizer.deployments import candidate_layouts
+from optimizer.deployments import candidate_layouts, with_draft_lengths
 from optimizer.params import (Layout, build_deployment, build_mtp, build_speculation, build_workload,
                               check_precision_supported, efficiency_for, gpu_hour_cost, stack_trees,
                               validate_layout)
@@ -70,9 +70,7 @@ def estimate_layouts(cfg: EstimateConfig) -> list[Layout]:
         return [lay]
     lays = candidate_layouts(hw, model, prec, cfg.efficiency.mem_util, context, gpus=gpus)
     if ks is not None and gpus is not None:
-        base = {(x.gpus, x.tp, x.ep, x.disaggregated) for x in lays}
-        lays += [Layout(g, t, e, d, k) for (g, t, e, d) in base for k in ks
-                 if 0 < k <= len(model.mtp_accepted_tokens)]
+        lays = with_draft_lengths(lays, model, sorted(ks))
     if cfg.tp is not None or cfg.ep is not None:
         extra = []
         for x in lays:

@@ -327,10 +327,12 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     dep_rows, spec_rows, dis_rows, valid_rows = [], [], [], []
     for (gi, ji, ki, _), lays in zip(idx, cands):
         hw, mc, pc = hws[gi], mcs[ji], precs[ki]
-        padded = list(lays) + [lays[0]] * (n_cand - len(lays))
-        dep_rows.append(stack_trees([build_deployment(hw, mc, pc, lay, None) for lay in padded], np))
-        spec_rows.append(stack_trees([build_mtp(mc, lay.spec_k, None) for lay in padded], np))
-        dis_rows.append([float(lay.disaggregated) for lay in padded])
+        pad = [0] * (n_cand - len(lays))  # padding repeats candidate 0
+        deps = [build_deployment(hw, mc, pc, lay, None) for lay in lays]
+        specs = [build_mtp(mc, lay.spec_k, None) for lay in lays]
+        dep_rows.append(stack_trees(deps + [deps[i] for i in pad], np))
+        spec_rows.append(stack_trees(specs + [specs[i] for i in pad], np))
+        dis_rows.append([float(lay.disaggregated) for lay in list(lays) + [lays[i] for i in pad]])
         valid_rows.append([c < len(lays) for c in range(n_cand)])
     offer = np.zeros((S, J))
     ref_in, ref_out, share = np.zeros((S, J)), np.zeros((S, J)), np.zeros((S, J))
