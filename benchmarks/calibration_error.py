@@ -34,11 +34,12 @@ import pandas as pd  # noqa: E402
 from optimizer import io  # noqa: E402
 from optimizer.calibration import fit  # noqa: E402
 from optimizer.cases import (BUNDLED_CASES, BUNDLED_LATENCY, BUNDLED_SLO_CASES, build_cases,  # noqa: E402
-                             build_latency_cases, efficiency_table, predict_frame, predict_itl, read_cases)
+                             build_latency_cases, efficiency_table, predict_frame, predict_itl, read_cases,
+                             read_latency_cases)
 from optimizer.catalog import load_efficiency  # noqa: E402
 
 REGIMES = {"max_throughput": BUNDLED_CASES, "latency_bound": BUNDLED_SLO_CASES}
-LATENCY_DF = pd.read_csv(BUNDLED_LATENCY)
+LATENCY_DF = read_latency_cases(BUNDLED_LATENCY)
 
 
 def held_out(frames: dict, column: str, steps: int) -> dict:

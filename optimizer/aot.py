@@ -70,10 +70,19 @@ def program_key(name: str, static: str, args: tuple) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
 
 
+DIGEST = 32
+"""A file is the SHA-256 of the serialised program, then the program: flipped or missing bytes that
+``jax.export`` would still parse (and that fail only when called) are caught on load."""
+
+
 @functools.lru_cache(maxsize=64)
 def _load(path: Path) -> Callable | None:
     try:
-        return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+        data = path.read_bytes()
+        blob = data[DIGEST:]
+        if hashlib.sha256(blob).digest() != data[:DIGEST]:
+            return None
+        return jax.jit(export.deserialize(bytearray(blob)).call)
     except Exception:  # a corrupt or incompatible file is re-exported
         return None
 
@@ -98,5 +107,5 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
         _load.cache_clear()
     exp = export.export(fn)(*jax.tree.map(_spec, args))
     blob = exp.serialize()
-    io.atomic_write(path, lambda p: p.write_bytes(blob))
+    io.atomic_write(path, lambda p: p.write_bytes(hashlib.sha256(blob).digest() + blob))
     return _load(path) or jax.jit(exp.call)

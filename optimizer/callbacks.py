@@ -1,4 +1,4 @@
-"""Hydra callbacks: gather every multirun job's summary into one table in the sweep directory."""
+"""Hydra callbacks: check the output directory first; gather every multirun job's summary into one table."""
 
 from __future__ import annotations
 
@@ -55,3 +55,31 @@ class GatherSummaries(Callback):
         failed = int((table["status"] != "converged").sum())
         log.info("gathered %d job summaries into %s (%d not converged or failed)", len(table),
                  sweep_dir / "summary.parquet", failed)
+
+
+class CheckOutputDir(Callback):
+    """Before Hydra creates the run (or multirun) directory, make sure it can: an unwritable place
+    (a read-only disk, a parent that is a file) gets one clear line and exit code 3, not a traceback."""
+
+    @staticmethod
+    def _check(where: str) -> None:
+        import os
+        import sys
+        import tempfile
+
+        from optimizer.errors import EXIT_CODES, io_message
+
+        try:
+            Path(where).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=where)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            print(f"error: the output directory {where} cannot be used: {io_message(e)}", file=sys.stderr)
+            sys.exit(EXIT_CODES["io"])
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(str(config.hydra.sweep.dir))

@@ -15,7 +15,8 @@ Any deployment column may be blank: blank means "the best deployment the tool ca
 agrees with the given columns is evaluated and the one with the most output tok/s per GPU at the
 row's interactivity is kept. ``mtp_or_spec`` reads ``MTP-k`` (the model's sourced MTP acceptance),
 ``none``/``off``, or blank. TensorRT-LLM's convention is used for ``tp`` with ``dp_attention``: the
-``tp`` GPUs run attention data-parallel (attention TP 1).
+``tp`` GPUs run attention data-parallel (attention TP 1). An old dotted ``model_key`` (``llama-3.3-70b``,
+kept by the bundled copies of published tables) is read as its catalog key (``optimizer.catalog.MODEL_ALIASES``).
 
 Rows are grouped by (GPU, model, precision, allowed layouts) so the catalog work is done once per
 group, and predicted in fixed-size chunks by one compiled ``vmap`` per operating mode.
@@ -99,16 +100,76 @@ def read_cases(path: str | Path) -> pd.DataFrame:
                         f"optional: tp, ep, num_gpus, dp_attention, pd_disaggregated, prefill_gpus, decode_gpus, "
                         f"mtp_or_spec, concurrency, tpot_ms, tokens_per_s_per_user and a measured "
                         f"{' or '.join(MEASURED_COLUMNS)}")
-    for col in ("tp", "ep", "num_gpus", "prefill_gpus", "decode_gpus", "concurrency", "tpot_ms",
-                "tokens_per_s_per_user"):
+    for col, rule in column_rules().items():
         if col in df.columns:
-            v = pd.to_numeric(df[col], errors="coerce")
-            bad = df[col].notna() & (v.isna() | ~np.isfinite(v.fillna(1.0)) | (v <= 0))
-            if bad.any():
-                rows = list(df.index[bad][:5])
-                raise DataError(f"cases file '{path}': column '{col}' must be a positive finite number or "
-                                f"blank (rows {rows})")
-    return df
+            check_column(df, col, rule, path)  # a blank isl / osl is a row skipped with its reason
+    return canonical_model_keys(df, f"cases file '{path}'", warn=not _bundled(path))
+
+
+def column_rules() -> dict:
+    """Accepted values of each numeric cases column: the rule of the config field it stands for."""
+    from optimizer.schema import COUNT, Accepts, EstimateConfig, TargetConfig
+    from optimizer.validate import field_rule
+
+    count = Accepts(**COUNT)
+    return {"isl": field_rule(EstimateConfig, "isl"), "osl": field_rule(EstimateConfig, "osl"),
+            "cached_share": field_rule(EstimateConfig, "cached_share"), "tp": count, "ep": count, "num_gpus": count,
+            "prefill_gpus": count, "decode_gpus": count, "concurrency": field_rule(TargetConfig, "concurrency"),
+            "tpot_ms": field_rule(TargetConfig, "tpot_ms"), "tokens_per_s_per_user": Accepts(gt=0.0)}
+
+
+def check_column(df: pd.DataFrame, col: str, rule, path, required: bool = False) -> None:
+    """Every value of ``col`` accepted by ``rule`` (blank allowed unless ``required``), else a
+    :class:`DataError` naming the file, the column, the first bad rows and values, and the accepted values."""
+    raw = df[col]
+    v = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+    blank = raw.isna().to_numpy()
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v)
+        if rule.gt is not None:
+            ok &= v > rule.gt
+        if rule.ge is not None:
+            ok &= v >= rule.ge
+        if rule.lt is not None:
+            ok &= v < rule.lt
+        if rule.le is not None:
+            ok &= v <= rule.le
+        if rule.integer:
+            ok &= np.floor(v) == v
+    bad = ~ok & (~blank | required)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5]
+        val = lambda x: repr(x) if isinstance(x, str) else f"{x}"  # noqa: E731
+        shown = ", ".join(f"line {i + 2}: {val(raw.iloc[i])}" for i in rows)  # +2: 1-based, after the header
+        raise DataError(f"cases file '{path}': column '{col}' accepts {rule.describe()}"
+                        + ("" if required else " or blank") + f"; {int(bad.sum())} row(s) do not ({shown}"
+                        + (", ..." if bad.sum() > 5 else "") + ")")
+
+
+def _bundled(path: Path) -> bool:
+    """Whether ``path`` is one of the bundled tables (copies of published tables that keep their old model keys)."""
+    return path.resolve() in (BUNDLED_CASES, BUNDLED_SLO_CASES, BUNDLED_LATENCY)
+
+
+def canonical_model_keys(df: pd.DataFrame, where: str = "", warn: bool = True) -> pd.DataFrame:
+    """``df`` with old (dotted) model keys in ``model_key`` (:data:`optimizer.catalog.MODEL_ALIASES`) replaced
+    by catalog keys: one warning per alias found, prefixed by ``where``; ``df`` itself when there is none."""
+    if "model_key" not in df.columns:
+        return df
+    found = [k for k in pd.unique(df["model_key"].dropna()) if k in catalog.MODEL_ALIASES]
+    if not found:
+        return df
+    out = df.copy()
+    out["model_key"] = df["model_key"].replace({k: catalog.canonical_model(k, warn, where) for k in found})
+    return out
+
+
+def read_latency_cases(path: str | Path) -> pd.DataFrame:
+    """Read a latency CSV (columns LATENCY_COLUMNS, for :func:`build_latency_cases`), mapping old model keys."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"latency cases file '{path}' does not exist")
+    return canonical_model_keys(pd.read_csv(path), f"latency cases file '{path}'", warn=not _bundled(path))
 
 
 def measured_column(df: pd.DataFrame) -> str | None:
@@ -281,7 +342,7 @@ def build_cases(df: pd.DataFrame, eff: EfficiencyConfig | None = None, dtype=jnp
             continue
         prec_cell = r.get("precision_key")
         prec_key = None if prec_cell is None or (isinstance(prec_cell, float) and np.isnan(prec_cell)) else str(prec_cell)
-        key = (str(r["gpu_key"]), str(r["model_key"]), prec_key,
+        key = (str(r["gpu_key"]), catalog.canonical_model(str(r["model_key"]), warn=False), prec_key,
                tuple(str(r.get(c)) for c in ("num_gpus", "tp", "ep", "dp_attention", "pd_disaggregated",
                                              "decode_gpus", "mtp_or_spec")), isl + osl)
         if key not in group_cache:
@@ -443,7 +504,8 @@ def build_latency_cases(df: pd.DataFrame, dtype=jnp.float64) -> LatencyBatch | N
     for rec in df.to_dict(orient="records"):
         try:
             hw = catalog.load_hardware(str(rec["gpu_key"]))
-            dep = build_deployment(hw, catalog.load_model(str(rec["model_key"])),
+            model = catalog.load_model(catalog.canonical_model(str(rec["model_key"]), warn=False))
+            dep = build_deployment(hw, model,
                                    catalog.load_precision(str(rec["precision_key"])), int(rec["tp"]), dtype)
         except ConfigError:
             continue

@@ -10,7 +10,7 @@ import hydra
 import jax
 from omegaconf import DictConfig
 
-from optimizer.errors import TokenmarginError
+from optimizer.errors import EXIT_CODES, TokenmarginError, exit_code, io_message
 from optimizer.schema import register_configs
 
 jax.config.update("jax_enable_x64", True)  # money and calibration in float64
@@ -25,6 +25,9 @@ def _enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    from optimizer import jax_cache
+
+    jax_cache.install()  # corrupt entries are deleted and rewritten
 
 
 _enable_compilation_cache()
@@ -49,31 +52,44 @@ def _in_multirun() -> bool:
         return False
 
 
-def _guard(fn, cfg):
-    """Run ``fn(cfg, outdir)``; a tokenmargin error prints one clear line and exits 1.
+def _record_failure(outdir: Path, error: str, status: str) -> None:
+    """A failed job's ``summary.json`` (merged over the summary the job published, if any)."""
+    import json
 
-    In a multirun the failed job is recorded (its ``summary.json`` says failed, with the error)
-    and the other jobs go on.
+    from optimizer import io
+
+    path = outdir / "summary.json"
+    prior = json.loads(path.read_text()) if path.exists() else {}  # published by this run (e.g. not converged)
+    kept = prior.get("status") if prior.get("status") not in (None, "converged") else status
+    io.write_json(path, {**prior, "status": kept, "recommended": False, "error": error})
+
+
+def _guard(fn, cfg):
+    """Run ``fn(cfg, outdir)``; a problem prints one clear line and exits with its code
+    (:data:`optimizer.errors.EXIT_CODES`: 1 configuration or input error, 2 no recommended plan,
+    3 I/O error).
+
+    The job's ``summary.json`` says failed, with the error; in a multirun the other jobs go on.
     """
     outdir = _output_dir()
     try:
+        from optimizer import io
+
+        io.retire_outputs(outdir)  # an earlier run's files never look like this run's
         return fn(cfg, outdir)
-    except TokenmarginError as e:
-        log.error("%s: %s", type(e).__name__, e)
-        print(f"error: {e}", file=sys.stderr)
+    except (TokenmarginError, OSError) as e:
+        code = exit_code(e)
+        msg = io_message(e) if isinstance(e, OSError) else str(e)
+        log.error("%s: %s", type(e).__name__, msg)
+        print(f"error: {msg}", file=sys.stderr)
+        try:
+            _record_failure(outdir, msg, "io_error" if code == EXIT_CODES["io"] else
+                            "no_plan" if code == EXIT_CODES["no_plan"] else "config_error")
+        except OSError as e2:
+            print(f"error: could not record the failure either: {io_message(e2)}", file=sys.stderr)
         if _in_multirun():
-            from optimizer import io
-
-            path = outdir / "summary.json"
-            prior = {}
-            if path.exists():
-                import json
-
-                prior = json.loads(path.read_text())
-            status = prior.get("status") if prior.get("status") not in (None, "converged") else "failed"
-            io.write_json(path, {**prior, "status": status, "recommended": False, "error": str(e)})
             return None
-        sys.exit(1)
+        sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")

@@ -40,3 +40,29 @@ class SolverFailure(TokenmarginError):
 
 class DataError(TokenmarginError, ValueError):
     """An input data file (e.g. a cases CSV) is malformed (names the file and the column)."""
+
+
+EXIT_CODES = {"ok": 0, "config": 1, "no_plan": 2, "io": 3}
+"""Process exit codes of the apps (README "Exit codes"): 1 a configuration or input-data error (also
+Hydra's own compose errors), 2 no recommended plan (infeasible, not converged, non-finite), 3 a file
+could not be read or written."""
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code for an error (see :data:`EXIT_CODES`)."""
+    if isinstance(e, OSError):
+        return EXIT_CODES["io"]
+    if isinstance(e, (InfeasibleProblem, SolverFailure)):
+        return EXIT_CODES["no_plan"]
+    return EXIT_CODES["config"]
+
+
+def io_message(e: OSError) -> str:
+    """One line for an I/O error: what failed, the path and the reason."""
+    path = e.filename or ""
+    other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+    reason = e.strerror or str(e)
+    hint = {28: " (the disk is full)", 13: " (permission denied: choose a writable hydra.run.dir)",
+            30: " (read-only file system: choose a writable hydra.run.dir)",
+            20: " (a parent of this path is a file, not a directory)"}.get(e.errno or 0, "")
+    return f"I/O error on {path}{other}: {reason}{hint}" if path else f"I/O error: {reason}{hint}"

@@ -1,15 +1,21 @@
 """File output at the edges: every file is written to a temporary name, then renamed.
 
 A reader therefore sees either the previous complete file or the new complete file, never a
-half-written one (``os.replace`` is atomic on POSIX within one filesystem).
+half-written one (``os.replace`` is atomic on POSIX within one filesystem). A run's files are
+published as a unit (:func:`publish`): written into a staging folder, the run directory's earlier
+outputs moved aside (:func:`retire_outputs`), the new files renamed in, and ``manifest.json``
+written last; a directory without a manifest holds no complete result.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,3 +79,80 @@ def write_frame(path: str | Path, df: pd.DataFrame) -> Path:
     if suffix == ".md":
         return write_text(path, df.to_markdown(index=False) + "\n")
     raise ValueError(f"unsupported table format '{suffix}' for {path}; use .csv, .parquet, .json or .md")
+
+
+MANIFEST = "manifest.json"
+"""Written last by :func:`publish`: the run's files with their sizes and SHA-256."""
+PREVIOUS = ".previous"
+"""Where :func:`retire_outputs` moves a run directory's earlier outputs (never looking current)."""
+OUTPUT_PATTERNS = ("plan.*", "fleet.csv", "summary.json", MANIFEST, "*.png", "sweep.parquet", "axis_effects.csv",
+                   "estimate.csv", "predictions*.csv", "error_summary.json", "efficiency.yaml", "calibration.json",
+                   "config_resolved.yaml")
+"""Every file a tokenmargin app writes into its run directory."""
+
+
+def retire_outputs(outdir: str | Path) -> list[str]:
+    """Move the earlier outputs of ``outdir`` into ``outdir/.previous/`` (replacing older ones) so that
+    a rerun that fails never leaves an earlier plan beside its own summary; returns the names moved."""
+    outdir = Path(outdir)
+    old = sorted({p for pat in OUTPUT_PATTERNS for p in outdir.glob(pat) if p.is_file()})
+    if not old:
+        return []
+    prev = outdir / PREVIOUS
+    shutil.rmtree(prev, ignore_errors=True)
+    prev.mkdir()
+    for p in old:
+        os.replace(p, prev / p.name)
+    return [p.name for p in old]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish(outdir: str | Path, write: Callable[[Path], None], status: str) -> list[str]:
+    """Write a run's files as a unit: ``write(stage)`` fills a staging folder inside ``outdir``;
+    then earlier outputs are retired, the files renamed into ``outdir`` and ``manifest.json``
+    written last. On any error the staged and partly moved files are removed and it re-raises, so
+    ``outdir`` never holds a mix of two runs or a result without its manifest. Returns the names.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+    moved: list[Path] = []
+    try:
+        write(stage)
+        names = sorted(p.name for p in stage.iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+        files = {n: {"bytes": (stage / n).stat().st_size, "sha256": _digest(stage / n)} for n in names}
+        retire_outputs(outdir)
+        for n in names:
+            os.replace(stage / n, outdir / n)
+            moved.append(outdir / n)
+        write_json(outdir / MANIFEST, {"status": status, "complete": True, "files": files,
+                                       "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return names
+    except BaseException:
+        for p in moved:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_finite(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``df`` if every numeric cell is finite, else :class:`~optimizer.errors.SolverFailure` naming the columns
+    (a NaN or inf is reported, never exported as a result)."""
+    import numpy as np
+
+    from optimizer.errors import SolverFailure
+
+    num = df.select_dtypes("number")
+    bad = [c for c in num.columns if not np.isfinite(num[c].to_numpy(float)).all()]
+    if bad:
+        raise SolverFailure(f"{what} has non-finite values (NaN or inf) in {', '.join(map(str, bad[:8]))}"
+                            f"{' ...' if len(bad) > 8 else ''}; nothing was exported")
+    return df

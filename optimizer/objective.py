@@ -109,7 +109,7 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     margin = revenue.sum() - gpu_cost
 
     per_type = gpus.sum((1, 2))
-    g_cap = (per_type - prob.gpu_cap) / prob.gpu_cap
+    g_cap = (per_type - prob.gpu_cap) / jnp.maximum(prob.gpu_cap, 1.0)  # a cap of 0 GPUs is allowed
     g_budget = (gpu_cost - prob.budget_usd_per_day) / prob.budget_usd_per_day
     g_capex = (jnp.sum(per_type * prob.capex_per_gpu) - prob.capex_budget_usd) / prob.capex_budget_usd
     g_quality = 10.0 * (prob.min_quality[:, None] - quality) * prob.demand.offer_mask

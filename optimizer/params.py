@@ -279,8 +279,9 @@ def gpu_hour_cost(hw: HardwareConfig, cost: CostConfig) -> float:
 
     if cost.mode == "rental":
         price = cost.price_usd_per_gpu_hour if cost.price_usd_per_gpu_hour is not None else hw.price_usd_per_gpu_hour
-        if not price > 0:
-            raise ConfigError(f"cost.price_usd_per_gpu_hour must be > 0, got {price}")
+        if not (isinstance(price, (int, float)) and math.isfinite(price) and price >= 0):
+            raise ConfigError(f"cost.price_usd_per_gpu_hour = {price}: accepted a number >= 0 (0 = free) or null "
+                              f"(the catalog price of '{hw.key}')")
         return float(price)
     if cost.mode == "tco":
         capex = cost.capex_usd_per_gpu if cost.capex_usd_per_gpu is not None else hw.capex_usd_per_gpu

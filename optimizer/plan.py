@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from optimizer.objective import Breakdown
-from optimizer.problem import Labels, Problem
+from optimizer.problem import PRICE_BOUND_TOL, Labels, Problem
 
 
 def _r(x, nd=4):
@@ -101,6 +101,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     mix = np.asarray(b.mix, float)
     q = np.asarray(b.quality, float)
     ref_reqs = np.asarray(dp.ref_demand, float)
+    log_lo, log_hi = np.asarray(prob.log_mu_lo, float), np.asarray(prob.log_mu_hi, float)
     rows = []
     for s, seg in enumerate(labels.segments):
         isl, osl, cr = labels.isl[s], labels.osl[s], labels.cached_price_ratio[s]
@@ -134,10 +135,22 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 "cost_usd_per_mtok": _r(cost / max((tok_in + tok_out) / 1e6, 1e-300), 4) if tok_in + tok_out > 0 else 0.0,
                 "margin_usd_per_day": _r(rev[s, j] - cost, 2),
                 "margin_pct": _r(100 * (rev[s, j] - cost) / rev[s, j], 2) if rev[s, j] > 0 else 0.0,
+                "price_at_bound": price_bound_note(mu[s, j], log_lo[s], log_hi[s]),
                 "note": ("not served: no price covers the cost at this SLO (demand < 0.1 % of reference)"
                          if reqs[s, j] < 1e-3 * ref_reqs[s, j] else ""),
             })
     return pd.DataFrame(rows)
+
+
+def price_bound_note(mu: float, log_lo: float, log_hi: float) -> str:
+    """``floor (0.02x reference)`` / ``ceiling (...)`` when a price sits at its search bound, else ``""``:
+    the optimum may lie beyond it (widen demand.segments.<s>.price_floor_ratio / price_ceiling_ratio)."""
+    lm = np.log(max(float(mu), 1e-300))
+    if lm <= log_lo + PRICE_BOUND_TOL:
+        return f"floor ({np.exp(log_lo):.3g}x reference)"
+    if lm >= log_hi - PRICE_BOUND_TOL:
+        return f"ceiling ({np.exp(log_hi):.3g}x reference)"
+    return ""
 
 
 def segment_summary(plan: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,8 @@ from optimizer.cases import EfficiencyTable, efficiency_at, efficiency_table
 from optimizer.errors import ConfigError
 from optimizer.deployments import candidate_layouts
 from optimizer.params import Layout, build_deployment, build_mtp, gpu_hour_cost, peak_tflops, stack_trees
-from optimizer.schema import PRECISION_KEYS, RunConfig, SegmentConfig
+from optimizer.schema import PRECISION_KEYS, RunConfig
+from optimizer.validate import validate
 
 SECONDS_PER_DAY = 86400.0
 NO_CAP = 1e30
@@ -92,55 +93,9 @@ class Labels:
 
 
 DEFAULT_LOG_MU = (math.log(0.02), math.log(50.0))
+PRICE_BOUND_TOL = 1e-4
+"""|log(price / bound)| below which a price counts as at its search bound (flagged in plans and sweep rows)."""
 """Price search range when no floor/ceiling is given: 1/50 to 50x the reference price."""
-
-
-def _validate_segment(name: str, s: SegmentConfig) -> None:
-    def bad(field, value, accepted):
-        raise ConfigError(f"demand.segments.{name}.{field} = {value!r} is invalid; accepted: {accepted}")
-
-    if s.tier not in ("interactive", "batch"):
-        bad("tier", s.tier, "'interactive' or 'batch'")
-    if s.demand not in ("logit", "constant_elasticity"):
-        bad("demand", s.demand, "'logit' or 'constant_elasticity'")
-    if not s.elasticity > 0:
-        bad("elasticity", s.elasticity, "a positive number")
-    if s.demand == "constant_elasticity" and not s.elasticity > 1:
-        raise ConfigError(f"demand.segments.{name}.elasticity = {s.elasticity} with constant_elasticity demand "
-                          f"has no finite optimal price (profit grows without bound as price rises when "
-                          f"elasticity <= 1); use elasticity > 1 or demand=logit")
-    if not 0 < s.ref_market_share < 1:
-        bad("ref_market_share", s.ref_market_share, "a share in (0, 1)")
-    for f in ("input_tokens_per_day", "isl", "osl"):
-        if not getattr(s, f) > 0:
-            bad(f, getattr(s, f), "a positive number")
-    if not 0 <= s.cached_share < 1:
-        bad("cached_share", s.cached_share, "[0, 1)")
-    if not 0 <= s.cached_price_ratio <= 1:
-        bad("cached_price_ratio", s.cached_price_ratio, "[0, 1]")
-    if not s.peak_to_mean >= 1:
-        bad("peak_to_mean", s.peak_to_mean, "a ratio >= 1")
-    if not s.offers:
-        bad("offers", {}, "at least one model key with reference prices")
-    for m, o in s.offers.items():
-        if not (o.input_usd_per_mtok > 0 and o.output_usd_per_mtok > 0):
-            raise ConfigError(f"demand.segments.{name}.offers.{m}: prices must be > 0 USD/Mtok, got input "
-                              f"{o.input_usd_per_mtok}, output {o.output_usd_per_mtok}")
-        if not o.volume_share > 0:
-            bad(f"offers.{m}.volume_share", o.volume_share, "a positive number")
-    for f in ("tpot_ms", "ttft_ms", "ref_tpot_ms"):
-        v = getattr(s, f)
-        if v is not None and not v > 0:
-            bad(f, v, "a positive number of ms or null")
-    lo, hi = s.price_floor_ratio, s.price_ceiling_ratio
-    if lo is not None and not lo > 0:
-        bad("price_floor_ratio", lo, "a positive multiple of the reference price or null")
-    if hi is not None and not hi > 0:
-        bad("price_ceiling_ratio", hi, "a positive multiple of the reference price or null")
-    if lo is not None and hi is not None and not lo < hi:
-        raise ConfigError(f"demand.segments.{name}: price_floor_ratio {lo} must be below price_ceiling_ratio {hi}")
-    if s.min_quality is not None and not 0 < s.min_quality <= 1:
-        bad("min_quality", s.min_quality, "a retention fraction in (0, 1] or null")
 
 
 class ServingTable(NamedTuple):
@@ -266,38 +221,54 @@ class Pools(NamedTuple):
 
 
 def _validate_fleet(fl) -> None:
+    """Fleet rules the field table cannot express: catalog keys and maps naming fleet GPUs."""
     for k in fl.precisions:
         if k not in PRECISION_KEYS:
             raise ConfigError(f"fleet.precisions contains '{k}'; accepted: {list(PRECISION_KEYS)}")
     if not fl.gpus:
         raise ConfigError("fleet.gpus is empty; list at least one GPU key, e.g. [h100-sxm, h200-sxm, b200]")
-    for f in ("peak_utilization", "daily_utilization"):
-        if not 0 < getattr(fl, f) <= 1:
-            raise ConfigError(f"fleet.{f} = {getattr(fl, f)} must be in (0, 1]")
-    for g in list(fl.gpu_caps) + list(fl.price_usd_per_gpu_hour):
-        if g not in fl.gpus:
-            raise ConfigError(f"fleet caps/prices name GPU '{g}' that is not in fleet.gpus {list(fl.gpus)}")
+    for name in ("gpu_caps", "price_usd_per_gpu_hour"):
+        for g, v in getattr(fl, name).items():
+            if v is not None and g not in fl.gpus:
+                raise ConfigError(f"fleet.{name}.{g} = {v} names GPU '{g}', which is not in fleet.gpus "
+                                  f"{list(fl.gpus)}; add it there or set fleet.{name}.{g}=null")
+
+
+def _rent(fl, hw) -> float:
+    """USD per GPU-hour of ``hw``: the fleet's override (0 = free, never "use the catalog"), else the cost mode's."""
+    v = fl.price_usd_per_gpu_hour.get(hw.key)
+    return gpu_hour_cost(hw, fl.cost) if v is None else float(v)
+
+
+def _canonical_offers(name: str, seg) -> dict:
+    """A segment's offers keyed by catalog model keys (an old dotted key is mapped, with a warning)."""
+    out = {}
+    for m, o in seg.offers.items():
+        key = catalog.canonical_model(m, where=f"demand.segments.{name}.offers")
+        if key in out:
+            raise ConfigError(f"demand.segments.{name}.offers names model '{key}' twice ('{m}' is an alias of "
+                              f"'{key}'); keep one of them")
+        out[key] = o
+    return out
 
 
 def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     """Validate a scenario and split it into numbers (sweepable), pool structure and labels."""
     from optimizer.schema import GPU_FAMILIES
 
+    validate(cfg)  # every field against its accepted values (a no-op for configs from to_schema)
     d, fl = cfg.demand, cfg.fleet
-    if not d.segments:
-        raise ConfigError("demand.segments is empty; define at least one segment")
-    for name, seg in d.segments.items():
-        _validate_segment(name, seg)
     _validate_fleet(fl)
     seg_names = tuple(d.segments)
     segs = [d.segments[n] for n in seg_names]
-    models = tuple(dict.fromkeys(m for s in segs for m in s.offers))
+    offers = [_canonical_offers(n, s) for n, s in zip(seg_names, segs)]  # old (dotted) model keys -> catalog keys
+    models = tuple(dict.fromkeys(m for o in offers for m in o))
     hws = [catalog.load_hardware(g) for g in fl.gpus]
     mcs = [catalog.load_model(m) for m in models]
     precs = [catalog.load_precision(k) for k in fl.precisions]
     S, J, K, G = len(segs), len(models), len(precs), len(hws)
-    for s, seg in zip(seg_names, segs):
-        for m in seg.offers:
+    for s, seg, seg_offers in zip(seg_names, segs, offers):
+        for m in seg_offers:
             mc = mcs[models.index(m)]
             if seg.isl + seg.osl > mc.max_context:
                 raise ConfigError(f"demand.segments.{s}: isl + osl = {seg.isl + seg.osl:g} exceeds model '{m}' "
@@ -336,8 +307,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         valid_rows.append([c < len(lays) for c in range(n_cand)])
     offer = np.zeros((S, J))
     ref_in, ref_out, share = np.zeros((S, J)), np.zeros((S, J)), np.zeros((S, J))
-    for si, seg in enumerate(segs):
-        for m, o in seg.offers.items():
+    for si, seg_offers in enumerate(offers):
+        for m, o in seg_offers.items():
             ji = models.index(m)
             offer[si, ji] = 1.0
             ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
@@ -368,10 +339,9 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         price_floor_ratio=f64([opt(s.price_floor_ratio, math.exp(DEFAULT_LOG_MU[0])) for s in segs]),
         price_ceiling_ratio=f64([opt(s.price_ceiling_ratio, math.exp(DEFAULT_LOG_MU[1])) for s in segs]),
         ref_input_usd_per_mtok=f64(ref_in), ref_output_usd_per_mtok=f64(ref_out), volume_share=f64(share),
-        usd_per_gpu_hour=f64([fl.price_usd_per_gpu_hour.get(hw.key, None) or gpu_hour_cost(hw, fl.cost)
-                              for hw in hws]),
+        usd_per_gpu_hour=f64([_rent(fl, hw) for hw in hws]),
         capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
-        gpu_cap=f64([fl.gpu_caps.get(hw.key, NO_CAP) for hw in hws]),
+        gpu_cap=f64([opt(fl.gpu_caps.get(hw.key), NO_CAP) for hw in hws]),
         budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
         peak_utilization=f64(fl.peak_utilization), daily_utilization=f64(fl.daily_utilization),
         quality=f64([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs]),
@@ -381,7 +351,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
-                    tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(hw.key in fl.gpu_caps for hw in hws),
+                    tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
                     has_min_quality=tuple(s.min_quality is not None for s in segs),
                     isl=tuple(float(s.isl) for s in segs), osl=tuple(float(s.osl) for s in segs),

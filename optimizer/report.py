@@ -26,6 +26,8 @@ def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
         cols = ["segment", "model", "input_usd_per_mtok", "output_usd_per_mtok", "price_vs_reference",
                 "precision_mix", "served_quality", "gpus", "margin_pct"]
         lines.append(plan[cols].to_markdown(index=False, floatfmt=".3f"))
+    for note in summary.get("prices_at_bound", []):
+        lines.append(f"warning: price at its search bound, the optimum may lie beyond it: {note}")
     return "\n".join(lines)
 
 
@@ -38,6 +40,8 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            f"**Margin ${t['margin_usd_per_day']:,.0f}/day** ({t['margin_pct']:.1f} % of revenue): revenue "
            f"${t['revenue_usd_per_day']:,.0f}/day, GPU cost ${t['gpu_cost_usd_per_day']:,.0f}/day on "
            f"{t['gpus']:,.0f} GPUs ({', '.join(f'{k} {v:,.0f}' for k, v in summary['gpus_by_type'].items())}).", "",
+           *[f"> **Warning:** price at its search bound (the optimum may lie beyond it): {n}" for n in
+             summary.get("prices_at_bound", [])], "",
            "## Prices, mix and margin per segment and model", "",
            plan.drop(columns=["gpus_by_type"]).to_markdown(index=False, floatfmt=",.4g"), "",
            "## Per segment (USD/day)", "", segments.to_markdown(index=False, floatfmt=",.2f"), "",

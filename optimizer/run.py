@@ -53,23 +53,45 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
                                if gpus[i].sum() > 1e-6}
     if plan is not None:
         summary["segments"] = segment_summary(plan).to_dict(orient="records")
+        at = plan[plan["price_at_bound"] != ""]
+        summary["prices_at_bound"] = [f"{r.segment}/{r.model}: {r.price_at_bound}" for r in at.itertuples()]
     return summary
 
 
 def run_sweep_job(c: RunConfig, cfg, outdir: Path) -> dict:
-    """`tokenmargin sweep=<name>`: the vectorised sweep, its table, plots and summary."""
-    from optimizer.sweep import axis_effects, default_store, run_sweep, sweep_plots
+    """`tokenmargin sweep=<name>`: the vectorised sweep, its table, plots and summary (published as a unit)."""
+    from optimizer.sweep import default_store
+
+    store = default_store(c)
+    out: dict = {}
+    io.publish(outdir, lambda stage: out.update(_sweep_files(c, cfg, stage, store)), status="sweep")
+    summary = out["summary"]
+    if summary.get("status") == "interrupted":
+        return summary
+    print(f"sweep '{c.sweep.name}': {summary['scenarios']} scenarios, {summary['not_converged']} not converged")
+    if "optimality_gap_bound" in summary:
+        g = summary["optimality_gap_bound"]
+        print(f"certified optimality gap (margin vs upper bound): median {100 * g['p50']:.3f} %, "
+              f"p99 {100 * g['p99']:.3f} %, max {100 * g['max']:.3f} %")
+    print(out["effects"].to_markdown(index=False, floatfmt=",.4g"))
+    print(f"\nwritten: {outdir / 'sweep.parquet'}")
+    return summary
+
+
+def _sweep_files(c: RunConfig, cfg, stage: Path, store: Path) -> dict:
+    from optimizer.sweep import axis_effects, run_sweep, sweep_plots
 
     t0 = time.perf_counter()
-    store = default_store(c)
-    result = run_sweep(c, outdir, store, progress=progress_mod.enabled(c.output.progress))
-    io.write_text(outdir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    result = run_sweep(c, stage, store, progress=progress_mod.enabled(c.output.progress))
+    io.write_text(stage / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if result.empty:
-        return {"status": "interrupted", "store": str(store)}
+        summary = {"status": "interrupted", "recommended": False, "store": str(store)}
+        io.write_json(stage / "summary.json", summary)
+        return {"summary": summary}
     names = list(c.sweep.axes)
     effects = axis_effects(result, names)
-    io.write_frame(outdir / "axis_effects.csv", effects)
-    plots = [p.name for p in sweep_plots(outdir, result, effects, c.sweep.heatmap)] if c.output.plots else []
+    io.write_frame(stage / "axis_effects.csv", effects)
+    plots = [p.name for p in sweep_plots(stage, result, effects, c.sweep.heatmap)] if c.output.plots else []
     ok = result["converged"]
     summary = {
         "scenario": c.demand.name, "sweep": c.sweep.name, "scenarios": int(len(result)),
@@ -80,23 +102,22 @@ def run_sweep_job(c: RunConfig, cfg, outdir: Path) -> dict:
         "axis_effects": effects.to_dict(orient="records"), "plots": plots,
         "wall_s": round(time.perf_counter() - t0, 3),
     }
+    for col in ("price_at_bound", "whole_fleet_feasible"):
+        if col in result:
+            flagged = result[col] != "" if col == "price_at_bound" else ~result[col].astype(bool)
+            summary[f"rows_{'price_at_bound' if col == 'price_at_bound' else 'without_whole_fleet'}"] = int(
+                (flagged & ok).sum())
     gap = result["optimality_gap_bound"]
     if gap.notna().any():  # the dual solver certifies each row against an upper bound
         summary["optimality_gap_bound"] = {q: round(float(gap.quantile(v)), 6)
                                            for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
-    io.write_json(outdir / "summary.json", summary)
-    print(f"sweep '{c.sweep.name}': {len(result)} scenarios, {int((~ok).sum())} not converged")
-    if "optimality_gap_bound" in summary:
-        g = summary["optimality_gap_bound"]
-        print(f"certified optimality gap (margin vs upper bound): median {100 * g['p50']:.3f} %, "
-              f"p99 {100 * g['p99']:.3f} %, max {100 * g['max']:.3f} %")
-    print(effects.to_markdown(index=False, floatfmt=",.4g"))
-    print(f"\nwritten: {outdir / 'sweep.parquet'}")
-    return summary
+    io.write_json(stage / "summary.json", summary)
+    return {"summary": summary, "effects": effects}
 
 
 def run(cfg, outdir: Path) -> dict:
-    """Solve, write summary.json always and the plan files only for a converged result."""
+    """Solve and publish the run's files as a unit: summary.json always, the plan files only for a
+    recommended result (:func:`optimizer.io.publish`; ``manifest.json`` is written last)."""
     c: RunConfig = to_schema(cfg, RunConfig)
     if c.sweep.axes:
         return run_sweep_job(c, cfg, outdir)
@@ -107,16 +128,23 @@ def run(cfg, outdir: Path) -> dict:
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
     summary = build_summary(res, c, plan if res.ok else None, fleet)
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
-    io.write_text(outdir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if res.ok:
-        for name in ("plan.csv", "plan.parquet", "plan.json"):
-            io.write_frame(outdir / name, plan)
-        io.write_frame(outdir / "fleet.csv", fleet)
-        segs = segment_summary(plan)
-        io.write_text(outdir / "plan.md", markdown_report(summary, plan, fleet, segs))
-        if c.output.plots:
-            summary["plots"] = [p.name for p in plots(outdir, res, plan, fleet)]
-    io.write_json(outdir / "summary.json", summary)
+
+    if res.ok:  # a NaN or inf is reported, never exported as a plan
+        io.check_finite(plan, "the plan")
+        io.check_finite(fleet, "the fleet table")
+
+    def write(stage: Path) -> None:
+        io.write_text(stage / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if res.ok:
+            for name in ("plan.csv", "plan.parquet", "plan.json"):
+                io.write_frame(stage / name, plan)
+            io.write_frame(stage / "fleet.csv", fleet)
+            io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan)))
+            if c.output.plots:
+                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet)]
+        io.write_json(stage / "summary.json", summary)
+
+    io.publish(outdir, write, status=res.status)
     print(console_summary(summary, plan if res.ok else None))
     if not res.ok:
         raise SolverFailure(

@@ -13,10 +13,8 @@ import yaml
 
 from optimizer import io
 from optimizer.calibration import fit
-import pandas as pd
-
 from optimizer.cases import (BUNDLED_CASES, BUNDLED_LATENCY, BUNDLED_SLO_CASES, build_cases, build_latency_cases,
-                             error_summary, predict_frame, read_cases)
+                             error_summary, predict_frame, read_cases, read_latency_cases)
 from optimizer.catalog import to_schema
 from optimizer.errors import DataError
 from optimizer.schema import CalibrateConfig, EfficiencyConfig
@@ -49,7 +47,7 @@ def calibrate(cases_path: Path, start: EfficiencyConfig, per_family: bool, steps
               slo_path: Path | None = None) -> tuple[EfficiencyConfig, dict, dict, dict]:
     """Fit on the cases files; returns (fitted, report, predictions_before, predictions_after) by regime."""
     regimes, frames = load_regimes(cases_path, slo_path, start)
-    latency = build_latency_cases(pd.read_csv(latency_path)) if latency_path else None
+    latency = build_latency_cases(read_latency_cases(latency_path)) if latency_path else None
     fitted, losses = fit(regimes, start, latency=latency, per_family=per_family, steps=steps,
                          learning_rate=learning_rate, fit_mem_util=fit_mem_util)
     before = {k: predict_frame(df, start) for k, df in frames.items()}
@@ -101,12 +99,17 @@ def run(cfg, outdir: Path) -> Path:
               f"# Data: {shown}" + (f" + {slo.name}" if slo else "") + f" (sha256 {digest}).\n"
               f"# Command: {command.strip()}\n"
               "# Copy to conf/efficiency/<name>.yaml and select it with efficiency=<name>.\n")
-    path = io.write_text(outdir / "efficiency.yaml", efficiency_yaml(fitted, header))
     report["fitted"]["source"] = fitted.source
-    io.write_json(outdir / "calibration.json", report)
-    for k in before:
-        io.write_frame(outdir / f"predictions_before_{k}.csv", before[k])
-        io.write_frame(outdir / f"predictions_after_{k}.csv", after[k])
+
+    def write(stage: Path) -> None:
+        io.write_text(stage / "efficiency.yaml", efficiency_yaml(fitted, header))
+        io.write_json(stage / "calibration.json", report)
+        for k in before:
+            io.write_frame(stage / f"predictions_before_{k}.csv", before[k])
+            io.write_frame(stage / f"predictions_after_{k}.csv", after[k])
+
+    io.publish(outdir, write, status="calibrated")
+    path = outdir / "efficiency.yaml"
     for k in regimes:
         r = report[k]
         print(f"{k}: {r['n_predicted']} of {r['n_rows']} rows predicted; median absolute % error "

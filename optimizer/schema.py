@@ -11,6 +11,7 @@ arrays there and only there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -22,6 +23,73 @@ PRECISION_KEYS: tuple[str, ...] = ("bf16", "fp8", "int8", "int4", "fp4")
 GPU_FAMILIES: tuple[str, ...] = ("ampere", "ada", "hopper", "blackwell", "cdna3", "cdna4")
 """GPU architecture families; calibration may fit one efficiency factor per family."""
 
+ACCEPTS = "accepts"
+"""Key of a field's metadata holding its :class:`Accepts` (read by :mod:`optimizer.validate`)."""
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """The values one config field accepts, declared next to the field (``metadata={ACCEPTS: ...}``).
+
+    Bounds (``gt``/``ge``/``lt``/``le``), whole numbers only (``integer``) or one of ``choices``.
+    For a map or a list the rule applies to each value. Every number must also be finite; ``null``
+    is accepted exactly where the field is ``Optional`` (its meaning is documented on the field).
+    """
+
+    gt: Optional[float] = None
+    ge: Optional[float] = None
+    lt: Optional[float] = None
+    le: Optional[float] = None
+    integer: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. ``a number in (0, 1]`` or ``one of 'grid', 'sample'``."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = "an integer" if self.integer else "a number"
+        lo = f"({self.gt:g}" if self.gt is not None else (f"[{self.ge:g}" if self.ge is not None else None)
+        hi = f"{self.lt:g})" if self.lt is not None else (f"{self.le:g}]" if self.le is not None else None)
+        if lo and hi:
+            return f"{kind} in {lo}, {hi}"
+        if lo:
+            return f"{kind} {'>' if lo[0] == '(' else '>='} {lo[1:]}"
+        if hi:
+            return f"{kind} {'<' if hi[-1] == ')' else '<='} {hi[:-1]}"
+        return f"a finite {kind[2:] if self.integer else 'number'}"
+
+    def accepts(self, v: Any) -> bool:
+        """Whether the (non-null) value ``v`` is accepted."""
+        if self.choices:
+            return v in self.choices
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return ((self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
+                and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le)
+                and (not self.integer or float(v).is_integer()))
+
+
+def accepts(default: Any = MISSING, *, default_factory: Any = None, **rule: Any) -> Any:
+    """A dataclass field with its accepted values, e.g. ``mem_util: float = accepts(0.9, gt=0, le=1)``."""
+    meta = {ACCEPTS: Accepts(**rule)}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = {"gt": 0.0}
+NON_NEGATIVE = {"ge": 0.0}
+FRACTION = {"gt": 0.0, "le": 1.0}  # a share in (0, 1]
+SHARE = {"ge": 0.0, "le": 1.0}  # a share in [0, 1]
+COUNT = {"ge": 1, "integer": True}  # a count >= 1
+
+
+def catalog_keys(group: str) -> list[str]:
+    """The YAML stems of ``conf/<group>`` (used to key per-GPU maps by every catalog GPU)."""
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / group).glob("*.yaml"))
+
 
 @dataclass
 class DenseTflops:
@@ -30,10 +98,10 @@ class DenseTflops:
     ``None`` means the GPU has no tensor-core support for that precision.
     """
 
-    bf16: Optional[float] = None
-    fp8: Optional[float] = None
-    int8: Optional[float] = None
-    fp4: Optional[float] = None
+    bf16: Optional[float] = accepts(None, **POSITIVE)
+    fp8: Optional[float] = accepts(None, **POSITIVE)
+    int8: Optional[float] = accepts(None, **POSITIVE)
+    fp4: Optional[float] = accepts(None, **POSITIVE)
 
 
 @dataclass
@@ -43,20 +111,20 @@ class HardwareConfig:
     key: str = MISSING  # canonical key, e.g. "h200-sxm"
     name: str = MISSING  # full product name
     family: str = MISSING  # one of GPU_FAMILIES
-    memory_gb: float = MISSING  # HBM / GDDR capacity per GPU, GB (1e9 bytes)
-    mem_bw_tb_s: float = MISSING  # memory bandwidth per GPU, TB/s (1e12 bytes/s)
+    memory_gb: float = accepts(**POSITIVE)  # HBM / GDDR capacity per GPU, GB (1e9 bytes)
+    mem_bw_tb_s: float = accepts(**POSITIVE)  # memory bandwidth per GPU, TB/s (1e12 bytes/s)
     dense_tflops: DenseTflops = field(default_factory=DenseTflops)
-    power_w: float = MISSING  # board power (TDP/TGP), W
-    scaleup_bw_gb_s: float = 0.0  # scale-up link bandwidth per GPU per direction, GB/s (0 = PCIe only)
-    scaleup_domain_gpus: int = 1  # GPUs in one scale-up (NVLink / xGMI) domain
-    gpus_per_node: int = 8  # GPUs per server (the PCIe node for GPUs without a scale-up link)
-    pcie_bw_gb_s: float = 0.0  # host PCIe bandwidth per GPU per direction, GB/s (TP over PCIe when no scale-up link)
-    scaleout_bw_gb_s: float = 0.0  # scale-out (InfiniBand / RoCE NIC) bandwidth per GPU per direction, GB/s
+    power_w: float = accepts(**POSITIVE)  # board power (TDP/TGP), W
+    scaleup_bw_gb_s: float = accepts(0.0, **NON_NEGATIVE)  # scale-up link bandwidth per GPU per direction, GB/s (0 = PCIe only)
+    scaleup_domain_gpus: int = accepts(1, **COUNT)  # GPUs in one scale-up (NVLink / xGMI) domain
+    gpus_per_node: int = accepts(8, **COUNT)  # GPUs per server (the PCIe node for GPUs without a scale-up link)
+    pcie_bw_gb_s: float = accepts(0.0, **NON_NEGATIVE)  # host PCIe bandwidth per GPU per direction, GB/s (TP over PCIe when no scale-up link)
+    scaleout_bw_gb_s: float = accepts(0.0, **NON_NEGATIVE)  # scale-out (InfiniBand / RoCE NIC) bandwidth per GPU per direction, GB/s
     interconnect_source: str = ""  # where the PCIe / scale-out figures come from
-    price_usd_per_gpu_hour: float = MISSING  # default rental price, USD per GPU-hour
+    price_usd_per_gpu_hour: float = accepts(**NON_NEGATIVE)  # default rental price, USD per GPU-hour
     price_date: str = MISSING  # date of that price
     price_source: str = MISSING  # where that price comes from
-    capex_usd_per_gpu: Optional[float] = None  # purchase price per GPU incl. server share, USD (None = unknown)
+    capex_usd_per_gpu: Optional[float] = accepts(None, **NON_NEGATIVE)  # purchase price per GPU incl. server share, USD (None = unknown)
     capex_source: str = ""
     spec_source: str = MISSING  # where the specs come from
     notes: str = ""
@@ -66,43 +134,43 @@ class HardwareConfig:
 class QualityRetention:
     """Quality retained relative to BF16 (fraction, BF16 = 1.0) per precision."""
 
-    bf16: float = 1.0
-    fp8: float = MISSING
-    int8: float = MISSING
-    int4: float = MISSING
-    fp4: float = MISSING
+    bf16: float = accepts(1.0, **FRACTION)
+    fp8: float = accepts(**FRACTION)
+    int8: float = accepts(**FRACTION)
+    int4: float = accepts(**FRACTION)
+    fp4: float = accepts(**FRACTION)
 
 
 @dataclass
 class ModelConfig:
     """One LLM architecture. Every number is sourced in the YAML file that fills it."""
 
-    key: str = MISSING  # canonical key, e.g. "llama-3.3-70b"
+    key: str = MISSING  # canonical key, e.g. "llama-3p3-70b"
     name: str = MISSING
-    total_params_b: float = MISSING  # all weights incl. every MoE expert, billions
-    active_params_b: float = MISSING  # weights used per token (FLOPs), billions
-    routed_expert_params_b: float = 0.0  # weights in routed experts (all layers), billions; 0 for dense
-    num_experts: int = 0  # routed experts per MoE layer (0 = dense)
-    experts_per_token: int = 0  # routed experts chosen per token (top-k)
+    total_params_b: float = accepts(**POSITIVE)  # all weights incl. every MoE expert, billions
+    active_params_b: float = accepts(**POSITIVE)  # weights used per token (FLOPs), billions
+    routed_expert_params_b: float = accepts(0.0, **NON_NEGATIVE)  # weights in routed experts (all layers), billions; 0 for dense
+    num_experts: int = accepts(0, ge=0, integer=True)  # routed experts per MoE layer (0 = dense)
+    experts_per_token: int = accepts(0, ge=0, integer=True)  # routed experts chosen per token (top-k)
     shared_experts: int = 0  # always-active shared experts per MoE layer
-    layers: int = MISSING
-    hidden_size: int = MISSING
-    num_attention_heads: int = MISSING
-    num_kv_heads: int = MISSING  # 0 for MLA (latent shared by all heads)
-    head_dim: int = MISSING  # q/k head dim (for MLA: the nope+rope qk dim)
-    attention: str = "gqa"  # "gqa" or "mla"
+    layers: int = accepts(**COUNT)
+    hidden_size: int = accepts(**COUNT)
+    num_attention_heads: int = accepts(**COUNT)
+    num_kv_heads: int = accepts(ge=0, integer=True)  # 0 for MLA (latent shared by all heads)
+    head_dim: int = accepts(**COUNT)  # q/k head dim (for MLA: the nope+rope qk dim)
+    attention: str = accepts("gqa", choices=("gqa", "mla"))  # "gqa" or "mla"
     mla_kv_lora_rank: int = 0  # MLA only: cached latent size
     mla_rope_dim: int = 0  # MLA only: cached decoupled RoPE key size
     mla_v_head_dim: int = 0  # MLA only: value head dim (prefill runs un-absorbed attention)
-    full_attention_layers: int = MISSING  # layers attending to the whole context
+    full_attention_layers: int = accepts(ge=0, integer=True)  # layers attending to the whole context
     window_layers: int = 0  # sliding-window / chunked-attention layers
     window_tokens: int = 0  # their window (or chunk) length, tokens
-    kv_bytes_per_token_bf16: float = MISSING  # KV bytes per context token over the full-attention layers at 2 B/element
+    kv_bytes_per_token_bf16: float = accepts(**NON_NEGATIVE)  # KV bytes per context token over the full-attention layers at 2 B/element
     window_kv_bytes_per_token_bf16: float = 0.0  # KV bytes per token over window layers at 2 B/element (capped at window_tokens)
-    max_context: int = MISSING  # tokens
+    max_context: int = accepts(**COUNT)  # tokens
     moe_layers: int = 0  # layers with routed experts (0 = every layer of an MoE model)
     mtp_layers: int = 0  # native multi-token-prediction modules (DeepSeek-V3: 1), drafted autoregressively
-    mtp_accepted_tokens: list[float] = field(default_factory=list)  # E[tokens per verify round] for k = 1, 2, ... drafts
+    mtp_accepted_tokens: list[float] = accepts(default_factory=list, ge=1.0)  # E[tokens per verify round] for k = 1, 2, ... drafts
     mtp_source: str = ""  # where the MTP acceptance figures come from
     quality: QualityRetention = field(default_factory=QualityRetention)
     quality_source: str = MISSING  # which quant_quality.csv rows / evidence were used
@@ -115,9 +183,9 @@ class PrecisionConfig:
     """A serving precision (weights / activations / KV cache)."""
 
     key: str = MISSING  # one of PRECISION_KEYS
-    bytes_per_weight: float = MISSING  # incl. quantisation scales
-    bytes_per_kv: float = MISSING  # bytes per KV-cache element
-    compute: str = MISSING  # which DenseTflops field is the math roof: bf16 | fp8 | int8 | fp4
+    bytes_per_weight: float = accepts(**POSITIVE)  # incl. quantisation scales
+    bytes_per_kv: float = accepts(**POSITIVE)  # bytes per KV-cache element
+    compute: str = accepts(choices=("bf16", "fp8", "int8", "fp4"))  # which DenseTflops field is the math roof: bf16 | fp8 | int8 | fp4
     weight_only: bool = False  # True: weights dequantised to 16-bit before the matmul
     source: str = MISSING
     notes: str = ""
@@ -130,19 +198,19 @@ class EfficiencyConfig:
     Per-family factors are keyed by GPU family; ``default_*`` applies to families absent from the fit.
     """
 
-    bw_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak memory bandwidth, per family
-    flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak tensor FLOPS in decode, per family
-    prefill_flops_eff: dict[str, float] = field(default_factory=dict)  # achieved / peak FLOPS in prefill, per family
-    default_bw_eff: float = 0.8
-    default_flops_eff: float = 0.6
-    default_prefill_flops_eff: float = 0.6
-    moe_eff: float = 1.0  # efficiency of routed-expert GEMMs relative to dense GEMMs (all families)
-    step_overhead_ms: float = 1.0  # fixed per decode step (scheduling, sampling), ms
-    mem_util: float = 0.9  # usable share of HBM for weights + KV cache
-    layer_overhead_us: float = 0.0  # fixed per layer per decode step (kernel launches, syncs), microseconds
-    moe_layer_overhead_us: float = 0.0  # extra per MoE layer per step (router, top-k, permute, grouped GEMM launches), us
-    collective_latency_us: float = 0.0  # latency of one collective (all-reduce, EP dispatch or combine), microseconds
-    ep_imbalance: float = 1.0  # busiest / mean tokens per expert-parallel rank at large EP (>= 1)
+    bw_eff: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # achieved / peak memory bandwidth, per family
+    flops_eff: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # achieved / peak tensor FLOPS in decode, per family
+    prefill_flops_eff: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # achieved / peak FLOPS in prefill, per family
+    default_bw_eff: float = accepts(0.8, **FRACTION)
+    default_flops_eff: float = accepts(0.6, **FRACTION)
+    default_prefill_flops_eff: float = accepts(0.6, **FRACTION)
+    moe_eff: float = accepts(1.0, **FRACTION)  # efficiency of routed-expert GEMMs relative to dense GEMMs (all families)
+    step_overhead_ms: float = accepts(1.0, **NON_NEGATIVE)  # fixed per decode step (scheduling, sampling), ms
+    mem_util: float = accepts(0.9, **FRACTION)  # usable share of HBM for weights + KV cache
+    layer_overhead_us: float = accepts(0.0, **NON_NEGATIVE)  # fixed per layer per decode step (kernel launches, syncs), microseconds
+    moe_layer_overhead_us: float = accepts(0.0, **NON_NEGATIVE)  # extra per MoE layer per step (router, top-k, permute, grouped GEMM launches), us
+    collective_latency_us: float = accepts(0.0, **NON_NEGATIVE)  # latency of one collective (all-reduce, EP dispatch or combine), microseconds
+    ep_imbalance: float = accepts(1.0, ge=1.0)  # busiest / mean tokens per expert-parallel rank at large EP (>= 1)
     source: str = ""  # command and data that produced the values
 
 
@@ -150,9 +218,9 @@ class EfficiencyConfig:
 class WorkloadConfig:
     """The traffic a deployment serves."""
 
-    isl: float = 1000.0  # mean input (prompt) tokens per request
-    osl: float = 1000.0  # mean output tokens per request
-    cached_share: float = 0.0  # share of input tokens served from the prefix cache (skip prefill)
+    isl: float = accepts(1000.0, **POSITIVE)  # mean input (prompt) tokens per request
+    osl: float = accepts(1000.0, **POSITIVE)  # mean output tokens per request
+    cached_share: float = accepts(0.0, ge=0.0, lt=1.0)  # share of input tokens served from the prefix cache (skip prefill)
 
 
 @dataclass
@@ -164,31 +232,31 @@ class SpeculativeConfig:
     ``draft`` (a draft model or Eagle-style head with iid ``acceptance`` and ``draft_cost_ratio``).
     """
 
-    method: Optional[str] = None  # null | none | mtp | draft
-    draft_len: int = 0  # k, draft tokens proposed per target step (0 with method=draft = off)
-    acceptance: float = 0.7  # method=draft: a, iid per-token acceptance probability
-    draft_cost_ratio: float = 0.05  # method=draft: a draft step's body as a fraction of a target step's body
+    method: Optional[str] = accepts(None, choices=("none", "mtp", "draft"))  # null | none | mtp | draft
+    draft_len: int = accepts(0, ge=0, integer=True)  # k, draft tokens proposed per target step (0 with method=draft = off)
+    acceptance: float = accepts(0.7, **SHARE)  # method=draft: a, iid per-token acceptance probability
+    draft_cost_ratio: float = accepts(0.05, **NON_NEGATIVE)  # method=draft: a draft step's body as a fraction of a target step's body
 
 
 @dataclass
 class CostConfig:
     """How a GPU-hour is priced: "rental" (hardware price) or "tco"."""
 
-    mode: str = "rental"  # rental | tco
-    price_usd_per_gpu_hour: Optional[float] = None  # override the hardware catalog's rental price
-    depreciation_years: float = 4.0  # ASSUMPTION: straight-line over 4 years
-    power_usd_per_kwh: float = 0.08  # ASSUMPTION
-    pue: float = 1.3  # ASSUMPTION: data-centre power usage effectiveness
-    capex_usd_per_gpu: Optional[float] = None  # override the catalog capex (tco mode)
+    mode: str = accepts("rental", choices=("rental", "tco"))  # rental | tco
+    price_usd_per_gpu_hour: Optional[float] = accepts(None, **NON_NEGATIVE)  # override the catalog's rental price (0 = free)
+    depreciation_years: float = accepts(4.0, **POSITIVE)  # ASSUMPTION: straight-line over 4 years
+    power_usd_per_kwh: float = accepts(0.08, **NON_NEGATIVE)  # ASSUMPTION
+    pue: float = accepts(1.3, ge=1.0)  # ASSUMPTION: data-centre power usage effectiveness
+    capex_usd_per_gpu: Optional[float] = accepts(None, **NON_NEGATIVE)  # override the catalog capex (tco mode)
 
 
 @dataclass
 class TargetConfig:
     """Latency targets for the SLO-bounded operating point (None = unconstrained)."""
 
-    tpot_ms: Optional[float] = None  # time per output token, ms
-    ttft_ms: Optional[float] = None  # time to first token, ms
-    concurrency: Optional[float] = None  # fixed concurrent sequences per replica
+    tpot_ms: Optional[float] = accepts(None, **POSITIVE)  # time per output token, ms
+    ttft_ms: Optional[float] = accepts(None, **POSITIVE)  # time to first token, ms
+    concurrency: Optional[float] = accepts(None, ge=1.0)  # fixed concurrent sequences per replica
 
 
 @dataclass
@@ -199,14 +267,14 @@ class EstimateConfig:
     model: ModelConfig = MISSING
     precision: PrecisionConfig = MISSING
     efficiency: EfficiencyConfig = MISSING
-    gpus: Optional[int] = None  # GPUs per replica (null = best; `nodes` x gpus_per_node when nodes is set)
-    nodes: Optional[int] = None  # servers per replica (null = best)
-    tp: Optional[int] = None  # attention / dense tensor-parallel degree (null = best)
-    ep: Optional[int] = None  # expert-parallel degree (null = best; 1 for dense models)
+    gpus: Optional[int] = accepts(None, **COUNT)  # GPUs per replica (null = best; `nodes` x gpus_per_node when nodes is set)
+    nodes: Optional[int] = accepts(None, **COUNT)  # servers per replica (null = best)
+    tp: Optional[int] = accepts(None, **COUNT)  # attention / dense tensor-parallel degree (null = best)
+    ep: Optional[int] = accepts(None, **COUNT)  # expert-parallel degree (null = best; 1 for dense models)
     disaggregated: Optional[bool] = None  # prefill/decode disaggregated (null = best)
-    isl: float = 1000.0
-    osl: float = 1000.0
-    cached_share: float = 0.0
+    isl: float = accepts(1000.0, **POSITIVE)
+    osl: float = accepts(1000.0, **POSITIVE)
+    cached_share: float = accepts(0.0, ge=0.0, lt=1.0)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -226,8 +294,8 @@ class CalibrateConfig:
     fit_mem_util: bool = True  # also fit the usable HBM share
     use_latency: bool = True  # add online-serving inter-token latencies to the loss
     latency_cases: Optional[str] = None  # CSV like benchmarks/data/measured_online_latency.csv (None = bundled)
-    steps: int = 600
-    learning_rate: float = 0.05
+    steps: int = accepts(600, **COUNT)
+    learning_rate: float = accepts(0.05, **POSITIVE)
     seed: int = 0
 
 
@@ -235,9 +303,9 @@ class CalibrateConfig:
 class OfferConfig:
     """One model offered to a segment, with its reference (observed) list prices."""
 
-    input_usd_per_mtok: float = MISSING  # reference input price, USD per million tokens
-    output_usd_per_mtok: float = MISSING  # reference output price, USD per million tokens
-    volume_share: float = 1.0  # share of the segment's reference volume on this model (normalised)
+    input_usd_per_mtok: float = accepts(**POSITIVE)  # reference input price, USD per million tokens
+    output_usd_per_mtok: float = accepts(**POSITIVE)  # reference output price, USD per million tokens
+    volume_share: float = accepts(1.0, **POSITIVE)  # share of the segment's reference volume on this model (normalised)
     price_source: str = MISSING  # where the reference prices come from, with date
 
 
@@ -245,25 +313,25 @@ class OfferConfig:
 class SegmentConfig:
     """A customer segment: its traffic, the models it can be served, its demand and its SLO."""
 
-    tier: str = "interactive"  # interactive (served at peak within SLO) | batch (off-peak spare capacity)
+    tier: str = accepts("interactive", choices=("interactive", "batch"))  # interactive (served at peak within SLO) | batch (off-peak spare capacity)
     offers: dict[str, OfferConfig] = field(default_factory=dict)  # model key -> offer
-    input_tokens_per_day: float = MISSING  # reference volume (at reference prices and quality)
-    isl: float = MISSING  # mean input tokens per request
-    osl: float = MISSING  # mean output tokens per request
-    cached_share: float = 0.0  # share of input tokens hitting the prefix cache
-    cached_price_ratio: float = 0.1  # cached-input price / input price (market convention 0.1x)
-    demand: str = "logit"  # logit | constant_elasticity
-    elasticity: float = MISSING  # own-price elasticity at the reference point (positive number)
-    ref_market_share: float = 0.3  # logit only: provider's share of the segment's market at reference
-    quality_sensitivity: float = 0.0  # utility (logit) or log-demand (CE) per percentage point of quality
-    latency_sensitivity: float = 0.0  # utility / log-demand per ms of TPOT above ref_tpot_ms
-    ref_tpot_ms: Optional[float] = None  # TPOT at which the reference volume was observed (None = tpot_ms)
-    tpot_ms: Optional[float] = None  # SLO: mean time per output token (None = no SLO)
-    ttft_ms: Optional[float] = None  # SLO: mean time to first token (None = no SLO)
-    peak_to_mean: float = 1.0  # peak / mean request rate of this segment's traffic
-    min_quality: Optional[float] = None  # floor on served quality retention (fraction of BF16)
-    price_floor_ratio: Optional[float] = None  # lowest price as a multiple of the reference price
-    price_ceiling_ratio: Optional[float] = None  # highest price as a multiple of the reference price
+    input_tokens_per_day: float = accepts(**POSITIVE)  # reference volume (at reference prices and quality)
+    isl: float = accepts(**POSITIVE)  # mean input tokens per request
+    osl: float = accepts(**POSITIVE)  # mean output tokens per request
+    cached_share: float = accepts(0.0, ge=0.0, lt=1.0)  # share of input tokens hitting the prefix cache
+    cached_price_ratio: float = accepts(0.1, **SHARE)  # cached-input price / input price (market convention 0.1x)
+    demand: str = accepts("logit", choices=("logit", "constant_elasticity"))
+    elasticity: float = accepts(**POSITIVE)  # own-price elasticity at the reference point (> 1 for constant_elasticity)
+    ref_market_share: float = accepts(0.3, gt=0.0, lt=1.0)  # logit only: provider's share of the segment's market at reference
+    quality_sensitivity: float = accepts(0.0, **NON_NEGATIVE)  # utility (logit) or log-demand (CE) per percentage point of quality
+    latency_sensitivity: float = accepts(0.0, **NON_NEGATIVE)  # utility / log-demand per ms of TPOT above ref_tpot_ms
+    ref_tpot_ms: Optional[float] = accepts(None, **POSITIVE)  # TPOT at which the reference volume was observed (None = tpot_ms)
+    tpot_ms: Optional[float] = accepts(None, **POSITIVE)  # SLO: mean time per output token (None = no SLO)
+    ttft_ms: Optional[float] = accepts(None, **POSITIVE)  # SLO: mean time to first token (None = no SLO)
+    peak_to_mean: float = accepts(1.0, ge=1.0)  # peak / mean request rate of this segment's traffic
+    min_quality: Optional[float] = accepts(None, **FRACTION)  # floor on served quality retention (fraction of BF16)
+    price_floor_ratio: Optional[float] = accepts(None, **POSITIVE)  # lowest price as a multiple of the reference price
+    price_ceiling_ratio: Optional[float] = accepts(None, **POSITIVE)  # highest price as a multiple of the reference price
     source: str = ""  # sources / assumptions of this segment's numbers
 
 
@@ -282,33 +350,36 @@ class FleetConfig:
 
     gpus: list[str] = field(default_factory=lambda: ["h100-sxm", "h200-sxm", "b200"])
     precisions: list[str] = field(default_factory=lambda: ["bf16", "fp8", "int4", "fp4"])
-    gpu_caps: dict[str, float] = field(default_factory=dict)  # max GPUs per type
-    price_usd_per_gpu_hour: dict[str, float] = field(default_factory=dict)  # overrides of catalog prices
+    # every catalog GPU is a key (null = no cap / the catalog price), so an override needs no `+`
+    gpu_caps: dict[str, Optional[float]] = accepts(default_factory=lambda: dict.fromkeys(catalog_keys("hardware")),
+                                                   **NON_NEGATIVE)  # max GPUs per type (null = no cap)
+    price_usd_per_gpu_hour: dict[str, Optional[float]] = accepts(
+        default_factory=lambda: dict.fromkeys(catalog_keys("hardware")), **NON_NEGATIVE)  # USD/GPU-hour (0 = free; null = catalog)
     cost: CostConfig = field(default_factory=CostConfig)
-    budget_usd_per_day: Optional[float] = None  # cap on GPU spend per day
-    capex_budget_usd: Optional[float] = None  # cap on fleet purchase value
-    max_replica_gpus: int = 64  # largest deployment (GPUs per replica) the optimizer may choose
+    budget_usd_per_day: Optional[float] = accepts(None, **POSITIVE)  # cap on GPU spend per day
+    capex_budget_usd: Optional[float] = accepts(None, **POSITIVE)  # cap on fleet purchase value
+    max_replica_gpus: int = accepts(64, **COUNT)  # largest deployment (GPUs per replica) the optimizer may choose
     disaggregation: bool = True  # consider prefill/decode disaggregated deployments
     speculation: bool = True  # consider MTP speculative decoding where the model has sourced acceptance
-    peak_utilization: float = 0.8  # utilisation cap at peak for interactive traffic
-    daily_utilization: float = 0.9  # cap on average daily utilisation incl. batch
+    peak_utilization: float = accepts(0.8, **FRACTION)  # utilisation cap at peak for interactive traffic
+    daily_utilization: float = accepts(0.9, **FRACTION)  # cap on average daily utilisation incl. batch
 
 
 @dataclass
 class SolverConfig:
     """Augmented-Lagrangian + Adam solver settings."""
 
-    starts: int = 8  # multistart rows solved at once (also the batch width of the integer repair)
-    outer_steps: int = 30  # augmented-Lagrangian multiplier updates (max)
-    inner_steps: int = 150  # Adam steps per outer step
-    learning_rate: float = 0.1  # initial Adam learning rate
-    final_learning_rate: float = 0.001  # exponentially decayed to this by the last step
-    penalty: float = 20.0  # PHR penalty rho on normalised constraints
-    tol_feasibility: float = 1e-4  # max normalised constraint violation for "converged"
-    tol_objective: float = 1e-6  # relative objective change between outer steps for "converged"
+    starts: int = accepts(8, **COUNT)  # multistart rows solved at once (also the batch width of the integer repair)
+    outer_steps: int = accepts(30, **COUNT)  # augmented-Lagrangian multiplier updates (max)
+    inner_steps: int = accepts(150, **COUNT)  # Adam steps per outer step
+    learning_rate: float = accepts(0.1, **POSITIVE)  # initial Adam learning rate
+    final_learning_rate: float = accepts(0.001, **POSITIVE)  # exponentially decayed to this by the last step
+    penalty: float = accepts(20.0, **POSITIVE)  # PHR penalty rho on normalised constraints
+    tol_feasibility: float = accepts(1e-4, **POSITIVE)  # max normalised constraint violation for "converged"
+    tol_objective: float = accepts(1e-6, **POSITIVE)  # relative objective change between outer steps for "converged"
     integer_fleet: bool = True  # round and repair the fleet to whole replicas
-    repair_rounds: int = 3  # greedy remove-one-replica rounds after rounding
-    seed: int = 0
+    repair_rounds: int = accepts(3, ge=0, integer=True)  # greedy remove-one-replica rounds after rounding
+    seed: int = accepts(0, ge=0, integer=True)
     dual: bool = True  # also solve with the structured dual solver (no quality floors): it starts one Adam row and
     # is the relaxed plan when Adam ends worse or unconverged (optimizer/dual.py; GPU caps and budgets priced)
 
@@ -334,20 +405,20 @@ class SweepConfig:
     # name -> AxisConfig fields; untyped here so that a whole axis can be added from the command line
     # (+sweep.axes.rent={path: ..., uniform: [0.8, 1.3]}); validated against AxisConfig when the sweep starts
     axes: dict[str, Any] = field(default_factory=dict)
-    mode: str = "grid"  # grid (cartesian product) | sample (Latin hypercube, N samples)
-    samples: int = 1000  # mode=sample: number of scenarios
+    mode: str = accepts("grid", choices=("grid", "sample"))  # grid (cartesian product) | sample (Latin hypercube, N samples)
+    samples: int = accepts(1000, **COUNT)  # mode=sample: number of scenarios
     seed: int = 0
-    chunk_size: int = 1024  # scenarios per compiled call (bounded memory; the unit of resume)
-    starts: int = 1  # starts per scenario (method=adam)
+    chunk_size: int = accepts(1024, **COUNT)  # scenarios per compiled call (bounded memory; the unit of resume)
+    starts: int = accepts(1, **COUNT)  # starts per scenario (method=adam)
     # auto: the structured dual solver (optimizer/dual.py) when no cap, budget or quality floor is
     # active, else adam (the augmented-Lagrangian Adam solver of single runs); or force either
-    method: str = "auto"
-    dual_steps: int = 80  # method=dual: Rprop steps on the peak/daily cost split (with deployments as choices, 60
+    method: str = accepts("auto", choices=("auto", "dual", "adam"))
+    dual_steps: int = accepts(80, **COUNT)  # method=dual: Rprop steps on the peak/daily cost split (with deployments as choices, 60
     # left 1 of 12 what-if scenarios at a 1.1 % certified gap; 80 certifies all within 0.33 %)
-    dual_tol_gap: float = 5e-3  # method=dual: certified relative optimality gap to count as converged
+    dual_tol_gap: float = accepts(5e-3, **POSITIVE)  # method=dual: certified relative optimality gap to count as converged
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep
-    directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>-<hash>)
+    directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>; one <hash>-c<chunk>/ folder per sweep)
 
 
 @dataclass

@@ -29,11 +29,12 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optimizer import aot, io
+from optimizer.catalog import MODEL_ALIASES, canonical_model
 from optimizer.constraints import active_mask
 from optimizer.engine import settings_from
 from optimizer.errors import ConfigError
 from optimizer.objective import Decision, evaluate
-from optimizer.problem import (SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit,
+from optimizer.problem import (PRICE_BOUND_TOL, SERVING_FIELDS, Labels, Numbers, Pools, assemble, assemble_jit,
                                candidate_scores_jit, prune_candidates, scenario_inputs, serving_of_jit)
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 from optimizer.dual import (N_LIMITS, WARM_START_STEPS, DualSettings, check_plan, dual_program, scratch_start,
@@ -75,12 +76,20 @@ class Target(NamedTuple):
 
 
 def _split_name(rest: str, names: list[str]) -> tuple[str | None, str]:
-    """Split ``rest`` into a known name (which may contain dots, e.g. llama-3.1-8b) and the remainder."""
+    """Split ``rest`` into a known name (which may contain dots: a user's own catalog key) and the remainder."""
     for n in sorted(names, key=len, reverse=True):
         if rest == n or rest.startswith(n + "."):
             return n, rest[len(n) + 1:]
     head, _, tail = rest.partition(".")
     return None, head if not tail else head + "." + tail
+
+
+def _canonical_model_prefix(rest: str, where: str) -> str:
+    """``rest`` with a leading old (dotted) model key of MODEL_ALIASES replaced by its catalog key (warns)."""
+    for old in sorted(MODEL_ALIASES, key=len, reverse=True):
+        if rest == old or rest.startswith(old + "."):
+            return canonical_model(old, where=where) + rest[len(old):]
+    return rest
 
 
 def resolve_path(path: str, labels: Labels) -> Target:
@@ -100,7 +109,8 @@ def resolve_path(path: str, labels: Labels) -> Target:
         if rest in SEGMENT_FIELDS:
             return Target(SEGMENT_FIELDS[rest], (s,))
         if rest.startswith("offers."):
-            j, field = take(rest[len("offers."):], list(labels.models), "model")
+            j, field = take(_canonical_model_prefix(rest[len("offers."):], f"sweep axis path '{path}'"),
+                            list(labels.models), "model")
             if labels.ref_input_usd_per_mtok[s][j] == 0:
                 fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' does not offer")
             if field not in OFFER_FIELDS:
@@ -122,7 +132,8 @@ def resolve_path(path: str, labels: Labels) -> Target:
             f, _ = take(p[2], list(GPU_FAMILIES), "GPU family")
             return Target(p[1], (f,))
     if path.startswith("quality."):
-        j, rest = take(path[len("quality."):], list(labels.models), "model")
+        j, rest = take(_canonical_model_prefix(path[len("quality."):], f"sweep axis path '{path}'"),
+                       list(labels.models), "model")
         k, extra = take(rest, list(labels.precisions), "precision")
         if not extra:
             return Target("quality", (j, k))
@@ -210,6 +221,17 @@ def design(sweep: SweepConfig) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) -> None:
+    """Every axis value must be a valid value of its field (distributions: both ends), as in a single run."""
+    from optimizer.schema import FRACTION, Accepts
+    from optimizer.validate import check_axis_values
+
+    for n, ax in axes.items():
+        dist = ax.uniform or ax.loguniform
+        values = list(dist) if dist else sorted(set(plan[n].tolist()))
+        check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=Accepts(**FRACTION))
+
+
 ACTIVATES = {"budget_usd_per_day": "has_budget", "capex_budget_usd": "has_capex_budget",
              "gpu_cap": "has_gpu_cap", "min_quality": "has_min_quality"}
 """Numbers fields whose constraint an axis switches on in every scenario of the sweep."""
@@ -256,6 +278,32 @@ class SweepResult(NamedTuple):
     mix: jnp.ndarray  # (S, J, K)
     gpus_by_type: jnp.ndarray  # (G,)
     bound: jnp.ndarray  # USD/day upper bound on the relaxed optimum (method=dual; NaN otherwise)
+    price_bound: jnp.ndarray  # (S, J) int: -1 price at its floor, +1 at its ceiling, 0 inside the search range
+    whole_ok: jnp.ndarray  # bool: the relaxed plan can be made whole (see plan_flags)
+
+
+def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(price at bound (S, J) in {-1, 0, +1}, relaxed plan can be made whole ()) of one plan. Pure.
+
+    The plan can be made whole when rounding every pool's GPUs up to whole replicas of its deployment
+    (``prob.tp`` GPUs) keeps every GPU cap, the daily budget and the capex budget; or, where a limit
+    binds, rounding down leaves every pool that carries load at least one whole replica (the integer
+    repair then serves the same flows on slightly less capacity, at slightly higher prices). It
+    cannot when a capped pool's load needs less than one replica's GPUs within its limit.
+    """
+    lm = jnp.log(jnp.maximum(b.price_multiplier, 1e-300))
+    at = jnp.where(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1,
+                   jnp.where(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, 1, 0))
+    rep = jnp.maximum(prob.tp, 1.0)
+    used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
+    up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
+    per_type = up.sum((1, 2))
+    slack = 1.0 + 1e-9
+    up_ok = (jnp.all(per_type <= prob.gpu_cap * slack + 1e-9)
+             & (jnp.sum(per_type * prob.usd_per_gpu_hour) * 24.0 <= prob.budget_usd_per_day * slack)
+             & (jnp.sum(per_type * prob.capex_per_gpu) <= prob.capex_budget_usd * slack))
+    down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
+    return at, up_ok | down_ok
 
 
 def initial_decision(prob, warm: Decision, starts: int) -> Decision:
@@ -289,7 +337,7 @@ def solve_one(numbers: Numbers, pools: Pools, active: jnp.ndarray, settings: Set
     b = evaluate(best.decision, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, best.status, best.violation, best.iterations,
                        b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
-                       b.gpus.sum((1, 2)), jnp.asarray(jnp.nan))
+                       b.gpus.sum((1, 2)), jnp.asarray(jnp.nan), *plan_flags(b, prob))
 
 
 def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm: tuple[jnp.ndarray, jnp.ndarray],
@@ -304,7 +352,7 @@ def solve_one_dual(numbers: Numbers, pools: Pools, settings: DualSettings, warm:
     b = c.breakdown
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, c.status, c.violation, jnp.asarray(settings.steps),
                        b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
-                       b.gpus.sum((1, 2)), sol.bound)
+                       b.gpus.sum((1, 2)), sol.bound, *plan_flags(b, prob))
 
 
 BASE_STEPS = WARM_START_STEPS
@@ -349,14 +397,16 @@ def _compiled_chunk_solver(targets, relative, settings, starts, mesh, reuse_serv
 
 
 def sweep_key(cfg: RunConfig) -> str:
-    """Hash of everything that determines the sweep's results (not the chunk store or resume flag)."""
+    """Hash of everything that determines the sweep's results: the whole config (not the chunk store,
+    resume flag or output options), this package's source, the JAX version and the float width."""
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     d["sweep"].pop("resume", None)
     d["sweep"].pop("directory", None)
     d["output"] = None
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    code = {"source": aot.source_hash(), "jax": jax.__version__, "x64": bool(jax.config.jax_enable_x64)}
+    return hashlib.sha256(json.dumps([d, code], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int) -> pd.DataFrame:
@@ -368,8 +418,15 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
     out["margin_usd_per_day"] = np.round(r.margin, 2)
     out["revenue_usd_per_day"] = np.round(r.revenue, 2)
     out["gpu_cost_usd_per_day"] = np.round(r.gpu_cost, 2)
-    out["status"] = [STATUS_NAMES[int(s)] for s in r.status]
-    out["converged"] = r.status == 0
+    whole = np.asarray(r.whole_ok, bool)
+    # a relaxed plan whose pools cannot be rounded up to whole replicas within the limits is no plan
+    out["status"] = [STATUS_NAMES[int(s)] if int(s) != 0 or w else "no_whole_fleet" for s, w in zip(r.status, whole)]
+    out["converged"] = (r.status == 0) & whole
+    out["whole_fleet_feasible"] = whole
+    at = np.asarray(r.price_bound)
+    out["price_at_bound"] = [", ".join(f"{labels.segments[s]}/{labels.models[j]}:{'floor' if at[i, s, j] < 0 else 'ceiling'}"
+                                       for s, j in zip(*np.nonzero(at[i])) if labels.ref_input_usd_per_mtok[s][j] > 0)
+                             for i in range(n)]
     out["violation"] = r.violation
     out["iterations"] = r.iterations.astype(int)
     out["margin_upper_bound_usd_per_day"] = np.round(r.bound, 2)
@@ -389,13 +446,94 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
     return out
 
 
+def chunk_folder(store: Path, key: str, chunk: int) -> Path:
+    """Where one sweep's chunks live: ``<store>/<sweep_key>-c<chunk>`` (sweeps sharing a store never mix)."""
+    return Path(store) / f"{key}-c{chunk}"
+
+
+def chunk_path(folder: Path, c: int) -> Path:
+    """The finished rows of chunk ``c``."""
+    return folder / f"chunk_{c:05d}.parquet"
+
+
+def chunk_lock(folder: Path, c: int):
+    """The advisory lock of chunk ``c``: held by the process that solves it until its file is written."""
+    from filelock import FileLock
+
+    return FileLock(folder / f"chunk_{c:05d}.lock")
+
+
+def try_lock(lock) -> bool:
+    """Take ``lock`` if it is free now (never waits)."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    return True
+
+
+def chunk_problem(df: pd.DataFrame, rows: pd.DataFrame, offset: int) -> str | None:
+    """Why a stored chunk is not the rows ``rows`` (scenarios ``offset``...), or None when it is."""
+    n = len(rows)
+    if len(df) != n:
+        return f"incomplete ({len(df)} rows, expected {n})"
+    if "scenario" not in df.columns or not np.array_equal(df["scenario"].to_numpy(), np.arange(offset, offset + n)):
+        return f"not scenarios {offset} to {offset + n - 1}"
+    for col in rows.columns:
+        if col not in df.columns or not np.array_equal(df[col].to_numpy(float), rows[col].to_numpy(float),
+                                                       equal_nan=True):
+            return f"for other values of axis '{col}'"
+    return None
+
+
+def read_chunk(path: Path, rows: pd.DataFrame, offset: int, log: Callable[[str], None]) -> pd.DataFrame | None:
+    """A stored chunk's rows; None when it is missing, or invalid (then it is deleted and logged)."""
+    try:
+        df = pd.read_parquet(path)
+        why = chunk_problem(df, rows, offset)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # truncated or otherwise corrupt Parquet
+        why = f"unreadable ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+    if why is None:
+        return df
+    path.unlink(missing_ok=True)
+    log(f"sweep chunk {path.parent.name}/{path.name} is {why}; deleted it, recomputing")
+    return None
+
+
+def remove_stale_temporaries(folder: Path, log: Callable[[str], None]) -> int:
+    """Delete ``.chunk_*.tmp`` files whose chunk lock is free: left by a process that died while writing
+    (a live writer holds the chunk's lock until its file is renamed into place)."""
+    n = 0
+    for tmp in folder.glob(".chunk_*.tmp"):
+        c = tmp.name[len(".chunk_"):].split(".")[0]
+        if not c.isdigit():
+            continue
+        lock = chunk_lock(folder, int(c))
+        if try_lock(lock):
+            try:
+                tmp.unlink(missing_ok=True)
+                n += 1
+            finally:
+                lock.release()
+    if n:
+        log(f"sweep store {folder}: removed {n} temporary file(s) left by a stopped run")
+    return n
+
+
 def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
               stop_after_chunks: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Solve every scenario of ``cfg.sweep`` and write ``sweep.parquet`` into ``outdir``.
 
     Args:
       cfg: the run config (its ``sweep`` has the axes).
-      outdir: the run directory. store: where finished chunks live (the unit of resume).
+      outdir: the run directory. store: where finished chunks live (the unit of resume), in a folder of
+        this sweep's own (:func:`chunk_folder`); any number of sweeps and processes may share a store.
+        A process solves a chunk under its lock; one whose lock another process holds is done last,
+        from that process's file. Stored chunks are validated; an invalid one is solved again.
       progress: show a scenarios-per-second bar. stop_after_chunks: stop early (for tests of resume).
     """
     sw = cfg.sweep
@@ -409,9 +547,10 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     axes = axes_of(sw)
     names = list(axes)
     targets = [resolve_path(axes[n].path, labels) for n in names]
+    plan = design(sw)
+    check_axes(cfg, axes, plan)
     relative = [bool(axes[n].relative) for n in names]
     lab = activated(labels, targets)
-    plan = design(sw)
     n_total = len(plan)
     base_prob = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
@@ -442,62 +581,117 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     if mesh is None:  # traced once per machine (a rerun skips tracing; the compilation cache compiles)
         example = (base, np.zeros((chunk, len(names))), pools, active, warm_dec, serving)
         solver = aot.exported("sweep_chunk", solver, example, repr((targets, relative, settings, sw.starts, reuse)))
-    store.mkdir(parents=True, exist_ok=True)
     key = sweep_key(cfg)
-    meta = {"key": key, "scenarios": n_total, "chunk_size": chunk, "axes": {n: axes[n].path for n in names}}
-    meta_path = store / "sweep_meta.json"
-    old_meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    if old_meta is not None and (not sw.resume or old_meta.get("key") != key
-                                 or old_meta.get("chunk_size") != chunk):
-        for old in store.glob("chunk_*.parquet"):
-            old.unlink()
-    io.write_json(meta_path, meta)
+    folder = chunk_folder(store, key, chunk)  # this sweep's own folder: other sweeps in the store never mix
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(folder / "sweep_meta.json", {"key": key, "name": sw.name, "scenarios": n_total, "chunk_size": chunk,
+                                                "axes": {n: axes[n].path for n in names}})
+    remove_stale_temporaries(folder, log)
+    if not sw.resume:
+        old = list(folder.glob("chunk_*.parquet"))
+        for p in old:
+            p.unlink(missing_ok=True)
+        if old:
+            log(f"sweep.resume=false: deleted {len(old)} stored chunk(s) of this sweep, recomputing them")
     n_chunks = math.ceil(n_total / chunk)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n_total, unit="scenario", desc=f"sweep {sw.name}", smoothing=0.1)
     t0 = time.perf_counter()
-    solved = 0
+    frames: dict[int, pd.DataFrame] = {}  # validated rows of every chunk done (here or by another process)
+    held = []  # chunk locks this process holds (released on any way out)
+    skipped = []  # chunks another process was solving when this one reached them
+    solved = 0  # chunks solved here
+    n_solved = 0  # scenarios solved here
+    waited = 0.0  # seconds spent waiting for other processes' chunks
     pending = None  # the chunk in flight: its results are written while the next one computes
 
-    def finish(job):
-        res, rows, c, path = job
-        io.write_frame(path, result_frame(res, labels, rows, c * chunk))
-        if bar:
-            bar.update(len(rows))
+    def rows_of(c):
+        return plan.iloc[c * chunk:(c + 1) * chunk]
 
-    for c in range(n_chunks):
-        path = store / f"chunk_{c:05d}.parquet"
-        rows = plan.iloc[c * chunk:(c + 1) * chunk]
-        if path.exists():
-            if bar:
-                bar.update(len(rows))
-            continue
-        if stop_after_chunks is not None and solved >= stop_after_chunks:
-            break
-        vals = rows.to_numpy(float)
+    def take_stored(c) -> bool:
+        df = read_chunk(chunk_path(folder, c), rows_of(c), c * chunk, log)
+        if df is None:
+            return False
+        frames[c] = df
+        if bar:
+            bar.update(len(df))
+        return True
+
+    def unlock(lock):
+        held.remove(lock)
+        lock.release()
+
+    def launch(c):
+        vals = rows_of(c).to_numpy(float)
         if len(vals) < chunk:  # pad the last chunk (same compiled shape), drop the padding after
             vals = np.concatenate([vals, np.repeat(vals[-1:], chunk - len(vals), axis=0)])
-        res = solver(base, jnp.asarray(vals), pools, active, warm_dec, serving)  # dispatched asynchronously
+        return solver(base, jnp.asarray(vals), pools, active, warm_dec, serving)  # dispatched asynchronously
+
+    def finish(job):
+        nonlocal n_solved
+        res, c, lock = job
+        rows, path = rows_of(c), chunk_path(folder, c)
+        try:  # the lock is held until the file is in place, so no one else solves or reads it half-way
+            io.write_frame(path, result_frame(res, labels, rows, c * chunk))
+            ok = take_stored(c)
+        finally:
+            unlock(lock)
+        if not ok:
+            raise RuntimeError(f"sweep chunk {path} did not read back as written")
+        n_solved += len(rows)
+
+    try:
+        for c in range(n_chunks):
+            if take_stored(c):
+                continue
+            if stop_after_chunks is not None and solved >= stop_after_chunks:
+                break
+            lock = chunk_lock(folder, c)
+            if not try_lock(lock):  # another process is solving it: come back for it at the end
+                skipped.append(c)
+                continue
+            held.append(lock)
+            if take_stored(c):  # finished by another process since the look above
+                unlock(lock)
+                continue
+            res = launch(c)
+            if pending is not None:
+                finish(pending)
+            pending = (res, c, lock)
+            solved += 1
         if pending is not None:
-            finish(pending)
-        pending = (res, rows, c, path)
-        solved += 1
-    if pending is not None:
-        finish(pending)
-    if bar:
-        bar.close()
-    done = sorted(store.glob("chunk_*.parquet"))
-    if len(done) < n_chunks:
-        log(f"sweep stopped with {len(done)} of {n_chunks} chunks done; rerun the same command to resume")
+            job, pending = pending, None
+            finish(job)
+        for c in skipped:  # wait for the other process; use its file, or solve the chunk if it left none
+            if stop_after_chunks is not None and solved >= stop_after_chunks:
+                break
+            lock = chunk_lock(folder, c)
+            t = time.perf_counter()
+            lock.acquire()
+            waited += time.perf_counter() - t
+            held.append(lock)
+            if take_stored(c):
+                unlock(lock)
+                continue
+            finish((launch(c), c, lock))
+            solved += 1
+    finally:
+        for lock in list(held):
+            unlock(lock)
+        if bar:
+            bar.close()
+    if len(frames) < n_chunks:
+        log(f"sweep stopped with {len(frames)} of {n_chunks} chunks done; rerun the same command to resume")
         return pd.DataFrame()
-    result = pd.concat([pd.read_parquet(p) for p in done], ignore_index=True)
+    result = pd.concat([frames[c] for c in range(n_chunks)], ignore_index=True)
     wall = time.perf_counter() - t0
     io.write_frame(outdir / "sweep.parquet", result)
     n_bad = int((~result["converged"]).sum())
-    log(f"sweep '{sw.name}': {n_total} scenarios in {wall:.1f} s ({n_total / max(wall, 1e-9):,.0f} scenarios/s, "
-        f"{len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
+    rate = f"{n_solved / max(wall - waited, 1e-9):,.0f} scenarios/s" if n_solved else "nothing to solve"
+    log(f"sweep '{sw.name}': {n_solved} of {n_total} scenarios solved here ({n_total - n_solved} reused) in "
+        f"{wall:.1f} s ({rate}, {len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
     return result
 
 
@@ -568,7 +762,8 @@ def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat:
 
 
 def default_store(cfg: RunConfig) -> Path:
-    """Chunk store of a sweep: ``sweep.directory`` or ``outputs/sweeps/<name>-<hash>``."""
+    """Chunk store of a sweep: ``sweep.directory`` or ``outputs/sweeps/<name>``. Each sweep keeps its
+    chunks in its own ``<sweep_key>-c<chunk>`` folder inside (:func:`chunk_folder`), so sweeps may share one."""
     if cfg.sweep.directory:
         return Path(cfg.sweep.directory)
-    return Path("outputs") / "sweeps" / f"{cfg.sweep.name}-{sweep_key(cfg)}"
+    return Path("outputs") / "sweeps" / cfg.sweep.name

@@ -5,7 +5,7 @@ from optimizer.schema import (DemandConfig, FleetConfig, OfferConfig, RunConfig,
                               SolverConfig)
 
 
-def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3.1-8b",), tier="interactive",
+def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3p1-8b",), tier="interactive",
             tpot_ms=50.0, peak_to_mean=1.5, quality_sensitivity=0.0, volume=1e10, price=(0.2, 0.6), **kw):
     offers = {m: OfferConfig(input_usd_per_mtok=price[0], output_usd_per_mtok=price[1], price_source="test")
               for m in models}

@@ -15,10 +15,10 @@ from optimizer.schema import GPU_FAMILIES, PRECISION_KEYS, EstimateConfig, regis
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 GPUS = ["a100-sxm", "l40s", "h100-sxm", "h100-nvl", "h800", "h200-sxm", "gh200", "b200", "b300", "gb200",
         "gb300", "rtx-pro-6000", "mi300x", "mi325x", "mi350x", "mi355x"]
-MODELS = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.3-70b", "llama-3.1-405b", "llama-4-scout",
-          "llama-4-maverick", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-7b", "qwen2.5-72b",
+MODELS = ["llama-3p1-8b", "llama-3p1-70b", "llama-3p3-70b", "llama-3p1-405b", "llama-4-scout",
+          "llama-4-maverick", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2p5-7b", "qwen2p5-72b",
           "qwen3-8b", "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-20b", "gpt-oss-120b", "deepseek-v3",
-          "deepseek-v3.2", "kimi-k2", "llama-2-70b"]
+          "deepseek-v3p2", "kimi-k2", "llama-2-70b"]
 
 register_configs()
 
@@ -64,7 +64,7 @@ def test_model_entries(key):
 
 def test_published_shapes_spot_checks():
     # models.csv: Llama-3.1-70B has 80 layers, 8 KV heads -> 327680 B/token at BF16
-    m = catalog.load_model("llama-3.1-70b")
+    m = catalog.load_model("llama-3p1-70b")
     assert (m.layers, m.num_kv_heads, m.kv_bytes_per_token_bf16) == (80, 8, 327680)
     ds = catalog.load_model("deepseek-v3")
     assert ds.attention == "mla" and ds.kv_bytes_per_token_bf16 == 61 * (512 + 64) * 2
@@ -81,7 +81,7 @@ def test_structured_config_rejects_typos_and_bad_types():
         _compose(["tp=two"])
     with pytest.raises(ConfigCompositionException, match="h300"):
         _compose(["hardware=h300"])
-    cfg = _compose(["model=llama-3.1-8b", "tp=2"])
+    cfg = _compose(["model=llama-3p1-8b", "tp=2"])
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, EstimateConfig) and obj.tp == 2
 
@@ -89,7 +89,7 @@ def test_structured_config_rejects_typos_and_bad_types():
 def test_unknown_names_list_the_available_ones():
     with pytest.raises(UnknownCatalogEntry) as e:
         catalog.load_model("llama-9")
-    assert "llama-3.1-8b" in str(e.value) and "deepseek-v3" in str(e.value)
+    assert "llama-3p1-8b" in str(e.value) and "deepseek-v3" in str(e.value)
     with pytest.raises(UnknownCatalogEntry) as e:
         catalog.load_hardware("h300")
     assert "h200-sxm" in str(e.value)
@@ -97,7 +97,7 @@ def test_unknown_names_list_the_available_ones():
 
 def test_fp4_on_a_gpu_without_fp4_names_who_supports_it():
     with pytest.raises(UnsupportedPrecision) as e:
-        build_deployment(catalog.load_hardware("h200-sxm"), catalog.load_model("llama-3.1-8b"),
+        build_deployment(catalog.load_hardware("h200-sxm"), catalog.load_model("llama-3p1-8b"),
                          catalog.load_precision("fp4"), 1)
     msg = str(e.value)
     assert "fp4" in msg and "h200-sxm" in msg

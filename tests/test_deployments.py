@@ -154,7 +154,7 @@ def test_new_kernels_under_jit_grad_vmap():
 
 def test_tp_over_pcie_and_multi_node_layouts():
     l40s = catalog.load_hardware("l40s")
-    llama70 = catalog.load_model("llama-3.3-70b")
+    llama70 = catalog.load_model("llama-3p3-70b")
     d = build_deployment(l40s, llama70, FP8, 4)  # TP4 over PCIe: accepted now
     assert float(d.link_bw) == pytest.approx(l40s.pcie_bw_gb_s * 1e9) and float(d.domain_gpus) == 8
     p = max_throughput_point(d, efficiency_for(catalog.load_efficiency(), "ada"), WL)

@@ -18,7 +18,7 @@ from optimizer.schema import CostConfig, EstimateConfig, TargetConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cfg(model="llama-3.3-70b", gpu="h200-sxm", prec="fp8", tp=1, **kw) -> EstimateConfig:
+def cfg(model="llama-3p3-70b", gpu="h200-sxm", prec="fp8", tp=1, **kw) -> EstimateConfig:
     return EstimateConfig(hardware=catalog.load_hardware(gpu), model=catalog.load_model(model),
                           precision=catalog.load_precision(prec), efficiency=catalog.load_efficiency(),
                           tp=tp, **kw)
@@ -27,7 +27,7 @@ def cfg(model="llama-3.3-70b", gpu="h200-sxm", prec="fp8", tp=1, **kw) -> Estima
 def test_estimate_matches_published_measurement():
     # measured_throughput.csv: Llama-3.3-70B FP8 on 1x H200 at 10 request shapes (1000/1000 -> 2909 tok/s/GPU)
     df = read_cases(BUNDLED_CASES)
-    rows = df[(df.model_key == "llama-3.3-70b") & (df.gpu_key == "h200-sxm")].reset_index(drop=True)
+    rows = df[(df.model_key == "llama-3p3-70b") & (df.gpu_key == "h200-sxm")].reset_index(drop=True)
     pred = predict_frame(rows, catalog.load_efficiency())
     assert len(rows) == 10 and pred["abs_pct_error"].median() <= 20.0
     row = estimate_one(cfg(isl=1000, osl=1000)).iloc[0]
@@ -63,18 +63,18 @@ def test_tco_cost_mode():
     # h200 capex 32000 $ over 4 years + 0.7 kW x 1.3 x 0.08 $/kWh
     assert row["usd_per_gpu_hour"] == pytest.approx(32000 / (4 * 8760) + 0.7 * 1.3 * 0.08, rel=1e-3)
     with pytest.raises(ConfigError, match="capex"):
-        estimate_one(cfg(gpu="l40s", model="llama-3.1-8b", cost=CostConfig(mode="tco")))
+        estimate_one(cfg(gpu="l40s", model="llama-3p1-8b", cost=CostConfig(mode="tco")))
 
 
 def test_not_fitting_and_bad_inputs_are_clear():
     with pytest.raises(DoesNotFit, match="does not fit 1x h100-sxm"):
-        estimate_one(cfg(model="llama-3.1-405b", gpu="h100-sxm"))
+        estimate_one(cfg(model="llama-3p1-405b", gpu="h100-sxm"))
     with pytest.raises(ConfigError, match="isl"):
         estimate_one(cfg(isl=-5))
     with pytest.raises(ConfigError, match="tp=3 must divide"):
         estimate_one(cfg(tp=3))
     # tensor parallelism over PCIe (L40S has no NVLink) is a deployment, not an error
-    row = estimate_one(cfg(gpu="l40s", model="llama-3.1-8b", tp=2)).iloc[0]
+    row = estimate_one(cfg(gpu="l40s", model="llama-3p1-8b", tp=2)).iloc[0]
     assert row["gpus"] == 2 and row["tp"] == 2 and row["output_tok_s_per_gpu"] > 0
 
 
@@ -83,7 +83,7 @@ def test_cases_file_predictions_and_skips(tmp_path):
     extra = df.iloc[:3].copy()
     extra["gpu_key"] = ["h300", "h100-sxm", "h100-sxm"]
     extra["precision_key"] = ["fp8", "fp4", "fp8"]
-    extra.loc[extra.index[2], "model_key"] = "llama-3.1-405b"
+    extra.loc[extra.index[2], "model_key"] = "llama-3p1-405b"
     extra["tp"] = [1, 1, 1]
     out = predict_frame(pd.concat([df, extra], ignore_index=True), catalog.load_efficiency())
     assert len(out) == len(df) + 3
@@ -99,7 +99,7 @@ def test_cases_file_predictions_and_skips(tmp_path):
 
 def test_cases_file_missing_column(tmp_path):
     p = tmp_path / "bad.csv"
-    pd.DataFrame({"model_key": ["llama-3.1-8b"], "gpu_key": ["h100-sxm"]}).to_csv(p, index=False)
+    pd.DataFrame({"model_key": ["llama-3p1-8b"], "gpu_key": ["h100-sxm"]}).to_csv(p, index=False)
     with pytest.raises(DataError, match="precision_key"):
         read_cases(p)
 
@@ -112,10 +112,10 @@ def _cli(args, tmp_path):
 
 
 def test_cli_estimate_writes_csv(tmp_path):
-    r = _cli(["model=llama-3.1-8b", "hardware=h100-sxm", "precision=fp8", "isl=500", "osl=200"], tmp_path)
+    r = _cli(["model=llama-3p1-8b", "hardware=h100-sxm", "precision=fp8", "isl=500", "osl=200"], tmp_path)
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp_path / "estimate.csv")
-    assert out.loc[0, "model"] == "llama-3.1-8b" and out.loc[0, "output_tok_s_per_gpu"] > 0
+    assert out.loc[0, "model"] == "llama-3p1-8b" and out.loc[0, "output_tok_s_per_gpu"] > 0
     assert "usd_per_mtok_output" in r.stdout
 
 

@@ -32,7 +32,8 @@ def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path):
     assert "Multirun summary" in (tmp_path / "sweep" / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("launcher", ["local", "slurm-local"])
+# slurm-local runs in the nightly command only (README): `local` already covers separate processes
+@pytest.mark.parametrize("launcher", ["local", pytest.param("slurm-local", marks=pytest.mark.slow)])
 def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "local" else []
     r = multirun(tmp_path, f"hydra/launcher={launcher}", "experiment=default,china-140t", *extra)
@@ -42,6 +43,7 @@ def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher):
     assert table["margin_usd_per_day"].iloc[1] > 100 * table["margin_usd_per_day"].iloc[0]  # China scale
 
 
+@pytest.mark.slow  # 50 s on 2 cores; in the nightly command (README)
 def test_optuna_searches_strategic_choices(tmp_path):
     pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -183,14 +183,14 @@ def test_integer_fleet_is_whole_replicas_and_feasible():
 
 
 def test_bad_inputs_give_clear_errors():
-    with pytest.raises(ConfigError, match="elasticity = 0.9 with constant_elasticity"):
+    with pytest.raises(ConfigError, match="elasticity = 0.9: accepted a number > 1 with demand=constant_elasticity"):
         build_problem(run_config({"chat": segment(elasticity=0.9)}))
     with pytest.raises(ConfigError, match="input_tokens_per_day"):
         build_problem(run_config({"chat": segment(volume=-5.0)}))
-    with pytest.raises(ConfigError, match="prices must be > 0"):
+    with pytest.raises(ConfigError, match=r"offers.llama-3p1-8b.input_usd_per_mtok = -0.1: accepted a number > 0"):
         build_problem(run_config({"chat": segment(price=(-0.1, 0.5))}))
     with pytest.raises(ConfigError, match="fits none of the fleet's GPUs"):
-        build_problem(run_config({"chat": segment(models=("llama-3.1-405b",))}, gpus=("l40s",)))
+        build_problem(run_config({"chat": segment(models=("llama-3p1-405b",))}, gpus=("l40s",)))
     with pytest.raises(ConfigError, match="segment 'chat' has no feasible deployment"):
         build_problem(run_config({"chat": segment(tpot_ms=0.5)}))
     with pytest.raises(ConfigError, match="tier"):

@@ -125,7 +125,7 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     from optimizer.dual import solve_from_scratch
     from optimizer.engine import optimize
 
-    c = to_schema(compose_run(["+fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2"]), RunConfig)
+    c = to_schema(compose_run(["fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2"]), RunConfig)
     res = optimize(c)
     assert res.status == "converged"
     b = res.relaxed_breakdown

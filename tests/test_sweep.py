@@ -50,7 +50,7 @@ def test_design_grid_and_latin_hypercube():
 def test_bad_axis_paths_name_the_path():
     _, _, labels = scenario_inputs(sweep_cfg())
     assert resolve_path("demand.segments.chat.elasticity", labels).field == "elasticity"
-    assert resolve_path("quality.llama-3.1-8b.fp8", labels).index == (0, 0)
+    assert resolve_path("quality.llama-3p1-8b.fp8", labels).index == (0, 0)
     for bad, why in [("demand.segments.chatt.elasticity", "unknown segment 'chatt'"),
                      ("demand.segments.chat.tier", "not a numeric segment field"),
                      ("fleet.price_usd_per_gpu_hour.b200", "unknown GPU 'b200'"),
@@ -90,7 +90,7 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
         return
     # an interrupted sweep (one chunk of three done) resumes to the same table
     part = run_sweep(cfg, tmp_path / "b", tmp_path / "store_b", stop_after_chunks=1, log=lambda m: None)
-    assert part.empty and len(list((tmp_path / "store_b").glob("chunk_*.parquet"))) == 1
+    assert part.empty and len(list((tmp_path / "store_b").glob("*-c4/chunk_*.parquet"))) == 1
     resumed = run_sweep(cfg, tmp_path / "b", tmp_path / "store_b", log=lambda m: None)
     pd.testing.assert_frame_equal(resumed, full)
     assert (tmp_path / "b" / "sweep.parquet").exists()
