@@ -85,17 +85,27 @@ MANIFEST = "manifest.json"
 """Written last by :func:`publish`: the run's files with their sizes and SHA-256."""
 PREVIOUS = ".previous"
 """Where :func:`retire_outputs` moves a run directory's earlier outputs (never looking current)."""
-OUTPUT_PATTERNS = ("plan.*", "fleet.csv", "summary.json", MANIFEST, "*.png", "sweep.parquet", "axis_effects.csv",
-                   "estimate.csv", "predictions*.csv", "error_summary.json", "efficiency.yaml", "calibration.json",
+OUTPUT_PATTERNS = ("plan.csv", "plan.parquet", "plan.json", "plan.md", "fleet.csv", "summary.json", MANIFEST,
+                   "demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png", "heatmap.png", "tornado.png",
+                   "sweep.parquet", "axis_effects.csv", "estimate.csv", "predictions.csv", "predictions_before_*.csv",
+                   "predictions_after_*.csv", "error_summary.json", "efficiency.yaml", "calibration.json",
                    "config_resolved.yaml")
-"""Every file a tokenmargin app writes into its run directory."""
+"""The files tokenmargin's apps write into a run directory (with the files an earlier manifest lists,
+the only ones :func:`retire_outputs` moves: a user's own files in the directory stay put)."""
 
 
 def retire_outputs(outdir: str | Path) -> list[str]:
     """Move the earlier outputs of ``outdir`` into ``outdir/.previous/`` (replacing older ones) so that
     a rerun that fails never leaves an earlier plan beside its own summary; returns the names moved."""
     outdir = Path(outdir)
-    old = sorted({p for pat in OUTPUT_PATTERNS for p in outdir.glob(pat) if p.is_file()})
+    listed: list[str] = []
+    if (outdir / MANIFEST).is_file():
+        try:
+            listed = list(json.loads((outdir / MANIFEST).read_text()).get("files", {}))
+        except (ValueError, AttributeError):
+            listed = []
+    old = sorted({p for pat in OUTPUT_PATTERNS for p in outdir.glob(pat) if p.is_file()}
+                 | {outdir / n for n in listed if "/" not in n and (outdir / n).is_file()})
     if not old:
         return []
     prev = outdir / PREVIOUS

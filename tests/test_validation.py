@@ -182,6 +182,7 @@ def test_every_readme_command_line_composes_and_validates(tmp_path):
 def test_publish_writes_a_unit_and_retires_earlier_outputs(tmp_path, monkeypatch):
     (tmp_path / "plan.csv").write_text("old plan\n")
     (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "my_notes.png").write_text("a user's own file")  # not an output name: never moved
 
     def write(stage):
         io.write_text(stage / "plan.csv", "new plan\n")
@@ -190,6 +191,7 @@ def test_publish_writes_a_unit_and_retires_earlier_outputs(tmp_path, monkeypatch
     io.publish(tmp_path, write, status="converged")
     assert (tmp_path / "plan.csv").read_text() == "new plan\n"
     assert (tmp_path / ".previous" / "plan.csv").read_text() == "old plan\n"
+    assert (tmp_path / "my_notes.png").exists()
     man = json.loads((tmp_path / io.MANIFEST).read_text())
     assert man["complete"] and set(man["files"]) == {"plan.csv", "summary.json"}
     assert not list(tmp_path.glob(".staging-*"))
