@@ -124,18 +124,7 @@ def check_column(df: pd.DataFrame, col: str, rule, path, required: bool = False)
     raw = df[col]
     v = pd.to_numeric(raw, errors="coerce").to_numpy(float)
     blank = raw.isna().to_numpy()
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(v)
-        if rule.gt is not None:
-            ok &= v > rule.gt
-        if rule.ge is not None:
-            ok &= v >= rule.ge
-        if rule.lt is not None:
-            ok &= v < rule.lt
-        if rule.le is not None:
-            ok &= v <= rule.le
-        if rule.integer:
-            ok &= np.floor(v) == v
+    ok = rule.accepts_array(v)
     bad = ~ok & (~blank | required)
     if bad.any():
         rows = np.flatnonzero(bad)[:5]

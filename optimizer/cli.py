@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import hydra
 import jax
 from omegaconf import DictConfig
 
+from optimizer import io
 from optimizer.errors import EXIT_CODES, TokenmarginError, exit_code, io_message
 from optimizer.schema import register_configs
 
@@ -54,10 +56,6 @@ def _in_multirun() -> bool:
 
 def _record_failure(outdir: Path, error: str, status: str) -> None:
     """A failed job's ``summary.json`` (merged over the summary the job published, if any)."""
-    import json
-
-    from optimizer import io
-
     path = outdir / "summary.json"
     prior = json.loads(path.read_text()) if path.exists() else {}  # published by this run (e.g. not converged)
     kept = prior.get("status") if prior.get("status") not in (None, "converged") else status
@@ -73,8 +71,6 @@ def _guard(fn, cfg):
     """
     outdir = _output_dir()
     try:
-        from optimizer import io
-
         io.retire_outputs(outdir)  # an earlier run's files never look like this run's
         return fn(cfg, outdir)
     except (TokenmarginError, OSError) as e:

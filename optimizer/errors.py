@@ -6,6 +6,8 @@ A small hierarchy rooted in builtins (cvxportfolio's ``errors.py`` pattern): cat
 
 from __future__ import annotations
 
+import errno
+
 
 class TokenmarginError(Exception):
     """Base class of every tokenmargin error."""
@@ -62,7 +64,7 @@ def io_message(e: OSError) -> str:
     path = e.filename or ""
     other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
     reason = e.strerror or str(e)
-    hint = {28: " (the disk is full)", 13: " (permission denied: choose a writable hydra.run.dir)",
-            30: " (read-only file system: choose a writable hydra.run.dir)",
-            20: " (a parent of this path is a file, not a directory)"}.get(e.errno or 0, "")
+    hint = {errno.ENOSPC: " (the disk is full)", errno.EACCES: " (permission denied: choose a writable hydra.run.dir)",
+            errno.EROFS: " (read-only file system: choose a writable hydra.run.dir)",
+            errno.ENOTDIR: " (a parent of this path is a file, not a directory)"}.get(e.errno or 0, "")
     return f"I/O error on {path}{other}: {reason}{hint}" if path else f"I/O error: {reason}{hint}"

@@ -25,6 +25,7 @@ from optimizer.params import (Layout, build_deployment, build_mtp, build_specula
                               check_precision_supported, efficiency_for, gpu_hour_cost, stack_trees,
                               validate_layout)
 from optimizer.schema import EstimateConfig
+from optimizer.validate import validate
 
 
 def _bound(mem_share: float) -> str:
@@ -34,6 +35,7 @@ def _bound(mem_share: float) -> str:
 def estimate_layouts(cfg: EstimateConfig) -> list[Layout]:
     """The layouts ``cfg`` allows: the given deployment keys, the rest free (the candidates of
     :func:`optimizer.deployments.candidate_layouts`, or the one layout when every key is given)."""
+    validate(cfg)  # every field against its accepted values (a no-op for configs from to_schema)
     hw, model, prec = cfg.hardware, cfg.model, cfg.precision
     for name in ("gpus", "nodes", "tp", "ep"):
         v = getattr(cfg, name)
@@ -173,12 +175,6 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
     t = cfg.target
     if t.concurrency is not None and (t.tpot_ms is not None or t.ttft_ms is not None):
         raise ConfigError("set either target.concurrency or target.tpot_ms/ttft_ms, not both")
-    if t.concurrency is not None and not t.concurrency >= 1:
-        raise ConfigError(f"target.concurrency must be ≥ 1, got {t.concurrency}")
-    for name in ("tpot_ms", "ttft_ms"):
-        v = getattr(t, name)
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"target.{name} must be a positive number of ms or null, got {v}")
     layouts = estimate_layouts(cfg)
     results = _evaluate(cfg, layouts, eff, wl, t)
     fitting = [r for r in results if bool(r[1].fits)]

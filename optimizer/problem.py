@@ -93,9 +93,9 @@ class Labels:
 
 
 DEFAULT_LOG_MU = (math.log(0.02), math.log(50.0))
+"""Price search range when no floor/ceiling is given: 1/50 to 50x the reference price."""
 PRICE_BOUND_TOL = 1e-4
 """|log(price / bound)| below which a price counts as at its search bound (flagged in plans and sweep rows)."""
-"""Price search range when no floor/ceiling is given: 1/50 to 50x the reference price."""
 
 
 class ServingTable(NamedTuple):

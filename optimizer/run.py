@@ -102,11 +102,8 @@ def _sweep_files(c: RunConfig, cfg, stage: Path, store: Path) -> dict:
         "axis_effects": effects.to_dict(orient="records"), "plots": plots,
         "wall_s": round(time.perf_counter() - t0, 3),
     }
-    for col in ("price_at_bound", "whole_fleet_feasible"):
-        if col in result:
-            flagged = result[col] != "" if col == "price_at_bound" else ~result[col].astype(bool)
-            summary[f"rows_{'price_at_bound' if col == 'price_at_bound' else 'without_whole_fleet'}"] = int(
-                (flagged & ok).sum())
+    summary["rows_price_at_bound"] = int((ok & (result["price_at_bound"] != "")).sum())
+    summary["rows_without_whole_fleet"] = int((~result["whole_fleet_feasible"]).sum())
     gap = result["optimality_gap_bound"]
     if gap.notna().any():  # the dual solver certifies each row against an upper bound
         summary["optimality_gap_bound"] = {q: round(float(gap.quantile(v)), 6)

@@ -11,10 +11,10 @@ arrays there and only there.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 from omegaconf import MISSING
 
 PRECISION_KEYS: tuple[str, ...] = ("bf16", "fp8", "int8", "int4", "fp4")
@@ -62,11 +62,21 @@ class Accepts:
         """Whether the (non-null) value ``v`` is accepted."""
         if self.choices:
             return v in self.choices
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             return False
-        return ((self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
-                and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le)
-                and (not self.integer or float(v).is_integer()))
+        return bool(self.accepts_array(np.asarray(float(v))))
+
+    def accepts_array(self, v: np.ndarray) -> np.ndarray:
+        """Elementwise :meth:`accepts` of a float array (NaN = not accepted), e.g. a column of a cases CSV."""
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(v)
+            for bound, test in ((self.gt, np.greater), (self.ge, np.greater_equal), (self.lt, np.less),
+                                (self.le, np.less_equal)):
+                if bound is not None:
+                    ok &= test(v, bound)
+            if self.integer:
+                ok &= np.floor(v) == v
+        return ok
 
 
 def accepts(default: Any = MISSING, *, default_factory: Any = None, **rule: Any) -> Any:

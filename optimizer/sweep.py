@@ -223,13 +223,14 @@ def design(sweep: SweepConfig) -> pd.DataFrame:
 
 def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) -> None:
     """Every axis value must be a valid value of its field (distributions: both ends), as in a single run."""
-    from optimizer.schema import FRACTION, Accepts
-    from optimizer.validate import check_axis_values
+    from optimizer.schema import QualityRetention
+    from optimizer.validate import check_axis_values, field_rule
 
+    quality = field_rule(QualityRetention, "fp8")  # quality.<model>.<precision> paths: a retention fraction
     for n, ax in axes.items():
         dist = ax.uniform or ax.loguniform
         values = list(dist) if dist else sorted(set(plan[n].tolist()))
-        check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=Accepts(**FRACTION))
+        check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=quality)
 
 
 ACTIVATES = {"budget_usd_per_day": "has_budget", "capex_budget_usd": "has_capex_budget",
@@ -539,9 +540,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     sw = cfg.sweep
     if not sw.axes:
         raise ConfigError("sweep.axes is empty: pick a sweep (sweep=what-if) or add axes")
-    if sw.chunk_size < 1 or sw.starts < 1:
-        raise ConfigError(f"sweep.chunk_size and sweep.starts must be >= 1 (got {sw.chunk_size}, {sw.starts})")
-    base, pools, labels = scenario_inputs(cfg)
+    base, pools, labels = scenario_inputs(cfg)  # validates every field, sweep.chunk_size and starts included
     # each (segment, pool) keeps its base deployment (traced once per machine, like the other programs)
     pools = prune_candidates(pools, *aot.exported("candidate_scores", candidate_scores_jit, (base, pools))(base, pools))
     axes = axes_of(sw)
@@ -633,13 +632,14 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         nonlocal n_solved
         res, c, lock = job
         rows, path = rows_of(c), chunk_path(folder, c)
-        try:  # the lock is held until the file is in place, so no one else solves or reads it half-way
-            io.write_frame(path, result_frame(res, labels, rows, c * chunk))
-            ok = take_stored(c)
+        frame = result_frame(res, labels, rows, c * chunk)
+        try:  # the lock is held until the file is in place (atomically), so no one solves or reads it half-way
+            io.write_frame(path, frame)
         finally:
             unlock(lock)
-        if not ok:
-            raise RuntimeError(f"sweep chunk {path} did not read back as written")
+        frames[c] = frame
+        if bar:
+            bar.update(len(frame))
         n_solved += len(rows)
 
     try:

@@ -109,55 +109,47 @@ def field_rule(schema: type, name: str) -> Accepts:
     raise KeyError(f"{schema.__name__} has no field {name!r}")
 
 
-def _set_path(obj: Any, parts: list[str], value: Any) -> bool:
-    """Set a dotted path inside a dataclass / dict tree in place (names may contain dots); False if absent."""
-    node = obj
-    i = 0
-    while i < len(parts):
-        last = i == len(parts) - 1
+def _locate(obj: Any, parts: list[str]) -> tuple[Any, str] | None:
+    """(container, key) of a dotted path in a dataclass / dict tree (dict keys may contain dots; the last
+    part may be a new dict key, e.g. a GPU family absent from ``bw_eff``); None when the path is absent."""
+    node, i = obj, 0
+    while True:
         if dataclasses.is_dataclass(node):
             if not hasattr(node, parts[i]):
-                return False
-            if last:
-                setattr(node, parts[i], value)
-                return True
-            node = getattr(node, parts[i])
-            i += 1
+                return None
+            key, j = parts[i], i + 1
         elif isinstance(node, dict):
             j = next((j for j in range(len(parts), i, -1) if ".".join(parts[i:j]) in node), None)
-            if j is None:  # a new key (e.g. a GPU family absent from bw_eff) only as the last part
-                if not last:
-                    return False
-                node[parts[i]] = value
-                return True
-            k = ".".join(parts[i:j])
-            if j == len(parts):
-                node[k] = value
-                return True
-            node, i = node[k], j
+            if j is None:
+                return (node, parts[i]) if i == len(parts) - 1 else None
+            key = ".".join(parts[i:j])
         else:
-            return False
-    return False
+            return None
+        if j == len(parts):
+            return node, key
+        node = node[key] if isinstance(node, dict) else getattr(node, key)
+        i = j
 
 
 def _get_path(obj: Any, parts: list[str]) -> Any:
-    node = obj
-    i = 0
-    while i < len(parts):
-        if dataclasses.is_dataclass(node):
-            node = getattr(node, parts[i], None)
-            i += 1
-        elif isinstance(node, dict):
-            for j in range(len(parts), i, -1):
-                k = ".".join(parts[i:j])
-                if k in node:
-                    node, i = node[k], j
-                    break
-            else:
-                return None
-        else:
-            return None
-    return node
+    at = _locate(obj, parts)
+    if at is None:
+        return None
+    node, key = at
+    return node.get(key) if isinstance(node, dict) else getattr(node, key)
+
+
+def _set_path(obj: Any, parts: list[str], value: Any) -> bool:
+    """Set a dotted path inside a dataclass / dict tree in place; False if absent."""
+    at = _locate(obj, parts)
+    if at is None:
+        return False
+    node, key = at
+    if isinstance(node, dict):
+        node[key] = value
+    else:
+        setattr(node, key, value)
+    return True
 
 
 def check_axis_values(cfg: RunConfig, axis: str, path: str, values: list[float], relative: bool,
