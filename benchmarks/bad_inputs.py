@@ -81,7 +81,7 @@ def cases(d: Path) -> list[dict]:
         ("sweep=what-if sweep.axes.chat_elasticity.linspace=[-1,1.5,3]", "sweep.axes.chat_elasticity"),
         ("sweep=what-if sweep.axes.rent_b200.linspace=[-4,10,13]", "sweep.axes.rent_b200"),
         ("sweep=risk sweep.samples=0", "sweep.samples"),
-        ("sweep=risk sweep.method=fast", "sweep.method"),
+        ("sweep=risk solver.method=fast", "solver.method"),
         ("demand.segments.consumer_chat.price_floor_ratio=3 demand.segments.consumer_chat.price_ceiling_ratio=2",
          "price_floor_ratio"),
         (f"hydra.run.dir={d / 'afile' / 'run'}", "cannot be used"),

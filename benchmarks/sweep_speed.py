@@ -5,7 +5,7 @@ design: GPU rents, elasticities, coding volume, Hopper bandwidth efficiency) wit
 objective (relaxed fleet, final pool sharpness) and the same constraints (none are active in the
 default scenario).
 
-* JAX: ``run_sweep`` with its default solver, the structured dual solver (``optimizer/dual.py``),
+* JAX: ``run_sweep`` with its default solver, the structured dual solver (``optimizer/solve/dual.py``),
   chunks of ``jit(vmap(assemble → solve))``; scenarios/s over the whole sweep, wall time from the
   call to its return (tracing, compilation, the base-scenario solve and writing the Parquet files
   included), each in a fresh process: the first run (empty compilation cache), a rerun in a new
@@ -226,9 +226,10 @@ def main(argv=None) -> dict:
 def baselines(n: int, args) -> tuple[dict, dict, dict, np.ndarray]:
     """SciPy SLSQP (cold and warm start) and the Adam solver on a sample of the N-scenario design:
     (seconds per scenario, margins per method, success rates, sample indices)."""
-    from optimizer.engine import settings_from
-    from optimizer.solver import solve_multistart
-    from optimizer.sweep import _chunk_solver
+    from optimizer.solve import relaxed_task
+    from optimizer.solve.auglag import multistart
+    from optimizer.solve.choose import auglag_of
+    from optimizer.sweep.batch import chunk_program
 
     cfg = load_cfg(n, [f"sweep.chunk_size={min(args.chunk, n)}", *args.overrides])
     base, pools, labels = scenario_inputs(cfg)
@@ -241,9 +242,9 @@ def baselines(n: int, args) -> tuple[dict, dict, dict, np.ndarray]:
     values = jnp.asarray(plan.iloc[sample].to_numpy(float))
     base_prob = assemble(base, pools)
     active = jnp.asarray(active_mask(labels, base_prob, fixed_fleet=False))
-    settings = settings_from(cfg.solver)
-    warm, _ = solve_multistart(base_prob, active, None, settings, cfg.solver.starts, cfg.solver.seed)
-    adam = _chunk_solver(targets, rel, settings, 1, None, False)(base, values, pools, active, warm.decision, None)
+    solver = auglag_of(cfg.solver)
+    warm, _ = multistart(solver, relaxed_task(base_prob, active), cfg.solver.starts, cfg.solver.seed)
+    adam = chunk_program(targets, rel, solver, 1, None, False)(base, values, pools, active, warm.decision, None)
     build = jax.jit(lambda v: assemble(apply_axes(base, targets, rel, v), pools))
     margins = {"adam_al": np.asarray(adam.margin)}
     secs, quality = {}, {"sample": int(len(sample))}

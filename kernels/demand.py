@@ -68,6 +68,15 @@ def calibrate_logit(ref_price: jnp.ndarray, volume_share: jnp.ndarray, offer_mas
     return market, beta, jnp.where(offer_mask > 0, alpha, 0.0)
 
 
+def logit_shares(v: jnp.ndarray, offer_mask: jnp.ndarray) -> jnp.ndarray:
+    """(S, J) MNL shares ``exp(v_j) / (1 + Σ_j' exp(v_j'))`` of the offered options (outside option
+    utility 0), computed without overflow; 0 where not offered."""
+    v = jnp.where(offer_mask > 0, v, -jnp.inf)
+    vmax = jnp.maximum(jnp.max(v, axis=-1, keepdims=True), 0.0)
+    ev = jnp.exp(v - vmax) * offer_mask
+    return ev / (jnp.exp(-vmax) + ev.sum(-1, keepdims=True))
+
+
 def demand(price: jnp.ndarray, quality: jnp.ndarray, latency_ms: jnp.ndarray,
            p: DemandParams) -> jnp.ndarray:
     """Requests per day of every offer.
@@ -82,10 +91,7 @@ def demand(price: jnp.ndarray, quality: jnp.ndarray, latency_ms: jnp.ndarray,
     shift = (p.quality_sens[:, None] * 100.0 * (quality - p.ref_quality)
              - (p.latency_sens * (latency_ms - p.ref_latency_ms))[:, None])
     v = p.alpha - p.beta[:, None] * price + shift
-    v = jnp.where(p.offer_mask > 0, v, -jnp.inf)
-    vmax = jnp.maximum(jnp.max(v, axis=-1, keepdims=True), 0.0)
-    ev = jnp.exp(v - vmax) * p.offer_mask
-    logit = p.market[:, None] * ev / (jnp.exp(-vmax) + ev.sum(-1, keepdims=True))
+    logit = p.market[:, None] * logit_shares(v, p.offer_mask)
     ratio = jnp.where(p.offer_mask > 0, price / jnp.where(p.offer_mask > 0, p.ref_price, 1.0), 1.0)
     ce = p.ref_demand * jnp.exp(-p.elasticity[:, None] * safe_log(ratio) + shift)
     return jnp.where(p.is_logit[:, None], logit, ce) * p.offer_mask

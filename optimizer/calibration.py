@@ -31,6 +31,7 @@ import optax
 
 from optimizer.cases import EfficiencyTable, LatencyBatch, efficiency_table, predict, predict_itl
 from optimizer.schema import GPU_FAMILIES, EfficiencyConfig
+from optimizer.runtime import require_float64
 
 MEM_UTIL_RANGE = (0.5, 0.98)
 BW_EFF_RANGE = (0.2, 0.95)  # achievable HBM bandwidth tops out near 90-95 % of peak (STREAM-like copies)
@@ -134,6 +135,7 @@ def fit(regimes: dict, start: EfficiencyConfig, per_family: bool = True, steps: 
       ``(fitted EfficiencyConfig, {"loss_before", "loss_after"})``. Families absent from the data
       use the ``default_*`` factors, set to the mean over the fitted families.
     """
+    require_float64("tokenmargin-calibrate")
     theta0 = from_table(efficiency_table(start))
     sched = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)
     opt = optax.adam(sched)

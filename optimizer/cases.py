@@ -33,13 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from kernels.roofline import Deployment, Efficiency
+from kernels.roofline import Deployment
 from kernels.serving import Speculation, Workload, max_throughput_point, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.deployments import candidate_layouts, with_draft_lengths
 from optimizer.errors import ConfigError, DataError
-from optimizer.params import Layout, build_deployment, build_mtp, check_precision_supported, stack_trees
+from optimizer.params import (EfficiencyTable, Layout, build_deployment, build_mtp, check_precision_supported,  # noqa: F401
+                              efficiency_at, efficiency_table, stack_trees)
 from optimizer.schema import GPU_FAMILIES, EfficiencyConfig
+from optimizer.runtime import require_float64
 
 KEY_COLUMNS = ("model_key", "gpu_key")
 MEASURED_COLUMNS = ("throughput_per_gpu_tok_s", "output_tok_s_per_gpu")
@@ -180,42 +182,6 @@ class CaseBatch(NamedTuple):
     batch: jnp.ndarray  # (n, C) fixed concurrency per replica of each candidate (mode "fixed"; else 1)
     tpot_s: jnp.ndarray  # (n,) TPOT target (mode "slo"; else inf)
     measured: jnp.ndarray  # (n,) measured output tok/s per GPU (NaN if absent)
-
-
-class EfficiencyTable(NamedTuple):
-    """Efficiency factors per GPU family (leading axis = family, GPU_FAMILIES order)."""
-
-    bw_eff: jnp.ndarray  # (n_family,)
-    flops_eff: jnp.ndarray  # (n_family,)
-    prefill_flops_eff: jnp.ndarray  # (n_family,)
-    moe_eff: jnp.ndarray  # ()
-    step_overhead_s: jnp.ndarray  # ()
-    mem_util: jnp.ndarray  # ()
-    layer_overhead_s: jnp.ndarray  # ()
-    moe_layer_overhead_s: jnp.ndarray  # ()
-    collective_latency_s: jnp.ndarray  # ()
-    ep_imbalance: jnp.ndarray  # ()
-
-
-def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64) -> EfficiencyTable:
-    """Per-family arrays from an :class:`EfficiencyConfig`."""
-    bw = [eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]
-    fl = [eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]
-    pf = [eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]
-    return EfficiencyTable(jnp.asarray(bw, dtype), jnp.asarray(fl, dtype), jnp.asarray(pf, dtype),
-                           jnp.asarray(eff.moe_eff, dtype), jnp.asarray(eff.step_overhead_ms / 1000.0, dtype),
-                           jnp.asarray(eff.mem_util, dtype), jnp.asarray(eff.layer_overhead_us * 1e-6, dtype),
-                           jnp.asarray(eff.moe_layer_overhead_us * 1e-6, dtype),
-                           jnp.asarray(eff.collective_latency_us * 1e-6, dtype), jnp.asarray(eff.ep_imbalance, dtype))
-
-
-def efficiency_at(table: EfficiencyTable, family) -> Efficiency:
-    """The :class:`Efficiency` of GPU-family index (or index array) ``family``; shared factors broadcast."""
-    f = jnp.asarray(family)
-    b = lambda x: jnp.broadcast_to(x, f.shape)  # noqa: E731
-    return Efficiency(table.bw_eff[f], table.flops_eff[f], table.prefill_flops_eff[f], b(table.moe_eff),
-                      b(table.step_overhead_s), b(table.mem_util), b(table.layer_overhead_s), b(table.moe_layer_overhead_s),
-                      b(table.collective_latency_s), b(table.ep_imbalance))
 
 
 def _spec_choices(v) -> tuple[int, ...] | None:
@@ -539,6 +505,7 @@ def predict_frame(df: pd.DataFrame, eff: EfficiencyConfig) -> pd.DataFrame:
     """All input columns plus ``predicted_output_tok_s_per_gpu`` (and, for the max-throughput format,
     ``predicted_throughput_per_gpu_tok_s``), the deployment chosen (``chosen_precision``,
     ``chosen_deployment``), ``predicted_tpot_ms``, ``abs_pct_error`` and ``skipped_reason``."""
+    require_float64("tokenmargin-estimate cases=")
     g = build_cases(df, eff)
     n = len(df)
     pred, tpot = np.full(n, np.nan), np.full(n, np.nan)

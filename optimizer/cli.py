@@ -8,31 +8,12 @@ import sys
 from pathlib import Path
 
 import hydra
-import jax
 from omegaconf import DictConfig
 
-from optimizer import io
+from optimizer import io, runtime
 from optimizer.errors import EXIT_CODES, TokenmarginError, exit_code, io_message
 from optimizer.schema import register_configs
 
-jax.config.update("jax_enable_x64", True)  # money and calibration in float64
-
-
-def _enable_compilation_cache() -> None:
-    """Persist compiled XLA programs across runs (TOKENMARGIN_JAX_CACHE=off disables it)."""
-    import os
-
-    where = os.environ.get("TOKENMARGIN_JAX_CACHE", str(Path.home() / ".cache" / "tokenmargin" / "jax"))
-    if where.lower() in ("off", "0", "none", ""):
-        return
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
-    from optimizer import jax_cache
-
-    jax_cache.install()  # corrupt entries are deleted and rewritten
-
-
-_enable_compilation_cache()
 register_configs()
 log = logging.getLogger("tokenmargin")
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -92,6 +73,7 @@ def _guard(fn, cfg):
 def main(cfg: DictConfig) -> float:
     """`tokenmargin`: see optimizer.run. Returns the margin (USD/day) for sweepers such as Optuna;
     NaN when there is no recommended plan (Optuna then records the trial as failed)."""
+    runtime.configure()
     from optimizer.run import run
 
     summary = _guard(run, cfg)
@@ -103,6 +85,7 @@ def main(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="estimate")
 def estimate_main(cfg: DictConfig) -> None:
     """`tokenmargin-estimate`: see optimizer.run_estimate."""
+    runtime.configure()
     from optimizer.run_estimate import run
 
     _guard(run, cfg)
@@ -111,6 +94,7 @@ def estimate_main(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="calibrate")
 def calibrate_main(cfg: DictConfig) -> None:
     """`tokenmargin-calibrate`: see optimizer.run_calibrate."""
+    runtime.configure()
     from optimizer.run_calibrate import run
 
     _guard(run, cfg)

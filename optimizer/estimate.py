@@ -22,10 +22,11 @@ from optimizer.cases import error_summary, predict_frame, read_cases
 from optimizer.errors import ConfigError, DoesNotFit, InfeasibleProblem
 from optimizer.deployments import candidate_layouts, with_draft_lengths
 from optimizer.params import (Layout, build_deployment, build_mtp, build_speculation, build_workload,
-                              check_precision_supported, efficiency_for, gpu_hour_cost, stack_trees,
+                              check_precision_supported, efficiency_for, gpu_rent, stack_trees,
                               validate_layout)
 from optimizer.schema import EstimateConfig
 from optimizer.validate import validate
+from optimizer.runtime import require_float64
 
 
 def _bound(mem_share: float) -> str:
@@ -164,6 +165,7 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
       DoesNotFit: no allowed layout holds the weights plus one sequence of KV.
       InfeasibleProblem: no allowed layout meets the latency target.
     """
+    require_float64("tokenmargin-estimate")
     hw, model, prec = cfg.hardware, cfg.model, cfg.precision
     check_precision_supported(hw, prec)
     eff = efficiency_for(cfg.efficiency, hw.family)
@@ -202,7 +204,7 @@ def estimate_one(cfg: EstimateConfig) -> pd.DataFrame:
         mode = f"slo(tpot_ms={t.tpot_ms}, ttft_ms={t.ttft_ms})"
     else:
         mode = "max_throughput"
-    price = gpu_hour_cost(hw, cfg.cost)
+    price = gpu_rent(hw, cfg.cost)
     gpu_s_decode = float(p.gpu_s_per_request - p.gpu_s_prefill)
     spec_name = (f"mtp-{lay.spec_k}" if lay.spec_k else
                  (f"draft-{cfg.speculative.draft_len}" if cfg.speculative.draft_len > 0 else "none"))

@@ -20,24 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from kernels.demand import demand
-from kernels.smooth import smooth_max_pos
-from optimizer.problem import SECONDS_PER_DAY, Problem
+from optimizer import economics as econ
+from optimizer.decision import Decision, decode
+from optimizer.economics import POOL_SHARPNESS
+from optimizer.problem import Problem
 
-MASKED = -1e9
-"""Logit added to masked-out options (softmax weight exactly 0 in float64)."""
-
-POOL_SHARPNESS = 5000.0
-"""Final sharpness of the smooth max sizing a pool (≤ 0.014 % above the hard max, only at a tie)."""
-SHARPNESS_START, SHARPNESS_GROWTH = 40.0, 1.3
-"""The solver starts at a gentle 40 (≤ 1.8 % at a tie) and multiplies by 1.3 per outer step."""
-
-
-class Decision(NamedTuple):
-    """Unconstrained decision variables."""
-
-    price_raw: jnp.ndarray  # (S, J) → log price multiplier in [lo, hi] by a scaled sigmoid
-    mix_logits: jnp.ndarray  # (S, J, K) → precision mix by masked softmax
-    route_logits: jnp.ndarray  # (S, J, K, G) → GPU-type routing by masked softmax
+__all__ = ["Breakdown", "Decision", "POOL_SHARPNESS", "evaluate", "evaluate_jit", "objective", "price_response"]
 
 
 class Breakdown(NamedTuple):
@@ -59,27 +47,6 @@ class Breakdown(NamedTuple):
     constraints: jnp.ndarray  # (C,) normalised g(x) ≤ 0 (inactive ones = −1)
 
 
-def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Softmax over the last axis restricted to ``mask`` (all-masked rows give zeros)."""
-    z = jnp.where(mask > 0, logits, MASKED)
-    return jax.nn.softmax(z, axis=-1) * (mask.sum(-1, keepdims=True) > 0)
-
-
-def decode(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None, fixed=True):
-    """(log price multiplier (S,J), mix (S,J,K), route (S,J,K,G)) from a decision.
-
-    With a fixed fleet, flows may only use pools that have GPUs.
-    """
-    lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
-    log_mu = lo + (hi - lo) * jax.nn.sigmoid(dec.price_raw)
-    route_mask = prob.route_mask
-    if fleet is not None:
-        has = jnp.transpose(fleet, (1, 2, 0))[None] > 0
-        route_mask = route_mask * jnp.where(fixed, has, True)
-    mix_mask = prob.mix_mask * (route_mask.sum(-1) > 0)
-    return log_mu, masked_softmax(dec.mix_logits, mix_mask), masked_softmax(dec.route_logits, route_mask)
-
-
 def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
              active: jnp.ndarray | None = None, sharpness=POOL_SHARPNESS, fixed=True) -> Breakdown:
     """Margin and its parts for a decision; ``fleet`` (G, J, K) fixes the GPUs per pool when
@@ -89,29 +56,25 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     the final pool sizes are within ``2**(1/sharpness)`` of the exact ``max``.
     """
     log_mu, mix, route = decode(dec, prob, fleet, fixed)
-    mu = jnp.exp(log_mu)
-    price = mu * prob.demand.ref_price
+    multiplier = jnp.exp(log_mu)
+    price = multiplier * prob.demand.ref_price
     quality = jnp.einsum("sjk,jk->sj", mix, prob.quality)
     # an offer with no usable pool (e.g. a fixed fleet without its model) serves nobody
     servable = jnp.einsum("sjk,sjkg->sj", mix, route)
     reqs = demand(price, quality, prob.served_latency_ms, prob.demand) * servable
     revenue = reqs * price
-    rate = reqs / SECONDS_PER_DAY  # requests/s
-    work = rate[:, :, None, None] * mix[..., None] * route * prob.gpu_s_per_request  # GPU-s/s
-    interactive = (~prob.is_batch).astype(work.dtype)[:, None, None, None]
-    peak = jnp.einsum("sjkg->gjk", work * interactive * prob.peak_to_mean[:, None, None, None])
-    daily = jnp.einsum("sjkg->gjk", work)
-    need_peak = peak / prob.peak_utilization
-    need_daily = daily / prob.daily_utilization
-    derived = smooth_max_pos(need_peak, need_daily, sharpness)
+    work = econ.work_of(reqs, mix, route, prob)  # busy GPUs per flow
+    peak, daily = econ.pool_loads(work, prob)
+    need_peak, need_daily = econ.pool_needs(peak, daily, prob)
+    derived = econ.pool_gpus(need_peak, need_daily, sharpness)
     gpus = derived if fleet is None else jnp.where(fixed, fleet, derived)
-    gpu_cost = jnp.sum(gpus * (prob.usd_per_gpu_hour * 24.0)[:, None, None])
+    gpu_cost = econ.fleet_cost(gpus, prob)
     margin = revenue.sum() - gpu_cost
 
-    per_type = gpus.sum((1, 2))
+    per_type = econ.gpus_per_type(gpus)
     g_cap = (per_type - prob.gpu_cap) / jnp.maximum(prob.gpu_cap, 1.0)  # a cap of 0 GPUs is allowed
     g_budget = (gpu_cost - prob.budget_usd_per_day) / prob.budget_usd_per_day
-    g_capex = (jnp.sum(per_type * prob.capex_per_gpu) - prob.capex_budget_usd) / prob.capex_budget_usd
+    g_capex = (econ.fleet_capex(per_type, prob) - prob.capex_budget_usd) / prob.capex_budget_usd
     g_quality = 10.0 * (prob.min_quality[:, None] - quality) * prob.demand.offer_mask
     denom = jnp.maximum(fleet, 1.0) if fleet is not None else jnp.ones_like(need_peak)
     g_fixed_peak = (need_peak - (fleet if fleet is not None else need_peak)) / denom
@@ -120,7 +83,7 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
                          g_fixed_daily.ravel()])
     if active is not None:
         g = jnp.where(active > 0, g, -1.0)
-    return Breakdown(mu, price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, gpu_cost, margin, g)
+    return Breakdown(multiplier, price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, gpu_cost, margin, g)
 
 
 def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
@@ -132,3 +95,21 @@ def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
 
 evaluate_jit = jax.jit(evaluate)
 """Compiled :func:`evaluate` (one program per problem shape and fleet mode)."""
+
+
+def price_response(dec: Decision, prob: Problem, log_shifts: jnp.ndarray):
+    """Demand and margin when prices move: ``(requests (N, S, J), margin (N,) USD/day)`` at the
+    decision's prices × ``exp(log_shifts)`` (N, S, J), mix and routing held, pools sized by load
+    (the relaxed cost model). Shifted prices stay inside the price box."""
+    from optimizer.decision import log_multiplier, raw_price
+
+    base = log_multiplier(dec.price_raw, prob)
+
+    def one(shift):
+        b = evaluate(dec._replace(price_raw=raw_price(base + shift, prob, eps=1e-9)), prob)
+        return b.requests_per_day, b.margin
+
+    return jax.vmap(one)(log_shifts)
+
+
+price_response_jit = jax.jit(price_response)

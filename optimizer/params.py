@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from kernels.serving import Speculation, Workload
 from kernels.speculative import expected_tokens_per_step
 from optimizer import catalog
 from optimizer.errors import ConfigError, UnsupportedPrecision
-from optimizer.schema import (CostConfig, EfficiencyConfig, HardwareConfig, ModelConfig,
+from optimizer.schema import (GPU_FAMILIES, CostConfig, EfficiencyConfig, HardwareConfig, ModelConfig,
                               PrecisionConfig, SpeculativeConfig)
 
 GB = 1e9
@@ -273,16 +274,25 @@ def build_speculation(spec: SpeculativeConfig, dtype=jnp.float64) -> Speculation
     return Speculation(jnp.asarray(float(spec.draft_len), dtype), tokens, jnp.asarray(spec.draft_cost_ratio, dtype))
 
 
-def gpu_hour_cost(hw: HardwareConfig, cost: CostConfig) -> float:
-    """USD per GPU-hour for ``hw`` under the cost mode (rental price or TCO)."""
+def gpu_rent(hw: HardwareConfig, cost: CostConfig, override: float | None = None) -> float:
+    """USD per GPU-hour of ``hw``: the one place a GPU's rent is decided.
+
+    Precedence: a per-GPU ``override`` (``fleet.price_usd_per_gpu_hour.<gpu>``), then the fleet-wide
+    ``cost.price_usd_per_gpu_hour``, then the cost mode: ``rental`` the catalog's price, ``tco``
+    capex over the depreciation period plus power. 0 means free; ``None`` means "not set".
+    """
     from kernels.cost import tco_gpu_hour
 
-    if cost.mode == "rental":
-        price = cost.price_usd_per_gpu_hour if cost.price_usd_per_gpu_hour is not None else hw.price_usd_per_gpu_hour
+    for where, price in (("price_usd_per_gpu_hour." + hw.key, override),
+                         ("cost.price_usd_per_gpu_hour", cost.price_usd_per_gpu_hour)):
+        if price is None:
+            continue
         if not (isinstance(price, (int, float)) and math.isfinite(price) and price >= 0):
-            raise ConfigError(f"cost.price_usd_per_gpu_hour = {price}: accepted a number >= 0 (0 = free) or null "
-                              f"(the catalog price of '{hw.key}')")
+            raise ConfigError(f"{where} = {price}: accepted a number >= 0 (0 = free) or null "
+                              f"(the cost mode's price of '{hw.key}')")
         return float(price)
+    if cost.mode == "rental":
+        return float(hw.price_usd_per_gpu_hour)
     if cost.mode == "tco":
         capex = cost.capex_usd_per_gpu if cost.capex_usd_per_gpu is not None else hw.capex_usd_per_gpu
         if capex is None:
@@ -290,3 +300,39 @@ def gpu_hour_cost(hw: HardwareConfig, cost: CostConfig) -> float:
                               f"so set cost.capex_usd_per_gpu=<USD>")
         return float(tco_gpu_hour(capex, cost.depreciation_years, hw.power_w, cost.pue, cost.power_usd_per_kwh))
     raise ConfigError(f"cost.mode must be 'rental' or 'tco', got '{cost.mode}'")
+
+
+class EfficiencyTable(NamedTuple):
+    """Efficiency factors per GPU family (leading axis = family, GPU_FAMILIES order)."""
+
+    bw_eff: jnp.ndarray  # (n_family,)
+    flops_eff: jnp.ndarray  # (n_family,)
+    prefill_flops_eff: jnp.ndarray  # (n_family,)
+    moe_eff: jnp.ndarray  # ()
+    step_overhead_s: jnp.ndarray  # ()
+    mem_util: jnp.ndarray  # ()
+    layer_overhead_s: jnp.ndarray  # ()
+    moe_layer_overhead_s: jnp.ndarray  # ()
+    collective_latency_s: jnp.ndarray  # ()
+    ep_imbalance: jnp.ndarray  # ()
+
+
+def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64, xp=jnp) -> EfficiencyTable:
+    """Per-family arrays from an :class:`EfficiencyConfig` (``xp``: ``jnp``, or ``np`` for host-side inputs)."""
+    bw = [eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]
+    fl = [eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]
+    pf = [eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]
+    return EfficiencyTable(xp.asarray(bw, dtype), xp.asarray(fl, dtype), xp.asarray(pf, dtype),
+                           xp.asarray(eff.moe_eff, dtype), xp.asarray(eff.step_overhead_ms / 1000.0, dtype),
+                           xp.asarray(eff.mem_util, dtype), xp.asarray(eff.layer_overhead_us * 1e-6, dtype),
+                           xp.asarray(eff.moe_layer_overhead_us * 1e-6, dtype),
+                           xp.asarray(eff.collective_latency_us * 1e-6, dtype), xp.asarray(eff.ep_imbalance, dtype))
+
+
+def efficiency_at(table: EfficiencyTable, family) -> Efficiency:
+    """The :class:`Efficiency` of GPU-family index (or index array) ``family``; shared factors broadcast."""
+    f = jnp.asarray(family)
+    b = lambda x: jnp.broadcast_to(x, f.shape)  # noqa: E731
+    return Efficiency(table.bw_eff[f], table.flops_eff[f], table.prefill_flops_eff[f], b(table.moe_eff),
+                      b(table.step_overhead_s), b(table.mem_util), b(table.layer_overhead_s), b(table.moe_layer_overhead_s),
+                      b(table.collective_latency_s), b(table.ep_imbalance))

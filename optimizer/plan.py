@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from optimizer import economics as econ
+from optimizer.economics import HOURS_PER_DAY
 from optimizer.objective import Breakdown
 from optimizer.problem import PRICE_BOUND_TOL, Labels, Problem
 
@@ -54,7 +56,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             "disaggregated": bool(disagg), "speculation": f"MTP-{main.spec_k}" if main and main.spec_k else "none",
             "replicas": _r(n / max(rep[g, j, k], 1), 3), "gpus": _r(n, 3),
             "prefill_gpus": _r(n * share, 3) if disagg else 0.0, "decode_gpus": _r(n * (1 - share), 3) if disagg else 0.0,
-            "usd_per_gpu_hour": _r(price[g], 4), "cost_usd_per_day": _r(n * price[g] * 24, 2),
+            "usd_per_gpu_hour": _r(price[g], 4), "cost_usd_per_day": _r(n * price[g] * HOURS_PER_DAY, 2),
             "peak_utilization": _r(peak[g, j, k] / n, 4), "daily_utilization": _r(daily[g, j, k] / n, 4),
         })
     return pd.DataFrame(rows, columns=["gpu", "model", "precision", "deployment", "other_deployments", "replica_gpus",
@@ -82,9 +84,9 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     to_gjk = lambda x: np.transpose(x, (2, 0, 1))  # noqa: E731  (J, K, G) -> (G, J, K)
     w_int = work * (~is_batch)[:, None, None, None]
     w_bat = work * is_batch[:, None, None, None]
-    peak = to_gjk((w_int * kappa[:, None, None, None]).sum(0))
+    peak, daily = econ.pool_loads(work, prob, np)
     need_int = np.maximum(peak / rp, to_gjk(w_int.sum(0)) / rd)
-    need_all = np.maximum(peak / rp, to_gjk(work.sum(0)) / rd)
+    need_all = np.maximum(peak / rp, daily / rd)
     slack = np.where(need_all > 0, gpus / np.maximum(need_all, 1e-300), 0.0)
     gpus_bat = (need_all - need_int) * slack
     gpus_int = gpus - gpus_bat
@@ -110,7 +112,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 continue
             p_in0, p_out0 = labels.ref_input_usd_per_mtok[s][j], labels.ref_output_usd_per_mtok[s][j]
             gpu_alloc = alloc[s, j].sum(0)  # (G,)
-            cost = float((gpu_alloc * price_h * 24).sum())
+            cost = float((gpu_alloc * price_h * HOURS_PER_DAY).sum())
             tok_in, tok_out = reqs[s, j] * isl, reqs[s, j] * osl
             peak_util = (work[s, j].sum() * peak_mult[s] / max(gpu_alloc.sum(), 1e-300)) if gpu_alloc.sum() > 0 else 0.0
             mixes = ", ".join(f"{labels.precisions[k]} {mix[s, j, k]:.0%}" for k in np.argsort(-mix[s, j])

@@ -20,14 +20,14 @@ from kernels.demand import DemandParams, calibrate_logit
 from kernels.roofline import Deployment, Efficiency
 from kernels.serving import BISECTION_STEPS, Speculation, Workload, operating_point, slo_batch
 from optimizer import catalog
-from optimizer.cases import EfficiencyTable, efficiency_at, efficiency_table
 from optimizer.errors import ConfigError
 from optimizer.deployments import candidate_layouts
-from optimizer.params import Layout, build_deployment, build_mtp, gpu_hour_cost, peak_tflops, stack_trees
+from optimizer.params import (EfficiencyTable, Layout, build_deployment, build_mtp, efficiency_at, efficiency_table,
+                              gpu_rent, peak_tflops, stack_trees)
 from optimizer.schema import PRECISION_KEYS, RunConfig
+from optimizer.runtime import require_float64
 from optimizer.validate import validate
 
-SECONDS_PER_DAY = 86400.0
 NO_CAP = 1e30
 """Stand-in for an absent cap (kept finite so gradients and JSON stay clean)."""
 
@@ -234,12 +234,6 @@ def _validate_fleet(fl) -> None:
                                   f"{list(fl.gpus)}; add it there or set fleet.{name}.{g}=null")
 
 
-def _rent(fl, hw) -> float:
-    """USD per GPU-hour of ``hw``: the fleet's override (0 = free, never "use the catalog"), else the cost mode's."""
-    v = fl.price_usd_per_gpu_hour.get(hw.key)
-    return gpu_hour_cost(hw, fl.cost) if v is None else float(v)
-
-
 def _canonical_offers(name: str, seg) -> dict:
     """A segment's offers keyed by catalog model keys (an old dotted key is mapped, with a warning)."""
     out = {}
@@ -256,6 +250,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     """Validate a scenario and split it into numbers (sweepable), pool structure and labels."""
     from optimizer.schema import GPU_FAMILIES
 
+    require_float64("tokenmargin")
     validate(cfg)  # every field against its accepted values (a no-op for configs from to_schema)
     d, fl = cfg.demand, cfg.fleet
     _validate_fleet(fl)
@@ -313,17 +308,17 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
             offer[si, ji] = 1.0
             ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
     idx_a = np.asarray(idx, int)
-    pools = Pools(dep=jax.tree.map(jnp.asarray, stack_trees(dep_rows, np)),
-                  spec=jax.tree.map(jnp.asarray, stack_trees(spec_rows, np)), disagg=f64(dis_rows),
-                  valid=jnp.asarray(valid_rows), gpu=jnp.asarray(idx_a[:, 0]), model=jnp.asarray(idx_a[:, 1]),
-                  precision=jnp.asarray(idx_a[:, 2]), family=jnp.asarray(idx_a[:, 3]), offer_mask=f64(offer),
-                  is_logit=jnp.asarray([s.demand == "logit" for s in segs]),
-                  is_batch=jnp.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
+    pools = Pools(dep=jax.tree.map(f64, stack_trees(dep_rows, np)),
+                  spec=jax.tree.map(f64, stack_trees(spec_rows, np)), disagg=f64(dis_rows),
+                  valid=np.asarray(valid_rows), gpu=idx_a[:, 0], model=idx_a[:, 1],
+                  precision=idx_a[:, 2], family=idx_a[:, 3], offer_mask=f64(offer),
+                  is_logit=np.asarray([s.demand == "logit" for s in segs]),
+                  is_batch=np.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
     if fl.capex_budget_usd is not None and any(not hw.capex_usd_per_gpu for hw in hws):
         missing = [hw.key for hw in hws if not hw.capex_usd_per_gpu]
         raise ConfigError(f"fleet.capex_budget_usd needs a capex for every GPU; missing for {missing}")
     eff = cfg.efficiency
-    eff_table = efficiency_table(eff)
+    eff_table = efficiency_table(eff, np.float64, np)
     inf = float("inf")
     opt = lambda v, default: default if v is None else v  # noqa: E731
     numbers = Numbers(
@@ -339,7 +334,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         price_floor_ratio=f64([opt(s.price_floor_ratio, math.exp(DEFAULT_LOG_MU[0])) for s in segs]),
         price_ceiling_ratio=f64([opt(s.price_ceiling_ratio, math.exp(DEFAULT_LOG_MU[1])) for s in segs]),
         ref_input_usd_per_mtok=f64(ref_in), ref_output_usd_per_mtok=f64(ref_out), volume_share=f64(share),
-        usd_per_gpu_hour=f64([_rent(fl, hw) for hw in hws]),
+        usd_per_gpu_hour=f64([gpu_rent(hw, fl.cost, fl.price_usd_per_gpu_hour.get(hw.key)) for hw in hws]),
         capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
         gpu_cap=f64([opt(fl.gpu_caps.get(hw.key), NO_CAP) for hw in hws]),
         budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
@@ -364,8 +359,10 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     return numbers, pools, labels
 
 
-def f64(x):
-    return jnp.asarray(x, jnp.float64)
+def f64(x) -> np.ndarray:
+    """A float64 NumPy array: host-side inputs stay NumPy (no eager JAX op to compile) until a
+    compiled program takes them."""
+    return np.asarray(x, np.float64)
 
 
 SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
@@ -418,7 +415,7 @@ def prune_candidates(pools: Pools, gpu_s, ok) -> Pools:
     rows = np.arange(score.shape[1])[None, :, None]
     sub = lambda x: x[rows, best]  # noqa: E731  (P, C, ...) -> (S, P, 1, ...)
     return pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
-                          disagg=sub(pools.disagg), valid=jnp.asarray(np.isfinite(np.min(score, -1))[..., None]))
+                          disagg=sub(pools.disagg), valid=np.isfinite(np.min(score, -1))[..., None])
 
 
 def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:
@@ -489,14 +486,16 @@ def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None
                     f"ttft_ms={seg.ttft_ms} at isl={seg.isl:g}, osl={seg.osl:g}; relax the SLO or add GPUs")
 
 
-def build_problem(cfg: RunConfig) -> tuple[Problem, Labels]:
+def build_problem(cfg: RunConfig, program=None) -> tuple[Problem, Labels]:
     """Validate a scenario and build its :class:`Problem` arrays and :class:`Labels`.
+
+    ``program(numbers, pools)`` replaces :data:`assemble_jit` (e.g. an exported copy of it).
 
     Raises:
       ConfigError (and subclasses) naming the field and the accepted values: bad segment fields,
       unknown catalog names, a model that fits no GPU, a segment with no feasible deployment.
     """
     numbers, pools, labels = scenario_inputs(cfg)
-    prob = assemble_jit(numbers, pools)
+    prob = (program or (lambda n, p: assemble_jit(n, p)))(numbers, pools)
     check_feasible_routes(prob, labels, cfg)
     return prob, labels

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from optimizer import io
+from optimizer.economics import usd_per_gpu_second
 
 
 def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
@@ -48,8 +49,8 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            "## Fleet", "", fleet.to_markdown(index=False, floatfmt=",.4g"), "",
            "## How this was solved", "",
            f"- Relaxed solve (continuous fleet): {s['relaxed']['status']}, margin "
-           f"${s['relaxed']['margin_usd_per_day']:,.2f}/day, {s['relaxed']['iterations']} Adam steps x "
-           f"{summary['solver_settings']['starts']} starts, {s['relaxed']['wall_s']:.1f} s.",
+           f"${s['relaxed']['margin_usd_per_day']:,.2f}/day, {_solver_line(s['relaxed'], summary)}, "
+           f"{s['relaxed']['wall_s']:.1f} s.",
            ]
     if "integer" in s:
         loss = summary.get("integrality_loss_usd_per_day")
@@ -65,16 +66,23 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
     return "\n".join(out)
 
 
+def _solver_line(stage: dict, summary: dict) -> str:
+    """How a stage was solved, e.g. ``dual solver, 1000 steps, certified gap 0.05 %``."""
+    if stage.get("method") == "dual":
+        gap = stage.get("gap")
+        return f"dual solver, {stage['iterations']} steps" + (f", certified gap {100 * gap:.3f} %" if gap is not None else "")
+    return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
+
+
 def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list[Path]:
     """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet mix."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import jax
-    import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    from optimizer.objective import evaluate
+    from optimizer import aot
+    from optimizer.objective import price_response_jit
 
     prob, labels = result.prob, result.labels
     dec = result.final.decision
@@ -83,24 +91,17 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
     # 1. demand and margin vs price multiplier of each segment (other prices held), relaxed cost model
     mults = np.exp(np.linspace(np.log(0.25), np.log(4.0), 41))
 
-    @jax.jit
-    def sweep(seg_delta):
-        lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
-        log_mu = lo + (hi - lo) * jax.nn.sigmoid(dec.price_raw) + seg_delta
-        pos = jnp.clip((log_mu - lo) / (hi - lo), 1e-9, 1 - 1e-9)
-        d2 = dec._replace(price_raw=jnp.log(pos) - jnp.log1p(-pos))
-        bb = evaluate(d2, prob)
-        return bb.requests_per_day, bb.revenue.sum() - bb.gpu_cost
+    deltas = np.zeros((S, len(mults), S, J))  # (segment moved, multiplier, S, J) log price shifts
+    for s in range(S):
+        deltas[s, :, s, :] = np.log(mults)[:, None]
+    deltas = deltas.reshape(S * len(mults), S, J)
+    program = aot.exported("price_response", price_response_jit, (dec, prob, deltas))
+    reqs_all, margins_all = (np.asarray(x) for x in program(dec, prob, deltas))
+    reqs_all, margins_all = reqs_all.reshape(S, len(mults), S, J), margins_all.reshape(S, len(mults))
 
     fig, axes = plt.subplots(1, S, figsize=(4.2 * S, 3.6), squeeze=False)
     for s in range(S):
-        reqs, margins = [], []
-        for m in mults:
-            delta = np.zeros((S, J))
-            delta[s] = np.log(m)
-            r, mg = sweep(jnp.asarray(delta))
-            reqs.append(float(np.asarray(r)[s].sum()))
-            margins.append(float(mg))
+        reqs, margins = reqs_all[s, :, s].sum(-1), margins_all[s]
         ax = axes[0, s]
         ax.plot(mults, np.asarray(reqs) / 1e6, color="tab:blue")
         ax.set_xscale("log")
@@ -113,7 +114,7 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
         ax2.set_ylabel("total margin (k$/day, continuous fleet)", color="tab:green")
         ax.axvline(1.0, color="black", ls="--", lw=1)
         ax.set_title(labels.segments[s])
-    fig.tight_layout()
+    _margins(fig, left=0.75, right=0.8, bottom=0.6, top=0.35, wspace=1.45)
     paths.append(_save(fig, outdir / "demand_margin_vs_price.png"))
     # 2. cost per million tokens of each pool at each segment's shape (interactive at SLO)
     rows = []
@@ -124,13 +125,14 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
         for (j, k, g), v in np.ndenumerate(gsr[s]):
             if v > 0:
                 rows.append((f"{labels.gpus[g]}/{labels.models[j]}/{labels.precisions[k]}", labels.segments[s],
-                             v * price_h[g] / 3600 / tokens * 1e6))
+                             usd_per_gpu_second(v * price_h[g]) / tokens * 1e6))
     df = pd.DataFrame(rows, columns=["pool", "segment", "usd_per_mtok"])
     piv = df.pivot_table(index="pool", columns="segment", values="usd_per_mtok")
     fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(piv))))
     piv.plot.barh(ax=ax, logx=True)
     ax.set_xlabel("GPU cost per million tokens (USD, at the segment's SLO, 100 % utilisation)")
-    fig.tight_layout()
+    ax.set_ylabel("")
+    _margins(fig, left=0.25 + 0.085 * max(len(str(p)) for p in piv.index), right=0.2, bottom=0.6, top=0.2)
     paths.append(_save(fig, outdir / "cost_per_mtok.png"))
     # 3. fleet composition
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -140,9 +142,21 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
         comp.plot.bar(stacked=True, ax=ax)
     ax.set_ylabel("GPUs")
     ax.set_title("fleet composition")
-    fig.tight_layout()
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=0)
+    _margins(fig, left=0.7, right=0.2, bottom=0.45, top=0.35)
     paths.append(_save(fig, outdir / "fleet.png"))
     return paths
+
+
+def _margins(fig, left: float, right: float, bottom: float, top: float, wspace: float = 0.0) -> None:
+    """Fixed margins in inches (what ``tight_layout`` would find, without its extra layout pass over
+    every tick label, which costs as much as drawing the figure)."""
+    w, h = fig.get_size_inches()
+    n = max(len(fig.axes) and fig.axes[0].get_subplotspec().get_gridspec().ncols, 1)
+    axes_w = (w - left - right - wspace * (n - 1)) / n
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=wspace / max(axes_w, 1e-9))
 
 
 def _save(fig, path: Path) -> Path:

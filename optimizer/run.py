@@ -32,7 +32,7 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
         "scenario": cfg.demand.name, "description": cfg.demand.description, "status": res.status,
         "recommended": res.ok,
         "violated_constraints": last.violated,
-        "violation": float(res.final.violation), "grad_norm": float(res.final.grad_norm),
+        "violation": float(res.final.violation), "grad_norm": float(res.final.stats.grad_norm),
         "solver": {k: asdict(v) for k, v in res.stages.items()},
         "solver_settings": asdict(cfg.solver),
         "integrality_loss_usd_per_day": None if res.integrality_loss_usd_per_day is None

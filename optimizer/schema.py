@@ -377,7 +377,7 @@ class FleetConfig:
 
 @dataclass
 class SolverConfig:
-    """Augmented-Lagrangian + Adam solver settings."""
+    """Solver settings: which solver (``method``), the augmented Lagrangian's and the dual's."""
 
     starts: int = accepts(8, **COUNT)  # multistart rows solved at once (also the batch width of the integer repair)
     outer_steps: int = accepts(30, **COUNT)  # augmented-Lagrangian multiplier updates (max)
@@ -390,8 +390,12 @@ class SolverConfig:
     integer_fleet: bool = True  # round and repair the fleet to whole replicas
     repair_rounds: int = accepts(3, ge=0, integer=True)  # greedy remove-one-replica rounds after rounding
     seed: int = accepts(0, ge=0, integer=True)
-    dual: bool = True  # also solve with the structured dual solver (no quality floors): it starts one Adam row and
-    # is the relaxed plan when Adam ends worse or unconverged (optimizer/dual.py; GPU caps and budgets priced)
+    # auto: the structured dual solver (optimizer/solve/dual.py; GPU caps and budgets priced) unless a
+    # quality floor is active, then the augmented Lagrangian (optimizer/solve/auglag.py); or force either.
+    # Single runs and sweeps use the same rule (optimizer/solve/choose.py).
+    method: str = accepts("auto", choices=("auto", "dual", "auglag"))
+    dual_steps: int = accepts(1000, **COUNT)  # dual: Rprop steps of a solve from scratch (single runs, a sweep's base)
+    dual_tol_gap: float = accepts(5e-3, **POSITIVE)  # dual: certified relative optimality gap to count as converged
 
 
 @dataclass
@@ -419,13 +423,9 @@ class SweepConfig:
     samples: int = accepts(1000, **COUNT)  # mode=sample: number of scenarios
     seed: int = 0
     chunk_size: int = accepts(1024, **COUNT)  # scenarios per compiled call (bounded memory; the unit of resume)
-    starts: int = accepts(1, **COUNT)  # starts per scenario (method=adam)
-    # auto: the structured dual solver (optimizer/dual.py) when no cap, budget or quality floor is
-    # active, else adam (the augmented-Lagrangian Adam solver of single runs); or force either
-    method: str = accepts("auto", choices=("auto", "dual", "adam"))
-    dual_steps: int = accepts(80, **COUNT)  # method=dual: Rprop steps on the peak/daily cost split (with deployments as choices, 60
-    # left 1 of 12 what-if scenarios at a 1.1 % certified gap; 80 certifies all within 0.33 %)
-    dual_tol_gap: float = accepts(5e-3, **POSITIVE)  # method=dual: certified relative optimality gap to count as converged
+    starts: int = accepts(1, **COUNT)  # starts per scenario of the augmented Lagrangian (solver.method)
+    dual_steps: int = accepts(80, **COUNT)  # dual: Rprop steps per scenario, warm-started from the base scenario's
+    # split (with deployments as choices, 60 left 1 of 12 what-if scenarios at a 1.1 % certified gap; 80 certifies all within 0.33 %)
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep
     directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>; one <hash>-c<chunk>/ folder per sweep)

@@ -14,9 +14,10 @@ def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3p1-8b"
                          tpot_ms=tpot_ms if tier == "interactive" else None, peak_to_mean=peak_to_mean, **kw)
 
 
-def run_config(segments: dict, gpus=("h100-sxm",), precisions=("fp8",), integer=False, **fleet_kw) -> RunConfig:
+def run_config(segments: dict, gpus=("h100-sxm",), precisions=("fp8",), integer=False, method="auto",
+               **fleet_kw) -> RunConfig:
     return RunConfig(
         demand=DemandConfig(name="test", segments=segments),
         fleet=FleetConfig(gpus=list(gpus), precisions=list(precisions), **fleet_kw),
-        solver=SolverConfig(integer_fleet=integer),
+        solver=SolverConfig(integer_fleet=integer, method=method),
         efficiency=catalog.load_efficiency("calibrated"))

@@ -2,6 +2,7 @@
 agreement with the Adam + augmented-Lagrangian solver."""
 
 import math
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,8 @@ import pytest
 from scipy.special import lambertw
 
 from optimizer.constraints import active_mask
-from optimizer.dual import (DualSettings, dual_bound, limit_excess, limit_mask, omega, primal, solve_dual,
-                            to_decision)
+from optimizer.solve import Dual, DualStart
+from optimizer.solve.dual import dual_bound, limit_excess, limit_mask, omega, plan_decision, primal, solve_dual
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
 from optimizer.problem import build_problem, scenario_inputs
@@ -39,8 +40,8 @@ def test_single_logit_offer_is_the_lambert_w_price():
     # ECONOMICS.md §2.2 with the peak-charged cost: μ = 1 on an interactive-only pool
     cfg = run_config({"chat": segment(demand="logit", elasticity=1.3, ref_market_share=0.2)}, precisions=("bf16",))
     prob, _ = build_problem(cfg)
-    sol = solve_dual(prob, jnp.full(prob.tp.shape, 0.5))
-    assert float(sol.mu.max()) == pytest.approx(1.0)
+    sol = solve_dual(prob, start(prob), Dual())
+    assert float(sol.start.split.max()) == pytest.approx(1.0)
     dp = prob.demand
     a, b = float(dp.alpha[0, 0]), float(dp.beta[0])
     c = float(prob.usd_per_gpu_hour[0]) / 3600 * float(prob.gpu_s_per_request[0, 0, 0, 0]) * float(
@@ -53,15 +54,15 @@ def test_single_logit_offer_is_the_lambert_w_price():
 
 def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
     cfg = peak_batch_cfg()
-    res = optimize(cfg)
-    best = float(res.relaxed_breakdown.margin)  # Adam + augmented Lagrangian, 8 starts
+    res = optimize(replace(cfg, solver=replace(cfg.solver, method="auglag")))
+    best = float(res.relaxed_breakdown.margin)  # augmented Lagrangian, 8 starts
     prob = res.prob
     rng = np.random.default_rng(0)
     mus = jnp.asarray(rng.uniform(0, 1, (32,) + prob.tp.shape))
     bounds = np.asarray(jax.jit(jax.vmap(lambda m: dual_bound(m, prob)))(mus))
     assert (bounds >= best).all()  # weak duality, whatever the split
-    sol = jax.jit(solve_dual, static_argnames="settings")(prob, jnp.full(prob.tp.shape, 0.5), DualSettings(steps=400))
-    margin = float(evaluate(to_decision(sol.primal, prob), prob).margin)
+    sol = jax.jit(solve_dual, static_argnums=2)(prob, start(prob), Dual(steps=400))
+    margin = float(evaluate(plan_decision(sol.primal, prob), prob).margin)
     assert best <= float(sol.bound) and margin <= float(sol.bound)
     assert margin == pytest.approx(best, rel=1e-3)
     assert float(sol.gap) < 2e-3
@@ -88,23 +89,27 @@ def test_envelope_gradient_of_the_dual_function():
 def test_vmapped_solve_equals_looped():
     prob = build_problem(peak_batch_cfg())[0]
     mus = jnp.stack([jnp.full(prob.tp.shape, v) for v in (0.2, 0.5, 0.9)])
-    st = DualSettings(steps=30)
-    batched = jax.jit(jax.vmap(lambda m: solve_dual(prob, m, st)))(mus)
+    st = Dual(steps=30)
+    batched = jax.jit(jax.vmap(lambda m: solve_dual(prob, start(prob, m), st)))(mus)
     for i in range(3):
-        one = solve_dual(prob, mus[i], st)
+        one = solve_dual(prob, start(prob, mus[i]), st)
         np.testing.assert_allclose(np.asarray(batched.primal.price[i]), np.asarray(one.primal.price), rtol=1e-10)
         assert float(batched.bound[i]) == pytest.approx(float(one.bound), rel=1e-10)
 
 
+def start(prob, split=None):
+    """An even split (or ``split``) and unpriced limits."""
+    G = prob.usd_per_gpu_hour.shape[0]
+    return DualStart(jnp.full(prob.tp.shape, 0.5) if split is None else split, jnp.zeros(G + 2))
+
+
 def _solve_limited(cfg, steps=600):
-    """Adam + augmented Lagrangian (8 starts) and the dual solver on a scenario with caps or budgets."""
-    res = optimize(cfg)
+    """The augmented Lagrangian (8 starts) and the dual solver on a scenario with caps or budgets."""
+    res = optimize(replace(cfg, solver=replace(cfg.solver, method="auglag")))
     prob = res.prob
     _, _, labels = scenario_inputs(cfg)
     active = jnp.asarray(active_mask(labels, prob, fixed_fleet=False))
-    G = prob.usd_per_gpu_hour.shape[0]
-    sol = jax.jit(solve_dual, static_argnames="settings")(prob, jnp.full(prob.tp.shape, 0.5), DualSettings(steps=steps),
-                                                          jnp.zeros(G + 2), active)
+    sol = jax.jit(solve_dual, static_argnums=2)(prob, start(prob), Dual(steps=steps), active)
     return res, prob, active, sol
 
 
@@ -115,14 +120,14 @@ def test_gpu_cap_is_priced_until_demand_fills_the_capped_fleet():
     free = optimize(run_config({"chat": segment(elasticity=eps)}))
     cap = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
     res, prob, active, sol = _solve_limited(run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap}))
-    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
+    b = evaluate(plan_decision(sol.primal, prob), prob, None, active)
     assert float(jnp.max(b.constraints)) <= 1e-4  # feasible
     assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=1e-3)
     d_cap = cap * float(prob.peak_utilization) * 86400 / (
         float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
     p_cap = float(prob.demand.ref_price[0, 0]) * (d_cap / float(prob.demand.ref_demand[0, 0])) ** (-1 / eps)
     assert float(b.price_per_request[0, 0]) == pytest.approx(p_cap, rel=2e-3)
-    assert float(sol.lam[0]) > 0 and float(sol.lam[1]) == 0 and float(sol.lam[2]) == 0  # only the cap is priced
+    assert float(sol.start.limit_price[0]) > 0 and float(sol.start.limit_price[1]) == 0 and float(sol.start.limit_price[2]) == 0  # only the cap is priced
     best = float(res.relaxed_breakdown.margin)
     assert float(b.margin) == pytest.approx(best, rel=1e-3)
     # plans may exceed a cap by the 1e-4 feasibility tolerance, and so the exact problem's bound by λ·1e-4
@@ -140,14 +145,13 @@ def test_daily_budget_on_shared_pools_matches_adam():
     free = optimize(peak_batch_cfg())
     spend = float(free.relaxed_breakdown.gpu_cost)
     cfg = peak_batch_cfg()
-    cfg = cfg.__class__(**{**cfg.__dict__, "fleet": cfg.fleet.__class__(**{**cfg.fleet.__dict__,
-                                                                          "budget_usd_per_day": 0.6 * spend})})
+    cfg = replace(cfg, fleet=replace(cfg.fleet, budget_usd_per_day=0.6 * spend))
     res, prob, active, sol = _solve_limited(cfg)
     assert res.status == "converged"
-    b = evaluate(to_decision(sol.primal, prob), prob, None, active)
+    b = evaluate(plan_decision(sol.primal, prob), prob, None, active)
     assert float(b.gpu_cost) <= 0.6 * spend * (1 + 1e-4)
     best = float(res.relaxed_breakdown.margin)
     assert float(b.margin) == pytest.approx(best, rel=1e-3)
     assert best <= float(sol.bound) * (1 + 1e-4) and -1e-4 <= float(sol.gap) < 5e-3
-    assert float(sol.lam[2]) > 0  # the budget's price (index G)
+    assert float(sol.start.limit_price[2]) > 0  # the budget's price (index G)
     assert float(jnp.max(limit_excess(sol.primal, prob, limit_mask(prob, active)))) <= 1e-4

@@ -36,7 +36,22 @@ def test_estimate_matches_published_measurement():
     assert row["output_tok_s_per_gpu"] == pytest.approx(same["predicted_output_tok_s_per_gpu"], abs=0.1)
     assert row["output_tok_s_per_gpu"] == pytest.approx(2909, rel=0.25)
     assert row["max_concurrency"] >= 1 and row["usd_per_mtok_output"] > 0 and row["usd_per_mtok_input"] > 0
-    assert row["bound"] in ("memory", "compute") and row["deployment"] == "1 GPU TP1"
+    assert row["deployment"] == "1 GPU TP1"
+    # the roof that binds at B_max, by hand (dense, TP1: dp = 1, one KV shard): memory-bound share
+    # mem / (mem + compute) with mem = (W + B·ctx·kv) / (BW·η_bw), compute = B·(2·P + attn·ctx) FLOPs at η_fl
+    # of the FP8 (dense) and BF16 (attention) roofs, ctx = isl + osl/2 = 1500, B = (HBM·u − W) / (kv·2000)
+    m, h, p, e = (catalog.load_model("llama-3p3-70b"), catalog.load_hardware("h200-sxm"),
+                  catalog.load_precision("fp8"), catalog.load_efficiency())
+    w, kv = m.total_params_b * 1e9 * p.bytes_per_weight, m.kv_bytes_per_token_bf16 * p.bytes_per_kv / 2
+    b = (h.memory_gb * 1e9 * e.mem_util - w) / (kv * 2000)
+    mem = (w + b * 1500 * kv) / (h.mem_bw_tb_s * 1e12 * e.bw_eff["hopper"])
+    fl = e.flops_eff["hopper"] * 1e12
+    comp = (b * 2 * m.active_params_b * 1e9 / (h.dense_tflops.fp8 * fl)
+            + b * 4 * m.num_attention_heads * m.head_dim * m.full_attention_layers * 1500 / (h.dense_tflops.bf16 * fl))
+    assert row["max_concurrency"] == int(b)  # 189
+    assert row["memory_bound_share"] == pytest.approx(mem / (mem + comp), abs=1e-3)  # 0.397
+    # at the calibrated decode efficiency (31 % of the FP8 roof) the 189-sequence step is compute-bound
+    assert mem / (mem + comp) < 0.5 and row["bound"] == "compute"
 
 
 def test_cost_per_token_consistent_with_throughput():

@@ -104,9 +104,18 @@ def test_kernels_jit_grad_vmap(dep8b, eff, wl):
     short = Workload(jnp.asarray(100.0), jnp.asarray(100.0), jnp.asarray(0.0))  # compute-bound decode
     assert_grad_matches_fd(
         lambda fl: operating_point(dep8b, eff._replace(flops_eff=fl), short, 3000.0).output_tok_s, 0.6)
-    assert_grad_matches_fd(
-        lambda m: operating_point(dep8b, eff, wl, 64.0).output_tok_s * 0 + max_throughput_point(
-            dep8b, eff._replace(mem_util=m), wl).output_tok_s, 0.9)
+    # the usable HBM share u only moves the KV room B_max, so d thr/du = d thr/dB at B_max * dB_max/du with
+    # dB_max/du = dp * HBM * s_kv / KV_seq(isl + osl) = 80e9 / (65536 * 2000) (dp = s_kv = 1)
+    thr_u = lambda m: max_throughput_point(dep8b, eff._replace(mem_util=m), wl).output_tok_s  # noqa: E731
+    assert_grad_matches_fd(thr_u, 0.9)
+    b_max = float(max_batch(dep8b, eff, 2000.0))
+    assert b_max == pytest.approx((80e9 * 0.9 - 8.03e9) / (65536 * 2000), rel=1e-12)
+    # d thr/dB at B_max, on a deployment whose cap (u = 1) lies above B_max: no clip in the way
+    dthr_db = float(jax.grad(lambda b: operating_point(dep8b, eff._replace(mem_util=1.0), wl, b).output_tok_s)(b_max))
+    assert dthr_db > 0
+    assert float(jax.grad(thr_u)(0.9)) == pytest.approx(dthr_db * 80e9 / (65536 * 2000), rel=1e-9)
+    # below the cap (64 < B_max ~ 488) the operating point does not depend on u at all
+    assert float(jax.grad(lambda m: operating_point(dep8b, eff._replace(mem_util=m), wl, 64.0).output_tok_s)(0.9)) == 0
     assert_grad_matches_fd(
         lambda isl: max_throughput_point(dep8b, eff, wl._replace(isl=isl)).output_tok_s, 1000.0)
     assert_grad_matches_fd(

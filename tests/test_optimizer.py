@@ -1,4 +1,7 @@
-"""The margin optimizer against closed-form optima, a brute-force grid and finite differences."""
+"""The margin optimizer against closed-form optima, a brute-force grid and finite differences.
+
+Every oracle runs once per solver (``solver.method``): the structured dual and the augmented
+Lagrangian each meet it on their own."""
 
 import math
 from dataclasses import replace
@@ -10,12 +13,16 @@ import pytest
 from scipy.special import lambertw
 
 from optimizer.constraints import active_mask
-from optimizer.engine import optimize, settings_from
+from optimizer.decision import initial_decisions
+from optimizer.engine import optimize
 from optimizer.errors import ConfigError
 from optimizer.objective import evaluate
 from optimizer.problem import build_problem
-from optimizer.solver import initial_decisions, solve, solve_batch, solve_batch_jit, solve_multistart
+from optimizer.solve import AugLag, relaxed_task
+from optimizer.solve.auglag import multistart, run_starts_jit
 from tests.scenarios import run_config, segment
+
+SOLVERS = pytest.mark.parametrize("method", ["dual", "auglag"])
 
 
 def marginal_cost_per_request(prob, s=0, j=0, k=0, g=0):
@@ -24,29 +31,33 @@ def marginal_cost_per_request(prob, s=0, j=0, k=0, g=0):
             * float(prob.usd_per_gpu_hour[g]) / 3600.0 / float(prob.peak_utilization))
 
 
-def test_constant_elasticity_markup_oracle():
+@SOLVERS
+def test_constant_elasticity_markup_oracle(method):
     # ECONOMICS.md §2.1: p* = c · ε/(ε − 1), capacity unconstrained
     for eps in (1.5, 2.0, 3.0):
-        cfg = run_config({"chat": segment(elasticity=eps)})
+        cfg = run_config({"chat": segment(elasticity=eps)}, method=method)
         res = optimize(cfg)
+        assert res.stages["relaxed"].method == method
         assert res.status == "converged"
         c = marginal_cost_per_request(res.prob)
         p = float(res.relaxed_breakdown.price_per_request[0, 0])
         assert p == pytest.approx(c * eps / (eps - 1), rel=1e-3)
 
 
-def test_scaling_market_size_does_not_move_ce_price():
-    a = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e9)}))
-    b = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e11)}))
+@SOLVERS
+def test_scaling_market_size_does_not_move_ce_price(method):
+    a = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e9)}, method=method))
+    b = optimize(run_config({"chat": segment(elasticity=2.0, volume=1e11)}, method=method))
     pa, pb = float(a.relaxed_breakdown.price_per_request[0, 0]), float(b.relaxed_breakdown.price_per_request[0, 0])
     assert pa == pytest.approx(pb, rel=1e-3)
 
 
-def test_logit_lambert_w_oracle():
+@SOLVERS
+def test_logit_lambert_w_oracle(method):
     # ECONOMICS.md §2.2: p* = c + (1 + W(e^(a − b c − 1))) / b for one product with an outside option
     for eps, share in ((1.2, 0.3), (2.5, 0.1), (0.8, 0.5)):
         cfg = run_config({"chat": segment(demand="logit", elasticity=eps, ref_market_share=share)},
-                         precisions=("bf16",))
+                         precisions=("bf16",), method=method)
         res = optimize(cfg)
         assert res.status == "converged"
         dp = res.prob.demand
@@ -59,12 +70,13 @@ def test_logit_lambert_w_oracle():
         assert float(res.relaxed_breakdown.margin) == pytest.approx(m_star, rel=1e-3)
 
 
-def test_capacity_bound_price_rises_until_demand_equals_capacity():
+@SOLVERS
+def test_capacity_bound_price_rises_until_demand_equals_capacity(method):
     eps = 2.0
-    free = optimize(run_config({"chat": segment(elasticity=eps)}))
+    free = optimize(run_config({"chat": segment(elasticity=eps)}, method=method))
     need = float(np.asarray(free.relaxed_breakdown.gpus).sum())
     cap = 0.5 * need
-    res = optimize(run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap}))
+    res = optimize(run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap}, method=method))
     assert res.status == "converged"
     b = res.relaxed_breakdown
     assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=1e-3)
@@ -100,11 +112,12 @@ def _brute_force_segment(prob, s, grid=401):
     return best, best_x
 
 
-def test_small_instance_agrees_with_brute_force_grid():
+@SOLVERS
+def test_small_instance_agrees_with_brute_force_grid(method):
     segs = {"quality_first": segment(demand="logit", elasticity=1.2, quality_sensitivity=2.0, peak_to_mean=1.5),
             "price_first": segment(demand="logit", elasticity=3.0, quality_sensitivity=0.02, peak_to_mean=1.5,
                                    volume=3e10)}
-    cfg = run_config(segs, gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"))
+    cfg = run_config(segs, gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"), method=method)
     res = optimize(cfg)
     assert res.status == "converged"
     grid = [_brute_force_segment(res.prob, s) for s in range(2)]
@@ -121,27 +134,27 @@ def test_small_instance_agrees_with_brute_force_grid():
 def test_batched_rows_equal_looped_solves_and_no_recompile():
     cfg = run_config({"chat": segment(demand="logit", elasticity=1.5)}, gpus=("h100-sxm", "h200-sxm"))
     prob, labels = build_problem(cfg)
-    settings = settings_from(cfg.solver)._replace(outer_steps=6, inner_steps=40)
-    act = jnp.asarray(active_mask(labels, prob, False))
+    solver = AugLag(outer_steps=6, inner_steps=40)
+    task = relaxed_task(prob, active_mask(labels, prob, False))
     dec0 = initial_decisions(prob, 3, 0)
-    fleets = jnp.zeros((3,) + prob.tp.shape)
-    batched = solve_batch(dec0, prob, jnp.broadcast_to(act, (3,) + act.shape), fleets, jnp.zeros(3, bool), settings)
+    _, batched = run_starts_jit(solver, task, dec0)
     for i in range(3):
-        one = solve(jax.tree.map(lambda x: x[i], dec0), prob, act, None, settings)
+        one = jax.jit(solver.run)(task, jax.tree.map(lambda x: x[i], dec0))
         np.testing.assert_allclose(float(one.objective), float(batched.objective[i]), rtol=1e-9)
         np.testing.assert_allclose(np.asarray(one.decision.price_raw), np.asarray(batched.decision.price_raw[i]),
                                    rtol=1e-8, atol=1e-10)
     # a second solve with other numbers of the same shapes reuses the compiled program
-    solve_multistart(prob, act, None, settings, 8, 0)
-    n = solve_batch_jit._cache_size()
+    multistart(solver, task, 8, 0)
+    n = run_starts_jit._cache_size()
     prob2 = prob._replace(usd_per_gpu_hour=prob.usd_per_gpu_hour * 1.3)
-    solve_multistart(prob2, act, None, settings, 8, 1)
-    assert solve_batch_jit._cache_size() == n
+    multistart(solver, task._replace(problem=prob2), 8, 1)
+    assert run_starts_jit._cache_size() == n
 
 
-def test_margin_gradients_match_finite_differences():
+@SOLVERS
+def test_margin_gradients_match_finite_differences(method):
     cfg = run_config({"chat": segment(demand="logit", elasticity=1.5, quality_sensitivity=0.3)},
-                     gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"))
+                     gpus=("h100-sxm", "h200-sxm"), precisions=("fp8", "int4"), method=method)
     res = optimize(cfg)
     dec, prob = res.relaxed.decision, res.prob
 
@@ -168,9 +181,10 @@ def test_margin_gradients_match_finite_differences():
     assert fd_opt == pytest.approx(-float(res.relaxed_breakdown.gpu_cost), rel=2e-2)
 
 
-def test_integer_fleet_is_whole_replicas_and_feasible():
+@SOLVERS
+def test_integer_fleet_is_whole_replicas_and_feasible(method):
     cfg = run_config({"chat": segment(demand="logit", elasticity=1.5, volume=2e9)}, gpus=("h100-sxm", "h200-sxm"),
-                     precisions=("fp8",), integer=True)
+                     precisions=("fp8",), integer=True, method=method)
     res = optimize(cfg)
     assert res.status == "converged"
     tp = np.asarray(res.prob.tp)

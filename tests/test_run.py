@@ -1,5 +1,6 @@
 """`tokenmargin` end to end: presets compose and solve, files are written, failures are reported."""
 
+import io
 import json
 import os
 import subprocess
@@ -61,7 +62,15 @@ def test_presets_solve_and_write_the_plan(tmp_path, experiment):
             "input_tokens_per_day", "output_tokens_per_day", "revenue_usd_per_day", "precision_mix",
             "served_quality", "gpus_by_type", "peak_utilization", "cost_usd_per_mtok", "margin_usd_per_day",
             "margin_pct"} <= set(plan.columns)
-    assert pd.read_parquet(tmp_path / "plan.parquet").equals(pd.read_parquet(tmp_path / "plan.parquet"))
+    # the three exports are one table: plan.parquet (typed) read back equals plan.csv and plan.json read back
+    # (CSV: empty strings stay strings; JSON keeps 10 significant digits and writes whole floats as ints)
+    parquet = pd.read_parquet(tmp_path / "plan.parquet")
+    assert len(parquet) == len(plan) > 0
+    pd.testing.assert_frame_equal(parquet, pd.read_csv(tmp_path / "plan.csv", keep_default_na=False),
+                                  check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(
+        parquet, pd.read_json(io.StringIO((tmp_path / "plan.json").read_text()), orient="records"),
+        check_dtype=False, check_exact=False, rtol=1e-9)
     s = json.loads((tmp_path / "summary.json").read_text())
     t = s["totals"]
     assert t["margin_usd_per_day"] == pytest.approx(t["revenue_usd_per_day"] - t["gpu_cost_usd_per_day"], abs=0.05)
@@ -95,7 +104,7 @@ def test_infeasible_result_is_reported_and_no_plan_written(tmp_path):
     for name in PLAN_FILES:
         assert not (tmp_path / name).exists()
     cfg = compose_run(["output.plots=false", "solver.outer_steps=2", "solver.inner_steps=5",
-                       "solver.integer_fleet=false", "solver.dual=false"])
+                       "solver.integer_fleet=false", "solver.method=auglag"])
     with pytest.raises(SolverFailure, match="status 'step_limit'"):
         run(cfg, tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -119,11 +128,11 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     """Four B200s where the free optimum uses about 260: the structured dual prices the cap; the run
     converges within the cap and within 0.5 % of the certified upper bound (the augmented
     Lagrangian alone, from reference prices, ends at its step limit far below it here)."""
-    import jax.numpy as jnp
+    import jax
 
     from optimizer.constraints import active_mask
-    from optimizer.dual import solve_from_scratch
     from optimizer.engine import optimize
+    from optimizer.solve import Dual, relaxed_task
 
     c = to_schema(compose_run(["fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2"]), RunConfig)
     res = optimize(c)
@@ -131,6 +140,10 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     b = res.relaxed_breakdown
     g = res.labels.gpus.index("b200")
     assert float(b.gpus.sum((1, 2))[g]) <= 4 * (1 + 1e-4)
-    bound = float(solve_from_scratch(res.prob, jnp.asarray(active_mask(res.labels, res.prob, False))).bound)
+    task = relaxed_task(res.prob, active_mask(res.labels, res.prob, False))
+    solver = Dual(steps=1000)
+    assert res.stages["relaxed"].method == "dual"
+    bound = float(jax.jit(solver.run)(task, solver.init(task)).bound)
+    assert float(res.relaxed.bound) == pytest.approx(bound, rel=1e-9)  # the run's own certificate
     assert bound * (1 - 5e-3) <= float(b.margin) <= bound * (1 + 1e-4)
     assert float(res.relaxed.multipliers[g]) > 0  # the cap's shadow price

@@ -27,8 +27,13 @@ def sweep_cfg(chunk_size=4, mode="grid", method="auto"):
     axes = {"rent": AxisConfig(path="fleet.price_usd_per_gpu_hour.h200-sxm", values=[2.5, 3.59, 5.0]),
             "eps": AxisConfig(path="demand.segments.chat.elasticity", values=[1.2, 1.8]),
             "vol": AxisConfig(path="demand.segments.chat.input_tokens_per_day", values=[0.5, 2.0], relative=True)}
-    return replace(cfg, sweep=SweepConfig(name="t", axes=axes, chunk_size=chunk_size, mode=mode, method=method),
-                   solver=SolverConfig(integer_fleet=False))
+    return replace(cfg, sweep=SweepConfig(name="t", axes=axes, chunk_size=chunk_size, mode=mode),
+                   solver=SolverConfig(integer_fleet=False, method=method))
+
+
+def auglag(cfg):
+    """``cfg`` solved by the augmented Lagrangian (8 starts): an independent check of dual rows."""
+    return replace(cfg, solver=replace(cfg.solver, method="auglag"))
 
 
 def test_design_grid_and_latin_hypercube():
@@ -60,11 +65,11 @@ def test_bad_axis_paths_name_the_path():
         assert why in str(e.value) and bad in str(e.value)
 
 
-@pytest.mark.parametrize("method", ["dual", "adam"])
+@pytest.mark.parametrize("method", ["dual", "auglag"])
 def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method):
-    """Both sweep solvers against single runs (Adam + augmented Lagrangian, 8 starts): the Adam
-    sweep to 2e-4; the dual sweep to 0.1 %, never above its own certified bound, and the bound
-    never below the single run's margin (weak duality)."""
+    """Both sweep solvers against single runs of the augmented Lagrangian (8 starts): its own sweep
+    to 2e-4; the dual sweep to 0.1 %, never above its own certified bound, and the bound never
+    below the single run's margin (weak duality)."""
     cfg = sweep_cfg(method=method)
     msgs = []
     full = run_sweep(cfg, tmp_path / "a", tmp_path / "store_a", log=msgs.append)
@@ -77,16 +82,16 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
         seg1 = replace(seg, elasticity=float(row["eps"]), input_tokens_per_day=seg.input_tokens_per_day * row["vol"])
         one = replace(cfg, demand=replace(cfg.demand, segments={**cfg.demand.segments, "chat": seg1}),
                       fleet=replace(cfg.fleet, price_usd_per_gpu_hour={"h200-sxm": float(row["rent"])}))
-        single = float(optimize(one).relaxed_breakdown.margin)
-        if method == "adam":
+        single = float(optimize(auglag(one)).relaxed_breakdown.margin)
+        if method == "auglag":
             assert single == pytest.approx(row["margin_usd_per_day"], rel=2e-4)
             assert np.isnan(row["margin_upper_bound_usd_per_day"])
         else:
             assert row["margin_usd_per_day"] == pytest.approx(single, rel=1e-3)
             bound = row["margin_upper_bound_usd_per_day"]
             assert row["margin_usd_per_day"] <= bound + 0.01 and single <= bound * (1 + 1e-9) + 0.01
-            assert 0 <= row["optimality_gap_bound"] <= cfg.sweep.dual_tol_gap
-    if method == "adam":
+            assert 0 <= row["optimality_gap_bound"] <= cfg.solver.dual_tol_gap
+    if method == "auglag":
         return
     # an interrupted sweep (one chunk of three done) resumes to the same table
     part = run_sweep(cfg, tmp_path / "b", tmp_path / "store_b", stop_after_chunks=1, log=lambda m: None)
@@ -98,7 +103,8 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
 
 def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
     """A GPU cap as an axis: the dual solver prices it (auto picks dual), rows stay within the cap
-    and equal single Adam runs to 0.1 %; a quality floor goes to Adam, and method=dual refuses it."""
+    and equal single augmented-Lagrangian runs to 0.1 %; a quality floor goes to the augmented
+    Lagrangian, and solver.method=dual refuses it."""
     base = sweep_cfg()
     free = optimize(replace(base, sweep=SweepConfig()))
     need = float(np.asarray(free.relaxed_breakdown.gpus)[0].sum())  # H100s the free optimum uses
@@ -110,15 +116,18 @@ def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
     assert (rows["gpus[h100-sxm]"] <= rows["cap"] * (1 + 1e-4) + 1e-3).all()
     for i in range(3):
         one = replace(cfg, fleet=replace(cfg.fleet, gpu_caps={"h100-sxm": float(rows["cap"][i])}))
-        single = float(optimize(one).relaxed_breakdown.margin)
+        single = float(optimize(auglag(one)).relaxed_breakdown.margin)
         assert rows["margin_usd_per_day"][i] == pytest.approx(single, rel=1e-3)
         assert single <= rows["margin_upper_bound_usd_per_day"][i] * (1 + 1e-4)
     assert rows["margin_usd_per_day"][0] < rows["margin_usd_per_day"][1] < rows["margin_usd_per_day"][2]
     chat = replace(cfg.demand.segments["chat"], min_quality=0.99)
     floor = replace(cfg, demand=replace(cfg.demand, segments={**cfg.demand.segments, "chat": chat}))
     with pytest.raises(ConfigError, match="quality floors"):
-        run_sweep(replace(floor, sweep=replace(floor.sweep, method="dual")), tmp_path / "b", tmp_path / "store_b",
+        run_sweep(replace(floor, solver=replace(floor.solver, method="dual")), tmp_path / "b", tmp_path / "store_b",
                   log=lambda m: None)
+    msgs = []
+    run_sweep(floor, tmp_path / "c", tmp_path / "store_c", log=msgs.append)
+    assert "solver auglag" in msgs[0]
 
 
 def test_sharded_sweep_equals_unsharded(tmp_path):

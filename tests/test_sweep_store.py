@@ -184,7 +184,8 @@ def test_two_identical_sweeps_at_once_solve_each_chunk_once(tmp_path, full):
 PROBE = """
 import os, sys
 os.environ["TOKENMARGIN_JAX_CACHE"] = sys.argv[1]
-import optimizer.cli  # enables the compilation cache and its repair
+from optimizer import runtime
+runtime.configure()  # float64, the compilation cache and its repair (what the console scripts switch on)
 import jax, jax.numpy as jnp
 from jax._src import monitoring
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

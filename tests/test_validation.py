@@ -60,7 +60,7 @@ SCHEMA = {"config": RunConfig, "estimate": EstimateConfig, "calibrate": Calibrat
     ("fleet.capex_budget_usd=inf", "fleet.capex_budget_usd", "> 0 or null"),
     ("fleet.peak_utilization=0", "fleet.peak_utilization", "(0, 1]"),
     ("sweep.samples=0", "sweep.samples", ">= 1"),
-    ("sweep.method=fast", "sweep.method", "'auto', 'dual', 'adam'"),
+    ("solver.method=fast", "solver.method", "'auto', 'dual', 'auglag'"),
     ("demand.segments.consumer_chat.tier=gold", "demand.segments.consumer_chat.tier", "'interactive', 'batch'"),
 ])
 def test_bad_values_name_the_key_the_value_and_the_accepted_range(override, key, accepted):

@@ -1,0 +1,49 @@
+"""Which solver solves a task: one rule for single runs and sweeps (``solver.method``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.errors import ConfigError
+from optimizer.solve.auglag import AugLag
+from optimizer.solve.dual import N_LIMITS, Dual
+
+METHODS = ("auto", "dual", "auglag")
+"""``auto``: the structured dual unless a quality floor is active; ``dual`` / ``auglag``: force one."""
+
+
+def has_quality_floors(active, n_gpus: int) -> bool:
+    """Whether a constraint beyond the GPU caps and budgets (a quality floor, or fixed-fleet capacity) is active."""
+    return bool(np.asarray(active)[n_gpus + N_LIMITS:].sum() > 0)
+
+
+def auglag_of(settings) -> AugLag:
+    """The augmented-Lagrangian solver of a :class:`optimizer.schema.SolverConfig`."""
+    return AugLag(outer_steps=settings.outer_steps, inner_steps=settings.inner_steps,
+                  learning_rate=settings.learning_rate, final_learning_rate=settings.final_learning_rate,
+                  penalty=settings.penalty, tol_feasibility=settings.tol_feasibility,
+                  tol_objective=settings.tol_objective)
+
+
+def dual_of(settings, steps: int | None = None) -> Dual:
+    """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``: e.g. a sweep's warm-started steps)."""
+    return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap)
+
+
+def choose(active, n_gpus: int, settings, dual_steps: int | None = None) -> AugLag | Dual:
+    """The solver for a relaxed task with constraint activity ``active`` (C,) and ``n_gpus`` GPU types.
+
+    The dual prices GPU caps and budgets but not quality floors; ``auto`` sends a task with a floor
+    to the augmented Lagrangian, and ``dual`` refuses it with an error naming the fields.
+    """
+    method = settings.method
+    if method not in METHODS:
+        raise ConfigError(f"solver.method = {method!r} is invalid; accepted: {list(METHODS)}")
+    floors = has_quality_floors(active, n_gpus)
+    if method == "dual" and floors:
+        raise ConfigError("solver.method = 'dual' prices GPU caps and budgets but not quality floors "
+                          "(demand.segments.*.min_quality), which this scenario (or a sweep axis) sets; "
+                          "use solver.method=auto or auglag")
+    if method == "auglag" or (method == "auto" and floors):
+        return auglag_of(settings)
+    return dual_of(settings, dual_steps)

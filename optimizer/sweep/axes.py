@@ -1,0 +1,235 @@
+"""Sweep axes and the experiment design: config paths → :class:`~optimizer.problem.Numbers` leaves.
+
+A sweep changes numeric leaves of one base scenario; the structure (segments, models, GPU types,
+precisions, deployments) stays fixed — structural choices go through Hydra multirun instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from optimizer.catalog import MODEL_ALIASES, canonical_model
+from optimizer.errors import ConfigError
+from optimizer.problem import Labels, Numbers
+from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
+
+SEGMENT_FIELDS = {  # config field -> Numbers field (per segment)
+    "input_tokens_per_day": "volume", "isl": "isl", "osl": "osl", "cached_share": "cached_share",
+    "cached_price_ratio": "cached_price_ratio", "elasticity": "elasticity", "ref_market_share": "ref_market_share",
+    "quality_sensitivity": "quality_sensitivity", "latency_sensitivity": "latency_sensitivity",
+    "tpot_ms": "tpot_ms", "ttft_ms": "ttft_ms", "ref_tpot_ms": "ref_tpot_ms", "peak_to_mean": "peak_to_mean",
+    "min_quality": "min_quality", "price_floor_ratio": "price_floor_ratio",
+    "price_ceiling_ratio": "price_ceiling_ratio",
+}
+OFFER_FIELDS = {"input_usd_per_mtok": "ref_input_usd_per_mtok", "output_usd_per_mtok": "ref_output_usd_per_mtok",
+                "volume_share": "volume_share"}
+FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization"}
+FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap"}
+EFF_PER_FAMILY = {"bw_eff", "flops_eff", "prefill_flops_eff"}
+EFF_SCALARS = {"moe_eff", "step_overhead_ms", "mem_util"}
+PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<segment>.offers.<model>."
+              "{input_usd_per_mtok,output_usd_per_mtok,volume_share}", "fleet.price_usd_per_gpu_hour.<gpu>",
+              "fleet.gpu_caps.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
+              "efficiency.{bw_eff,flops_eff,prefill_flops_eff}.<gpu family>",
+              f"efficiency.{{{','.join(sorted(EFF_SCALARS))}}}", "quality.<model>.<precision>")
+
+
+class Target(NamedTuple):
+    """Where an axis writes: a Numbers field and an index into it (() for scalars)."""
+
+    field: str
+    index: tuple
+
+
+def _split_name(rest: str, names: list[str]) -> tuple[str | None, str]:
+    """Split ``rest`` into a known name (which may contain dots: a user's own catalog key) and the remainder."""
+    for n in sorted(names, key=len, reverse=True):
+        if rest == n or rest.startswith(n + "."):
+            return n, rest[len(n) + 1:]
+    head, _, tail = rest.partition(".")
+    return None, head if not tail else head + "." + tail
+
+
+def _canonical_model_prefix(rest: str, where: str) -> str:
+    """``rest`` with a leading old (dotted) model key of MODEL_ALIASES replaced by its catalog key (warns)."""
+    for old in sorted(MODEL_ALIASES, key=len, reverse=True):
+        if rest == old or rest.startswith(old + "."):
+            return canonical_model(old, where=where) + rest[len(old):]
+    return rest
+
+
+def resolve_path(path: str, labels: Labels) -> Target:
+    """Map a dotted config path to a :class:`Numbers` leaf, or raise naming the path."""
+
+    def fail(why: str):
+        raise ConfigError(f"sweep axis path '{path}' {why}. Accepted forms: " + "; ".join(PATH_FORMS))
+
+    def take(rest: str, options: list[str], what: str) -> tuple[int, str]:
+        name, remainder = _split_name(rest, options)
+        if name is None:
+            fail(f"names unknown {what} '{rest.split('.')[0]}' (available: {', '.join(options)})")
+        return options.index(name), remainder
+
+    if path.startswith("demand.segments."):
+        s, rest = take(path[len("demand.segments."):], list(labels.segments), "segment")
+        if rest in SEGMENT_FIELDS:
+            return Target(SEGMENT_FIELDS[rest], (s,))
+        if rest.startswith("offers."):
+            j, field = take(_canonical_model_prefix(rest[len("offers."):], f"sweep axis path '{path}'"),
+                            list(labels.models), "model")
+            if labels.ref_input_usd_per_mtok[s][j] == 0:
+                fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' does not offer")
+            if field not in OFFER_FIELDS:
+                fail(f"is not a numeric offer field ('{field}'; numeric: {', '.join(OFFER_FIELDS)})")
+            return Target(OFFER_FIELDS[field], (s, j))
+        fail(f"is not a numeric segment field ('{rest}'; numeric fields: {', '.join(SEGMENT_FIELDS)})")
+    p = path.split(".")
+    if p[0] == "fleet":
+        if len(p) == 2 and p[1] in FLEET_SCALARS:
+            return Target(p[1], ())
+        if len(p) >= 3 and p[1] in FLEET_PER_GPU:
+            g, rest = take(".".join(p[2:]), list(labels.gpus), "GPU")
+            if not rest:
+                return Target(FLEET_PER_GPU[p[1]], (g,))
+    if p[0] == "efficiency":
+        if len(p) == 2 and p[1] in EFF_SCALARS:
+            return Target(p[1], ())
+        if len(p) == 3 and p[1] in EFF_PER_FAMILY:
+            f, _ = take(p[2], list(GPU_FAMILIES), "GPU family")
+            return Target(p[1], (f,))
+    if path.startswith("quality."):
+        j, rest = take(_canonical_model_prefix(path[len("quality."):], f"sweep axis path '{path}'"),
+                       list(labels.models), "model")
+        k, extra = take(rest, list(labels.precisions), "precision")
+        if not extra:
+            return Target("quality", (j, k))
+    fail("does not exist or is not numeric")
+
+
+def axis_config(name: str, value) -> AxisConfig:
+    """Validate one ``sweep.axes`` entry against :class:`AxisConfig` (names the axis on error)."""
+    if isinstance(value, AxisConfig):
+        return value
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AxisConfig), value))
+    except OmegaConfBaseException as e:
+        fields = ", ".join(f.name for f in dataclasses.fields(AxisConfig))
+        raise ConfigError(f"sweep.axes.{name} is invalid ({str(e).splitlines()[0]}); an axis has the fields "
+                          f"{fields}") from None
+
+
+def axes_of(sweep: SweepConfig) -> dict[str, AxisConfig]:
+    """The validated axes of a sweep, in order."""
+    return {n: axis_config(n, v) for n, v in sweep.axes.items()}
+
+
+def axis_values(name: str, ax: AxisConfig, mode: str) -> np.ndarray | tuple[str, float, float]:
+    """A grid axis's values, or ``(kind, low, high)`` for a sampled distribution."""
+    given = {k: getattr(ax, k) for k in ("values", "linspace", "logspace", "uniform", "loguniform")
+             if getattr(ax, k) is not None}
+    if len(given) != 1:
+        raise ConfigError(f"sweep.axes.{name}: give exactly one of values, linspace, logspace, uniform, "
+                          f"loguniform (got {sorted(given) or 'none'})")
+    kind, v = next(iter(given.items()))
+    if kind == "values":
+        if not v:
+            raise ConfigError(f"sweep.axes.{name}.values is empty")
+        return np.asarray(v, float)
+    if kind in ("linspace", "logspace"):
+        if len(v) != 3 or int(v[2]) < 1 or (kind == "logspace" and min(v[0], v[1]) <= 0):
+            raise ConfigError(f"sweep.axes.{name}.{kind} must be [start, stop, num] with num >= 1"
+                              + (" and positive ends" if kind == "logspace" else "") + f", got {list(v)}")
+        f = np.linspace if kind == "linspace" else np.geomspace
+        return f(v[0], v[1], int(v[2]))
+    if len(v) != 2 or not v[0] < v[1] or (kind == "loguniform" and v[0] <= 0):
+        raise ConfigError(f"sweep.axes.{name}.{kind} must be [low, high] with low < high"
+                          + (" and low > 0" if kind == "loguniform" else "") + f", got {list(v)}")
+    if mode == "grid":
+        raise ConfigError(f"sweep.axes.{name} is a distribution ({kind}); use sweep.mode=sample, or give "
+                          f"values / linspace / logspace for a grid")
+    return (kind, float(v[0]), float(v[1]))
+
+
+def latin_hypercube(n: int, d: int, seed: int) -> np.ndarray:
+    """(n, d) Latin-hypercube sample of the unit cube (one point per stratum on every axis)."""
+    rng = np.random.default_rng(seed)
+    u = (rng.random((n, d)) + np.arange(n)[:, None]) / n
+    for k in range(d):
+        u[:, k] = u[rng.permutation(n), k]
+    return u
+
+
+def design(sweep: SweepConfig) -> pd.DataFrame:
+    """The scenarios: one row per scenario, one column per axis (values as given, before ``relative``)."""
+    if sweep.mode not in ("grid", "sample"):
+        raise ConfigError(f"sweep.mode = '{sweep.mode}'; accepted: 'grid', 'sample'")
+    axes = axes_of(sweep)
+    names = list(axes)
+    vals = {n: axis_values(n, axes[n], sweep.mode) for n in names}
+    if sweep.mode == "grid":
+        grid = list(itertools.product(*(vals[n] for n in names)))
+        return pd.DataFrame(grid, columns=names)
+    if sweep.samples < 1:
+        raise ConfigError(f"sweep.samples must be >= 1, got {sweep.samples}")
+    u = latin_hypercube(sweep.samples, len(names), sweep.seed)
+    cols = {}
+    for k, n in enumerate(names):
+        v = vals[n]
+        if isinstance(v, tuple):
+            kind, lo, hi = v
+            cols[n] = lo + (hi - lo) * u[:, k] if kind == "uniform" else np.exp(
+                np.log(lo) + (np.log(hi) - np.log(lo)) * u[:, k])
+        else:  # a finite set sampled by strata over its indices
+            cols[n] = v[np.minimum((u[:, k] * len(v)).astype(int), len(v) - 1)]
+    return pd.DataFrame(cols)
+
+
+def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) -> None:
+    """Every axis value must be a valid value of its field (distributions: both ends), as in a single run."""
+    from optimizer.schema import QualityRetention
+    from optimizer.validate import check_axis_values, field_rule
+
+    quality = field_rule(QualityRetention, "fp8")  # quality.<model>.<precision> paths: a retention fraction
+    for n, ax in axes.items():
+        dist = ax.uniform or ax.loguniform
+        values = list(dist) if dist else sorted(set(plan[n].tolist()))
+        check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=quality)
+
+
+ACTIVATES = {"budget_usd_per_day": "has_budget", "capex_budget_usd": "has_capex_budget",
+             "gpu_cap": "has_gpu_cap", "min_quality": "has_min_quality"}
+"""Numbers fields whose constraint an axis switches on in every scenario of the sweep."""
+
+
+def activated(labels: Labels, targets: list[Target]) -> Labels:
+    """Labels with the constraints that the axes set marked active."""
+    for t in targets:
+        flag = ACTIVATES.get(t.field)
+        if flag is None:
+            continue
+        if t.index:  # per-GPU or per-segment flags
+            v = list(getattr(labels, flag))
+            v[t.index[0]] = True
+            labels = dataclasses.replace(labels, **{flag: tuple(v)})
+        else:
+            labels = dataclasses.replace(labels, **{flag: True})
+    return labels
+
+
+def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], values: jnp.ndarray) -> Numbers:
+    """Numbers of one scenario: ``base`` with each target set to (or scaled by) its value. Pure."""
+    fields = base._asdict()
+    for t, rel, v in zip(targets, relative, values):
+        leaf = fields[t.field]
+        new = leaf[t.index] * v if rel else v
+        fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.asarray(new, leaf.dtype)
+    return Numbers(**fields)

@@ -1,0 +1,170 @@
+"""The batched solve of a sweep: one ``jit(vmap(assemble → solve))`` program per chunk of scenarios,
+sharded over every device ``jax.devices()`` offers, and its rows as a table.
+
+Sweeps solve the continuous-fleet relaxation (GPUs per pool derived from load), not the integer
+repair: the figures are margins and fleets before rounding to whole replicas (each row says
+whether its plan can be made whole). The solver is the one :func:`optimizer.solve.choose` picks
+for single runs too, warm-started from the base scenario's solution.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.sharding import NamedSharding, PartitionSpec
+
+from optimizer import aot
+from optimizer import economics as econ
+from optimizer.decision import warm_and_cold
+from optimizer.objective import evaluate
+from optimizer.problem import PRICE_BOUND_TOL, Labels, Numbers, Pools, assemble
+from optimizer.schema import RunConfig
+from optimizer.solve import AugLag, Dual, relaxed_task
+from optimizer.solve.base import result_name
+from optimizer.sweep.axes import Target, apply_axes
+
+SWEEP_BISECTION_STEPS = 16
+"""SLO-batch bisections per scenario in a sweep (single runs use 48). 16 leave the SLO batch within
+``log(B_max)·2^-16`` ≈ 1.3e-4 (relative, on the feasible side) of the root, far below the solvers'
+5e-3 tolerance, and shorten the serving table when a serving input is an axis."""
+
+
+
+class SweepResult(NamedTuple):
+    """Per-scenario outputs of a chunk (leading axis = scenario)."""
+
+    margin: jnp.ndarray  # USD/day
+    revenue: jnp.ndarray
+    gpu_cost: jnp.ndarray
+    status: jnp.ndarray  # int, optimizer.solve.RESULTS
+    violation: jnp.ndarray
+    iterations: jnp.ndarray
+    price_multiplier: jnp.ndarray  # (S, J)
+    price_per_request: jnp.ndarray  # (S, J)
+    requests: jnp.ndarray  # (S, J) per day
+    quality: jnp.ndarray  # (S, J)
+    mix: jnp.ndarray  # (S, J, K)
+    gpus_by_type: jnp.ndarray  # (G,)
+    bound: jnp.ndarray  # USD/day upper bound on the relaxed optimum (dual solver; NaN otherwise)
+    price_bound: jnp.ndarray  # (S, J) int: -1 price at its floor, +1 at its ceiling, 0 inside the search range
+    whole_ok: jnp.ndarray  # bool: the relaxed plan can be made whole (see plan_flags)
+
+
+def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(price at bound (S, J) in {-1, 0, +1}, relaxed plan can be made whole ()) of one plan. Pure.
+
+    The plan can be made whole when rounding every pool's GPUs up to whole replicas of its deployment
+    (``prob.tp`` GPUs) keeps every GPU cap, the daily budget and the capex budget; or, where a limit
+    binds, rounding down leaves every pool that carries load at least one whole replica (the integer
+    repair then serves the same flows on slightly less capacity, at slightly higher prices). It
+    cannot when a capped pool's load needs less than one replica's GPUs within its limit.
+    """
+    lm = jnp.log(jnp.maximum(b.price_multiplier, 1e-300))
+    at = jnp.where(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1,
+                   jnp.where(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, 1, 0))
+    rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
+    used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
+    up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
+    per_type = econ.gpus_per_type(up)
+    slack = 1.0 + 1e-9
+    up_ok = (jnp.all(per_type <= prob.gpu_cap * slack + 1e-9)
+             & (econ.fleet_cost(up, prob) <= prob.budget_usd_per_day * slack)
+             & (econ.fleet_capex(per_type, prob) <= prob.capex_budget_usd * slack))
+    down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
+    return at, up_ok | down_ok
+
+
+def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts: int, warm, active: jnp.ndarray,
+                   serving=None) -> SweepResult:
+    """Assemble and solve one scenario (relaxed fleet), warm-started from the base scenario. Pure; vmappable.
+
+    ``warm``: the dual's :class:`~optimizer.solve.DualStart` (its best split and limit prices), or the
+    augmented Lagrangian's base optimum (a Decision), which starts one of ``starts`` rows (the others
+    start from reference prices × the generated factors).
+    """
+    prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
+    task = relaxed_task(prob, active)
+    if isinstance(solver, Dual):
+        sol = solver.run(task, warm)
+    else:
+        sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
+    b = evaluate(sol.decision, prob)
+    return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, sol.result, sol.violation, sol.stats.iterations,
+                       b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
+                       econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob))
+
+
+def chunk_program(targets, relative, solver, starts, mesh, reuse_serving: bool):
+    """The compiled chunk program; one per (axes, solver, mesh), reused by every later sweep."""
+    return _chunk_program(tuple(targets), tuple(relative), solver, starts, mesh, reuse_serving)
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, reuse_serving: bool):
+    def run(base, values, pools, active, warm, serving):
+        nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
+        serve = serving if reuse_serving else None
+        return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve))(nums)
+
+    if mesh is None:
+        return jax.jit(run)
+    rows = NamedSharding(mesh, PartitionSpec("scenarios"))
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(run, in_shardings=(rep, rows, rep, rep, rep, rep), out_shardings=rows)
+
+
+def sweep_key(cfg: RunConfig) -> str:
+    """Hash of everything that determines the sweep's results: the whole config (not the chunk store,
+    resume flag or output options), this package's source, the JAX version and the float width."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    d["sweep"].pop("resume", None)
+    d["sweep"].pop("directory", None)
+    d["output"] = None
+    code = {"source": aot.source_hash(), "jax": jax.__version__, "x64": bool(jax.config.jax_enable_x64)}
+    return hashlib.sha256(json.dumps([d, code], sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """Flatten a chunk's results into one row per scenario (float64, rounded)."""
+    n = len(design_rows)
+    out = design_rows.reset_index(drop=True).copy()
+    out.insert(0, "scenario", np.arange(offset, offset + n))
+    r = jax.tree.map(lambda x: np.asarray(x, dtype=float if np.asarray(x).dtype.kind == "f" else None)[:n], res)
+    out["margin_usd_per_day"] = np.round(r.margin, 2)
+    out["revenue_usd_per_day"] = np.round(r.revenue, 2)
+    out["gpu_cost_usd_per_day"] = np.round(r.gpu_cost, 2)
+    whole = np.asarray(r.whole_ok, bool)
+    # a relaxed plan whose pools cannot be rounded up to whole replicas within the limits is no plan
+    out["status"] = [result_name(s) if int(s) != 0 or w else "no_whole_fleet" for s, w in zip(r.status, whole)]
+    out["converged"] = (r.status == 0) & whole
+    out["whole_fleet_feasible"] = whole
+    at = np.asarray(r.price_bound)
+    out["price_at_bound"] = [", ".join(f"{labels.segments[s]}/{labels.models[j]}:{'floor' if at[i, s, j] < 0 else 'ceiling'}"
+                                       for s, j in zip(*np.nonzero(at[i])) if labels.ref_input_usd_per_mtok[s][j] > 0)
+                             for i in range(n)]
+    out["violation"] = r.violation
+    out["iterations"] = r.iterations.astype(int)
+    out["margin_upper_bound_usd_per_day"] = np.round(r.bound, 2)
+    out["optimality_gap_bound"] = (r.bound - r.margin) / np.maximum(np.abs(r.bound), 1e-9)
+    for s, seg in enumerate(labels.segments):
+        for j, m in enumerate(labels.models):
+            if labels.ref_input_usd_per_mtok[s][j] == 0:
+                continue
+            key = f"{seg}/{m}"
+            out[f"price_vs_reference[{key}]"] = np.round(r.price_multiplier[:, s, j], 6)
+            out[f"requests_per_day[{key}]"] = np.round(r.requests[:, s, j], 1)
+            out[f"served_quality[{key}]"] = np.round(r.quality[:, s, j], 6)
+            for k, prec in enumerate(labels.precisions):
+                out[f"mix[{key}/{prec}]"] = np.round(r.mix[:, s, j, k], 6)
+    for g, gpu in enumerate(labels.gpus):
+        out[f"gpus[{gpu}]"] = np.round(r.gpus_by_type[:, g], 3)
+    return out
