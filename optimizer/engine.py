@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optimizer import aot
@@ -25,7 +24,7 @@ from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
 from optimizer.solve.auglag import multistart, run_starts_jit
 from optimizer.solve.base import result_name
-from optimizer.solve.choose import auglag_of
+from optimizer.solve.choose import choose_fleet_solver
 from optimizer.solve.dual import dual_program
 from optimizer.solve.integer import fleet_rows_jit
 
@@ -111,15 +110,15 @@ def starts_program(solver: AugLag):
 
 
 @functools.lru_cache(maxsize=8)
-def fleets_program(inner: AugLag):
+def fleets_program(inner):
     """``fleet_rows(task, dec, fleets)`` of ``inner``, jitted with the solver bound (exportable)."""
     return jax.jit(functools.partial(fleet_rows_jit, inner))
 
 
-def _fleet_program(inner: AugLag, task, dec, width: int):
+def _fleet_program(inner, task, y0, width: int):
     """The exported fixed-fleet solve of ``width`` fleets (one program for every repair round)."""
     fleets = np.zeros((width,) + task.fleet.shape)
-    return aot.exported("fleet_rows", fleets_program(inner), (task, dec, fleets), repr(inner))
+    return aot.exported("fleet_rows", fleets_program(inner), (task, y0, fleets), repr(inner))
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
@@ -145,9 +144,9 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
         t1 = time.perf_counter()
         act_fixed = active_mask(labels, prob, fixed_fleet=True)
         task = fixed_task(prob, act_fixed, np.zeros(prob.tp.shape))
-        inner = auglag_of(cfg.solver)
+        inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver)
         repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
-        program = _fleet_program(inner, task, relaxed.decision, repair.width)
+        program = _fleet_program(inner, task, inner.start_from(task, relaxed), repair.width)
         res = repair.run(task, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, program)
         final, fleet = res.solution, res.fleet
         fb = aot.exported("evaluate_fleet", evaluate_jit, (final.decision, prob, fleet))(final.decision, prob, fleet)

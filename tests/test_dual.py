@@ -155,3 +155,34 @@ def test_daily_budget_on_shared_pools_matches_adam():
     assert best <= float(sol.bound) * (1 + 1e-4) and -1e-4 <= float(sol.gap) < 5e-3
     assert float(sol.start.limit_price[2]) > 0  # the budget's price (index G)
     assert float(jnp.max(limit_excess(sol.primal, prob, limit_mask(prob, active)))) <= 1e-4
+
+
+def test_fixed_fleet_dual_prices_the_fleet_like_the_closed_form_and_the_augmented_lagrangian():
+    """A fixed fleet of half the GPUs the free optimum needs: the fixed-fleet dual's price is the
+    one at which demand fills the fleet, D(p) = N · ρ · 86400 / (κ · g); its bound holds; the
+    augmented Lagrangian on the same fixed fleet reaches the same margin."""
+    from optimizer.solve import AugLag, fixed_task
+    from optimizer.solve.dual import FleetDual
+
+    eps = 2.0
+    free = optimize(run_config({"chat": segment(elasticity=eps)}))
+    prob, labels = free.prob, free.labels
+    n = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    fleet = np.zeros(prob.tp.shape)
+    fleet[0, 0, 0] = n
+    task = fixed_task(prob, active_mask(labels, prob, fixed_fleet=True), fleet)
+    solver = FleetDual()
+    sol = jax.jit(solver.run)(task, solver.init(task))
+    assert int(sol.result) == 0 and float(sol.violation) <= 1e-4
+    b = evaluate(sol.decision, prob, jnp.asarray(fleet))
+    d_cap = n * float(prob.peak_utilization) * 86400 / (float(prob.peak_to_mean[0]) * float(prob.gpu_s_per_request[0, 0, 0, 0]))
+    p_cap = float(prob.demand.ref_price[0, 0]) * (d_cap / float(prob.demand.ref_demand[0, 0])) ** (-1 / eps)
+    assert float(b.price_per_request[0, 0]) == pytest.approx(p_cap, rel=2e-3)
+    # the plan may exceed the fleet by the 1e-4 feasibility tolerance, and so the exact bound by about λ·1e-4
+    assert float(b.margin) <= float(sol.bound) * (1 + 2e-4) and -2e-4 <= float(sol.gap) < 5e-3
+    assert float(sol.multipliers[-2 * fleet.size]) > 0  # the pool's peak capacity is priced
+    al = AugLag()
+    ref = jax.jit(al.run)(task, sol.decision)
+    assert int(ref.result) == 0
+    assert float(ref.margin) == pytest.approx(float(b.margin), rel=1e-3)
+    assert float(ref.margin) <= float(sol.bound) * (1 + 2e-4)  # weak duality for the other solver's plan

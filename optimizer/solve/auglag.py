@@ -67,6 +67,10 @@ class AugLag:
         """Reference prices, uniform mix and routing."""
         return jax.tree.map(lambda x: x[0], initial_decisions(task.problem, 1, 0))
 
+    def start_from(self, task: Task, sol: Solution) -> Decision:
+        """A start for ``task`` from another task's solution: its plan."""
+        return sol.decision
+
     def run(self, task: Task, y0: Decision) -> Solution:
         """Solve one task from ``y0``. Pure; vmappable."""
         rows = jax.tree.map(lambda x: x[None], (task.active, task.fleet, task.fixed))

@@ -6,7 +6,7 @@ import numpy as np
 
 from optimizer.errors import ConfigError
 from optimizer.solve.auglag import AugLag
-from optimizer.solve.dual import N_LIMITS, Dual
+from optimizer.solve.dual import N_LIMITS, Dual, FleetDual
 
 METHODS = ("auto", "dual", "auglag")
 """``auto``: the structured dual unless a quality floor is active; ``dual`` / ``auglag``: force one."""
@@ -25,12 +25,15 @@ def auglag_of(settings) -> AugLag:
                   tol_objective=settings.tol_objective)
 
 
-def dual_of(settings, steps: int | None = None) -> Dual:
-    """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``: e.g. a sweep's warm-started steps)."""
-    return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap)
+def dual_of(settings, steps: int | None = None, temperature: float | None = None) -> Dual:
+    """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``, ``temperature``: e.g. a
+    sweep's warm-started scenarios)."""
+    return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap,
+                temperature=settings.dual_temperature if temperature is None else temperature)
 
 
-def choose(active, n_gpus: int, settings, dual_steps: int | None = None) -> AugLag | Dual:
+def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
+           dual_temperature: float | None = None) -> AugLag | Dual:
     """The solver for a relaxed task with constraint activity ``active`` (C,) and ``n_gpus`` GPU types.
 
     The dual prices GPU caps and budgets but not quality floors; ``auto`` sends a task with a floor
@@ -46,4 +49,13 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None) -> AugL
                           "use solver.method=auto or auglag")
     if method == "auglag" or (method == "auto" and floors):
         return auglag_of(settings)
-    return dual_of(settings, dual_steps)
+    return dual_of(settings, dual_steps, dual_temperature)
+
+
+def choose_fleet_solver(active, n_gpus: int, settings) -> AugLag | FleetDual:
+    """The inner solver of the integer repair (fixed fleets), by the same rule: the fixed-fleet dual
+    unless a quality floor is active (``active``: the relaxed task's constraint activity) or
+    ``solver.method=auglag``."""
+    if settings.method == "auglag" or has_quality_floors(active, n_gpus):
+        return auglag_of(settings)
+    return FleetDual(tol_gap=settings.dual_tol_gap)

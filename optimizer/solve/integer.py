@@ -47,12 +47,14 @@ def round_fleet(gpus: np.ndarray, tp: np.ndarray, caps: np.ndarray, peak_load: n
     return fleet
 
 
-def fleet_rows(inner: AugLag, task: Task, dec: np.ndarray, fleets: jnp.ndarray) -> Solution:
-    """Solve ``task`` at each of ``fleets`` (B, G, J, K) from ``dec``. Pure."""
+def fleet_rows(inner, task: Task, y0, fleets: jnp.ndarray) -> Solution:
+    """Solve ``task`` at each of ``fleets`` (B, G, J, K) from ``y0`` (the inner solver's start). Pure."""
     B = fleets.shape[0]
-    decs = jax.tree.map(lambda x: jnp.broadcast_to(x, (B,) + x.shape), dec)
-    act = jnp.broadcast_to(task.active, (B,) + task.active.shape)
-    return inner.run_rows(task.problem, act, fleets, jnp.ones(B, bool), decs)
+    if isinstance(inner, AugLag):  # its rows share one loop (compiles faster than vmap of the solve)
+        decs = jax.tree.map(lambda x: jnp.broadcast_to(x, (B,) + x.shape), y0)
+        act = jnp.broadcast_to(task.active, (B,) + task.active.shape)
+        return inner.run_rows(task.problem, act, fleets, jnp.ones(B, bool), decs)
+    return jax.vmap(lambda f: inner.run(task._replace(fleet=f, fixed=jnp.asarray(True)), y0))(fleets)
 
 
 fleet_rows_jit = jax.jit(fleet_rows, static_argnums=0)
@@ -60,17 +62,18 @@ fleet_rows_jit = jax.jit(fleet_rows, static_argnums=0)
 
 @dataclasses.dataclass(frozen=True)
 class IntegerRepair:
-    """Round, repair and improve the fleet of a relaxed plan with ``inner`` solving each fixed fleet.
+    """Round, repair and improve the fleet of a relaxed plan with ``inner`` solving each fixed fleet
+    (:class:`~optimizer.solve.AugLag`, or :class:`~optimizer.solve.dual.FleetDual` without quality floors).
 
     ``width`` fleets are solved per compiled call (rows are padded to it, so every round reuses one
     program); ``rounds`` bounds the improvement rounds (repair gets 5 more).
     """
 
-    inner: AugLag
+    inner: object  # AugLag | FleetDual: has start_from(task, solution) and run(task, y0)
     rounds: int = 3
     width: int = 8
 
-    def solve_fleets(self, task: Task, dec, fleets: np.ndarray, program: Callable | None = None) -> Solution:
+    def solve_fleets(self, task: Task, y0, fleets: np.ndarray, program: Callable | None = None) -> Solution:
         """Solutions of ``task`` at each fleet of ``fleets`` (n, G, J, K), ``width`` per call (NumPy arrays)."""
         call = program or (lambda t, d, f: fleet_rows_jit(self.inner, t, d, f))
         n, outs = fleets.shape[0], []
@@ -78,7 +81,7 @@ class IntegerRepair:
             chunk = fleets[i:i + self.width]
             m = chunk.shape[0]
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.width - m, axis=0)])
-            out = jax.tree.map(np.asarray, call(task, dec, chunk))  # host-side from here: no eager JAX ops
+            out = jax.tree.map(np.asarray, call(task, y0, chunk))  # host-side from here: no eager JAX ops
             outs.append(jax.tree.map(lambda x: x[:m], out))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
@@ -96,8 +99,9 @@ class IntegerRepair:
         pools = pools or [idx for idx in np.ndindex(tp.shape) if tp[idx] > 0]
         fixed = task._replace(fixed=np.asarray(True))
 
-        def solve(dec, cands):
-            return self.solve_fleets(fixed, dec, np.stack(cands), program)
+        def solve(prev, cands):
+            y0 = self.inner.start_from(fixed._replace(fleet=cands[0]), prev)
+            return self.solve_fleets(fixed, y0, np.stack(cands), program)
 
         def feasible(s):
             return (s.violation <= INFEASIBLE_TOL) & np.isfinite(s.objective)
@@ -112,13 +116,13 @@ class IntegerRepair:
                     out.append(f)
             return out
 
-        sol = jax.tree.map(lambda x: x[0], solve(relaxed.decision, [fleet]))
+        sol = jax.tree.map(lambda x: x[0], solve(relaxed, [fleet]))
         tried, r = 1, 0
         while not bool(feasible(sol)) and r < self.rounds + 5:  # repair: add replicas until feasible
             cands = neighbours(fleet, +1)
             if not cands:
                 break
-            sols = solve(sol.decision, cands)
+            sols = solve(sol, cands)
             tried += len(cands)
             ok = feasible(sols)
             i = int(np.argmin(np.where(ok, sols.objective, np.inf))) if ok.any() else int(np.argmin(sols.violation))
@@ -131,7 +135,7 @@ class IntegerRepair:
             cands = neighbours(fleet, -1)
             if not cands:
                 break
-            sols = solve(sol.decision, cands)
+            sols = solve(sol, cands)
             tried += len(cands)
             ok = feasible(sols)
             if not ok.any():
