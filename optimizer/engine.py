@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import jax
@@ -18,7 +19,8 @@ import numpy as np
 
 from optimizer import aot
 from optimizer.constraints import active_mask, constraint_names
-from optimizer.objective import Breakdown, evaluate_jit
+from optimizer.decision import initial_decisions
+from optimizer.objective import Breakdown, evaluate_plan_jit
 from optimizer.problem import Labels, Problem, assemble_jit, build_problem
 from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
@@ -96,8 +98,6 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
         with bar.bar(solver.outer_steps, "solving", True):
             sol, _ = multistart(dataclasses.replace(solver, progress=bar.outer_step), task, s.starts, s.seed)
             return jax.block_until_ready(sol), solver.name
-    from optimizer.decision import initial_decisions
-
     dec0 = initial_decisions(prob, s.starts, s.seed)
     sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
     return sol, solver.name
@@ -121,35 +121,64 @@ def _fleet_program(inner, task, y0, width: int):
     return aot.exported("fleet_rows", fleets_program(inner), (task, y0, fleets), repr(inner))
 
 
-def optimize(cfg: RunConfig, progress=None, show_bar: bool = False) -> Result:
+def example_decision(prob: Problem):
+    """A decision shaped and typed like every solver's plan (for compiling programs ahead)."""
+    return jax.tree.map(lambda x: x[0], initial_decisions(prob, 1, 0))
+
+
+def evaluate_program(prob: Problem):
+    """The compiled :func:`optimizer.objective.evaluate_plan`: a relaxed or a fixed-fleet plan."""
+    fleet = np.zeros(np.shape(prob.tp))
+    return aot.exported("evaluate", evaluate_plan_jit, (example_decision(prob), prob, fleet, np.asarray(False)))
+
+
+def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
     """Solve a scenario end to end.
 
     Args:
       cfg: the validated run config.
       progress: optional callable ``progress(stage: str)`` called between stages.
       show_bar: show a tqdm bar of the augmented Lagrangian's outer steps.
+      also_compile: optional ``f(prob, labels)`` run in the background with the later programs
+        (e.g. the report's), while the relaxed solve compiles.
+
+    Programs of the later stages (the plan's evaluation, the integer repair's fixed-fleet solve)
+    are prepared in a background thread while the relaxed solve's program is: compilation releases
+    the GIL, so on a first run the two compile at once.
     """
     prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p))
     names = constraint_names(labels)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
-    t0 = time.perf_counter()
-    relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar)
-    evaluate = aot.exported("evaluate", evaluate_jit, (relaxed.decision, prob))
-    rb = evaluate(relaxed.decision, prob)
+    act_fixed = active_mask(labels, prob, fixed_fleet=True)
+    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver)
+    repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
+    fixed = fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
+
+    def later():
+        out = {"evaluate": evaluate_program(prob)}
+        if cfg.solver.integer_fleet:
+            out["fleet"] = _fleet_program(inner, fixed, inner.init(fixed), repair.width)
+        if also_compile is not None:
+            also_compile(prob, labels)
+        return out
+
+    with ThreadPoolExecutor(1) as pool:
+        programs = pool.submit(later)
+        t0 = time.perf_counter()
+        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar)
+        programs = programs.result()
+    evaluate = programs["evaluate"]
+    no_fleet = np.zeros(np.shape(prob.tp))
+    rb = evaluate(relaxed.decision, prob, no_fleet, np.asarray(False))
     stages = {"relaxed": _stage(relaxed, rb, names, act_relaxed, time.perf_counter() - t0, method)}
     if progress:
         progress("relaxed solve done")
     final, fb, fleet, loss = relaxed, rb, None, None
     if cfg.solver.integer_fleet and stages["relaxed"].status == RESULTS.converged.label:
         t1 = time.perf_counter()
-        act_fixed = active_mask(labels, prob, fixed_fleet=True)
-        task = fixed_task(prob, act_fixed, np.zeros(prob.tp.shape))
-        inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver)
-        repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
-        program = _fleet_program(inner, task, inner.start_from(task, relaxed), repair.width)
-        res = repair.run(task, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, program)
+        res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, programs["fleet"])
         final, fleet = res.solution, res.fleet
-        fb = aot.exported("evaluate_fleet", evaluate_jit, (final.decision, prob, fleet))(final.decision, prob, fleet)
+        fb = evaluate(final.decision, prob, fleet, np.asarray(True))
         stages["integer"] = _stage(final, fb, names, act_fixed, time.perf_counter() - t1, inner.name)
         loss = float(rb.margin) - float(fb.margin)
     status = list(stages.values())[-1].status

@@ -97,6 +97,15 @@ evaluate_jit = jax.jit(evaluate)
 """Compiled :func:`evaluate` (one program per problem shape and fleet mode)."""
 
 
+def evaluate_plan(dec: Decision, prob: Problem, fleet: jnp.ndarray, fixed) -> Breakdown:
+    """:func:`evaluate` of a plan on a fixed fleet (``fixed`` true) or with pools sized by load
+    (``fixed`` false, ``fleet`` ignored): one program for both."""
+    return evaluate(dec, prob, fleet, None, POOL_SHARPNESS, fixed)
+
+
+evaluate_plan_jit = jax.jit(evaluate_plan)
+
+
 def price_response(dec: Decision, prob: Problem, log_shifts: jnp.ndarray):
     """Demand and margin when prices move: ``(requests (N, S, J), margin (N,) USD/day)`` at the
     decision's prices × ``exp(log_shifts)`` (N, S, J), mix and routing held, pools sized by load

@@ -66,6 +66,32 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
     return "\n".join(out)
 
 
+PRICE_MULTIPLES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 41))
+"""Price / chosen price at which the demand-and-margin plot evaluates each segment."""
+
+
+def price_response_program(prob, dec):
+    """``(program, log price shifts (S·41, S, J))`` of the demand-and-margin plot: each segment's
+    prices moved alone through :data:`PRICE_MULTIPLES` (compiled once per machine)."""
+    from optimizer import aot
+    from optimizer.objective import price_response_jit
+
+    S, J = np.shape(prob.demand.offer_mask)
+    n = len(PRICE_MULTIPLES)
+    deltas = np.zeros((S, n, S, J))
+    for s in range(S):
+        deltas[s, :, s, :] = np.log(PRICE_MULTIPLES)[:, None]
+    deltas = deltas.reshape(S * n, S, J)
+    return aot.exported("price_response", price_response_jit, (dec, prob, deltas)), deltas
+
+
+def prepare(prob, labels) -> None:
+    """Compile the plots' program ahead (``optimize(also_compile=...)``)."""
+    from optimizer.engine import example_decision
+
+    price_response_program(prob, example_decision(prob))
+
+
 def _solver_line(stage: dict, summary: dict) -> str:
     """How a stage was solved, e.g. ``dual solver, 1000 steps, certified gap 0.05 %``."""
     if stage.get("method") == "dual":
@@ -81,21 +107,14 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from optimizer import aot
-    from optimizer.objective import price_response_jit
-
     prob, labels = result.prob, result.labels
     dec = result.final.decision
     S, J = np.asarray(prob.demand.offer_mask).shape
     paths = []
     # 1. demand and margin vs price multiplier of each segment (other prices held), relaxed cost model
-    mults = np.exp(np.linspace(np.log(0.25), np.log(4.0), 41))
+    mults = PRICE_MULTIPLES
 
-    deltas = np.zeros((S, len(mults), S, J))  # (segment moved, multiplier, S, J) log price shifts
-    for s in range(S):
-        deltas[s, :, s, :] = np.log(mults)[:, None]
-    deltas = deltas.reshape(S * len(mults), S, J)
-    program = aot.exported("price_response", price_response_jit, (dec, prob, deltas))
+    program, deltas = price_response_program(prob, dec)
     reqs_all, margins_all = (np.asarray(x) for x in program(dec, prob, deltas))
     reqs_all, margins_all = reqs_all.reshape(S, len(mults), S, J), margins_all.reshape(S, len(mults))
 

@@ -120,7 +120,9 @@ def run(cfg, outdir: Path) -> dict:
         return run_sweep_job(c, cfg, outdir)
     t0 = time.perf_counter()
     show = progress_mod.enabled(c.output.progress)
-    res = optimize(c, show_bar=show)
+    from optimizer import report
+
+    res = optimize(c, show_bar=show, also_compile=report.prepare if c.output.plots else None)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
     summary = build_summary(res, c, plan if res.ok else None, fleet)

@@ -12,9 +12,9 @@ from optimizer.problem import Numbers, Pools, assemble_jit, scenario_inputs
 @pytest.fixture()
 def export_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(aot, "export_dir", lambda: tmp_path)
-    aot._load.cache_clear()
+    aot.forget()
     yield tmp_path
-    aot._load.cache_clear()
+    aot.forget()
 
 
 def test_exported_program_is_traced_once_and_reloaded(export_dir):
@@ -27,8 +27,8 @@ def test_exported_program_is_traced_once_and_reloaded(export_dir):
 
     x, y = jnp.linspace(0.0, 1.0, 5), jnp.ones((3, 5))
     first = aot.exported("f", f, (x, y), "v1")(x, y)
-    assert len(traces) == 1 and len(list(export_dir.glob("f-*.jaxexport"))) == 1
-    aot._load.cache_clear()  # as a new process would: deserialise, no Python tracing
+    assert len(traces) == 1 and len(list(export_dir.glob("f-*.xla"))) == 1
+    aot.forget()  # as a new process would: deserialise, no Python tracing
     again = aot.exported("f", f, (x, y), "v1")(x * 2, y)
     assert len(traces) == 1
     np.testing.assert_allclose(np.asarray(again["s"]), np.asarray(f(x * 2, y)["s"]), rtol=0, atol=0)
@@ -36,16 +36,16 @@ def test_exported_program_is_traced_once_and_reloaded(export_dir):
     # another shape or another static setting is another program
     aot.exported("f", f, (x[:4], y[:, :4]), "v1")
     aot.exported("f", f, (x, y), "v2")
-    assert len(list(export_dir.glob("f-*.jaxexport"))) == 3
+    assert len(list(export_dir.glob("f-*.xla"))) == 3
 
 
 def test_corrupt_export_is_rewritten(export_dir):
     f = jax.jit(lambda x: x + 1.0)
     x = jnp.arange(3.0)
     aot.exported("g", f, (x,))
-    (path,) = export_dir.glob("g-*.jaxexport")
+    (path,) = export_dir.glob("g-*.xla")
     path.write_bytes(b"not a program")
-    aot._load.cache_clear()
+    aot.forget()
     np.testing.assert_array_equal(np.asarray(aot.exported("g", f, (x,))(x)), [1.0, 2.0, 3.0])
 
 
@@ -69,7 +69,7 @@ def test_scenario_assembly_round_trips_through_export(export_dir):
     assert isinstance(base, Numbers) and isinstance(pools, Pools)
     want = assemble_jit(base, pools)
     aot.exported("assemble", assemble_jit, (base, pools))
-    aot._load.cache_clear()
+    aot.forget()
     got = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -132,7 +132,8 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
 
     from optimizer.constraints import active_mask
     from optimizer.engine import optimize
-    from optimizer.solve import Dual, relaxed_task
+    from optimizer.solve import relaxed_task
+    from optimizer.solve.choose import dual_of
 
     c = to_schema(compose_run(["fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2"]), RunConfig)
     res = optimize(c)
@@ -141,7 +142,7 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     g = res.labels.gpus.index("b200")
     assert float(b.gpus.sum((1, 2))[g]) <= 4 * (1 + 1e-4)
     task = relaxed_task(res.prob, active_mask(res.labels, res.prob, False))
-    solver = Dual(steps=1000)
+    solver = dual_of(c.solver)  # the single run's dual (1,000 steps from scratch)
     assert res.stages["relaxed"].method == "dual"
     bound = float(jax.jit(solver.run)(task, solver.init(task)).bound)
     assert float(res.relaxed.bound) == pytest.approx(bound, rel=1e-9)  # the run's own certificate

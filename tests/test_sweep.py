@@ -175,4 +175,4 @@ def test_cli_sweep_writes_table_plots_and_summary(tmp_path):
     assert 0 <= summary["optimality_gap_bound"]["p50"] <= summary["optimality_gap_bound"]["max"] <= 5e-3
     assert "certified optimality gap" in r.stdout
     # the exported traced programs sit beside the compilation cache for the next run
-    assert list((tmp_path / "jax-cache" / "tokenmargin-export").glob("sweep_chunk-*.jaxexport"))
+    assert list((tmp_path / "jax-cache" / "tokenmargin-export").glob("sweep_chunk-*.xla"))

@@ -232,17 +232,17 @@ def test_corrupt_compilation_cache_entry_is_rewritten(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_corrupt_program_export_is_rewritten(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(aot, "export_dir", lambda: tmp_path)
-    aot._load.cache_clear()
+    aot.forget()
     f = jax.jit(lambda x: jnp.sin(x) * 2.0 + x.sum())
     x = jnp.arange(3.0)
     aot.exported("probe", f, (x,))
-    (path,) = tmp_path.glob("probe-*.jaxexport")
+    (path,) = tmp_path.glob("probe-*.xla")
     good = path.read_bytes()
     mid = len(good) // 2
     bad = {"truncate": good[:mid], "flip": good[:mid] + bytes(b ^ 0xFF for b in good[mid:mid + 16]) + good[mid + 16:],
            "garbage": b"not a program"}[damage]
     path.write_bytes(bad)  # "flip" still parses as an export and failed only when called, before the digest
-    aot._load.cache_clear()
+    aot.forget()
     np.testing.assert_allclose(np.asarray(aot.exported("probe", f, (x,))(x)), np.asarray(f(x)), rtol=0, atol=0)
     assert path.read_bytes() == good
-    aot._load.cache_clear()
+    aot.forget()
