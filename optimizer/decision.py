@@ -22,10 +22,6 @@ import numpy as np
 MASKED = -1e30
 """Logit of an option that is not allowed: its softmax weight is exactly 0 in float64."""
 
-LOGIT_FLOOR = -30.0
-"""Logits of a plan handed to a gradient solver are floored here (weight e^-30 ≈ 1e-13), so options
-the plan leaves unused can still be reached."""
-
 START_FACTORS = (1.0, 0.6, 1.7, 2.8, 0.35, 4.5, 1.25, 0.8)
 """Price multipliers of the generated starts (the first is the reference price), cycled."""
 
@@ -84,12 +80,6 @@ def encode(price_multiplier, mix, route, prob) -> Decision:
     offered = prob.demand.offer_mask > 0
     log_mu = jnp.where(offered, jnp.log(jnp.where(offered, price_multiplier, 1.0)), 0.0)
     return Decision(raw_price(log_mu, prob), jnp.log(jnp.maximum(mix, 1e-300)), jnp.log(jnp.maximum(route, 1e-300)))
-
-
-def floored(dec: Decision) -> Decision:
-    """``dec`` with mix and routing logits floored at :data:`LOGIT_FLOOR` (a start for a gradient solver)."""
-    return dec._replace(mix_logits=jnp.maximum(dec.mix_logits, LOGIT_FLOOR),
-                        route_logits=jnp.maximum(dec.route_logits, LOGIT_FLOOR))
 
 
 def start_factors(n: int) -> np.ndarray:

@@ -186,3 +186,29 @@ def test_fixed_fleet_dual_prices_the_fleet_like_the_closed_form_and_the_augmente
     assert int(ref.result) == 0
     assert float(ref.margin) == pytest.approx(float(b.margin), rel=1e-3)
     assert float(ref.margin) <= float(sol.bound) * (1 + 2e-4)  # weak duality for the other solver's plan
+
+
+def test_every_solver_restarts_from_a_solution_of_its_own():
+    """``start_from(task, solution)`` inverts each solver's multipliers: the dual's limit prices and
+    the fixed-fleet dual's capacity prices come back from the Solution they produced."""
+    from optimizer.solve import fixed_task, relaxed_task
+    from optimizer.solve.dual import FleetDual
+
+    eps = 2.0
+    free = optimize(run_config({"chat": segment(elasticity=eps)}))
+    cap = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    cfg = run_config({"chat": segment(elasticity=eps)}, gpu_caps={"h100-sxm": cap})
+    res, prob, active, _ = _solve_limited(cfg, steps=10)
+    dual = Dual(steps=600)
+    task = relaxed_task(prob, active)
+    sol, state = jax.jit(dual.solve)(task, dual.init(task))
+    np.testing.assert_allclose(dual.start_from(task, sol).limit_price, np.asarray(state.start.limit_price),
+                               rtol=1e-9, atol=1e-12)
+    fleet = np.zeros(prob.tp.shape)
+    fleet[0, 0, 0] = cap
+    ftask = fixed_task(prob, active_mask(res.labels, prob, fixed_fleet=True), fleet)
+    fd = FleetDual()
+    fsol, fstate = jax.jit(fd.solve)(ftask, fd.init(ftask))
+    back = fd.start_from(ftask, fsol)
+    np.testing.assert_allclose(back.peak_price, np.asarray(fstate.start.peak_price), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(back.daily_price, np.asarray(fstate.start.daily_price), rtol=1e-9, atol=1e-12)

@@ -7,7 +7,6 @@ import math
 from dataclasses import replace
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.special import lambertw

@@ -28,7 +28,7 @@ from optimizer.decision import Decision, initial_decisions
 from optimizer.economics import POOL_SHARPNESS
 from optimizer.objective import objective
 from optimizer.problem import Problem
-from optimizer.solve.base import INFEASIBLE_TOL, RESULTS, Solution, Stats, Task, best_index
+from optimizer.solve.base import Solution, Stats, Task, best_index, result_of
 
 SHARPNESS_START, SHARPNESS_GROWTH = 40.0, 1.3
 """The pool-sizing smooth max starts at a gentle 40 (≤ 1.8 % at a tie) and grows ×1.3 per outer step."""
@@ -153,8 +153,7 @@ class AugLag:
         viol = jnp.max(jnp.maximum(g, 0.0), axis=-1)
         gn = jnp.sqrt(sum(jnp.sum(x.reshape(B, -1) ** 2, axis=1) for x in jax.tree.leaves(grads)))
         finite = finite & jnp.isfinite(f) & jnp.isfinite(gn)
-        result = jnp.where(~finite, RESULTS.non_finite, jnp.where(
-            done, RESULTS.converged, jnp.where(viol > INFEASIBLE_TOL, RESULTS.infeasible, RESULTS.step_limit)))
+        result = result_of(finite, viol, done)
         nan = jnp.full(B, jnp.nan)
         return Solution(dec, result, f, -f * prob.scale, viol, lam, nan, nan,
                         Stats(k * self.inner_steps, k, gn))

@@ -49,6 +49,14 @@ INFEASIBLE_TOL = 1e-3
 """Normalised violation above which a finished solve is declared infeasible."""
 
 
+def result_of(finite, violation, converged):
+    """The :class:`RESULTS` code of a finished solve — the one rule of every solver: non-finite,
+    else infeasible beyond :data:`INFEASIBLE_TOL`, else converged when the solver's own test holds
+    (``converged``, which implies feasibility within its tighter tolerance), else step limit."""
+    return jnp.where(~finite, RESULTS.non_finite, jnp.where(
+        violation > INFEASIBLE_TOL, RESULTS.infeasible, jnp.where(converged, RESULTS.converged, RESULTS.step_limit)))
+
+
 def result_name(code) -> str:
     """The report name of a result code (``"converged"``, ``"step_limit"``, ...)."""
     return RESULTS(int(code)).label
@@ -114,6 +122,9 @@ class Solver(Protocol):
 
     def init(self, task: Task):
         """A default start for ``task``."""
+
+    def start_from(self, task: Task, solution: Solution):
+        """A start for ``task`` from a neighbouring task's solution (the integer repair's warm start)."""
 
     def run(self, task: Task, y0) -> Solution:
         """Solve ``task`` from ``y0``; pure, jittable, vmappable."""

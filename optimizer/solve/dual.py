@@ -49,7 +49,7 @@ from optimizer import economics as econ
 from optimizer.decision import MASKED, encode
 from optimizer.objective import evaluate
 from optimizer.problem import Problem
-from optimizer.solve.base import INFEASIBLE_TOL, RESULTS, Solution, Stats, Task
+from optimizer.solve.base import Solution, Stats, Task, result_of
 
 CLIP_ITERS = 1
 """Newton steps on the clipped markup fixed point (exact after 0 steps when no price bound binds)."""
@@ -340,6 +340,15 @@ class Dual:
         G = task.problem.usd_per_gpu_hour.shape[0]
         return DualStart(np.full(np.shape(task.problem.tp), 0.5), np.zeros(G + N_LIMITS))
 
+    def start_from(self, task: Task, sol: Solution) -> DualStart:
+        """An even split and the limit prices implied by a solution's multipliers of the GPU caps
+        and budgets (the inverse of :meth:`solve`'s conversion). Host-side (NumPy)."""
+        prob = task.problem
+        G = np.shape(prob.usd_per_gpu_hour)[0]
+        per_unit = np.asarray(limit_terms(jnp.ones(G + N_LIMITS), prob)) / float(prob.scale)
+        lam = np.asarray(sol.multipliers)[:G + N_LIMITS] / np.maximum(per_unit, 1e-300)
+        return DualStart(np.full(np.shape(prob.tp), 0.5), np.maximum(lam, 0.0))
+
     def solve(self, task: Task, y0: DualStart) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver
         (:func:`optimizer.objective.evaluate`), and the dual's own state (its best split and limit
@@ -351,29 +360,32 @@ class Dual:
         """
         prob = task.problem
         st = solve_dual(prob, y0, self, task.active)
-        dec = plan_decision(st.primal, prob)
-        b = evaluate(dec, prob, None, task.active)
-        viol = jnp.maximum(jnp.max(b.constraints), 0.0)
-        gap = (st.bound - b.margin) / jnp.maximum(jnp.abs(st.bound), 1e-9)
-        finite = jnp.isfinite(b.margin) & jnp.isfinite(st.bound)
-        result = jnp.where(~finite, RESULTS.non_finite, jnp.where(
-            viol > INFEASIBLE_TOL, RESULTS.infeasible,
-            jnp.where((gap <= self.tol_gap) & (viol <= self.tol_feasibility), RESULTS.converged, RESULTS.step_limit)))
         # shadow prices of the normalised constraints g = (used − limit) / limit, in objective units
         G = prob.usd_per_gpu_hour.shape[0]
         mask = limit_mask(prob, task.active)
         heads = jnp.where(mask > 0, limit_terms(st.start.limit_price, prob), 0.0) / prob.scale
         mult = jnp.zeros(task.active.shape, heads.dtype).at[:G + N_LIMITS].set(heads)
-        stats = Stats(jnp.asarray(self.steps), jnp.asarray(1), jnp.asarray(jnp.nan))
-        return Solution(dec, result, -b.margin / prob.scale, b.margin, viol, mult, st.bound, gap, stats), st
+        return certified(self, task, st, None, mult), st
 
     def run(self, task: Task, y0: DualStart) -> Solution:
         """Solve one task from ``y0`` (see :meth:`solve`). Pure; vmappable."""
         return self.solve(task, y0)[0]
 
 
-WARM_START_STEPS = 1000
-"""Dual steps of a scenario solved from scratch (an even cost split, unpriced limits)."""
+def certified(solver, task: Task, st: DualState, fleet, multipliers) -> Solution:
+    """The :class:`Solution` of a dual solve: its primal plan evaluated by the objective of every
+    solver (:func:`optimizer.objective.evaluate`, on ``fleet`` when fixed), certified against the
+    dual bound: converged within ``solver.tol_feasibility`` of every constraint and ``solver.tol_gap``
+    of the bound."""
+    prob = task.problem
+    dec = plan_decision(st.primal, prob)
+    b = evaluate(dec, prob, fleet, task.active)
+    viol = jnp.maximum(jnp.max(b.constraints), 0.0)
+    gap = (st.bound - b.margin) / jnp.maximum(jnp.abs(st.bound), 1e-9)
+    finite = jnp.isfinite(b.margin) & jnp.isfinite(st.bound)
+    result = result_of(finite, viol, (gap <= solver.tol_gap) & (viol <= solver.tol_feasibility))
+    stats = Stats(jnp.asarray(solver.steps), jnp.asarray(1), jnp.asarray(jnp.nan))
+    return Solution(dec, result, -b.margin / prob.scale, b.margin, viol, multipliers, st.bound, gap, stats)
 
 
 @functools.lru_cache(maxsize=8)
@@ -512,21 +524,12 @@ class FleetDual:
         """``(Solution, DualState)`` of the fixed-fleet task ``task`` (``task.fleet`` GPUs). Pure."""
         prob, fleet = task.problem, task.fleet
         st = solve_fleet_dual(prob, fleet, y0, self)
-        dec = plan_decision(st.primal, prob)
-        b = evaluate(dec, prob, fleet, task.active)
-        viol = jnp.maximum(jnp.max(b.constraints), 0.0)
-        gap = (st.bound - b.margin) / jnp.maximum(jnp.abs(st.bound), 1e-9)
-        finite = jnp.isfinite(b.margin) & jnp.isfinite(st.bound)
-        result = jnp.where(~finite, RESULTS.non_finite, jnp.where(
-            viol > INFEASIBLE_TOL, RESULTS.infeasible,
-            jnp.where((gap <= self.tol_gap) & (viol <= self.tol_feasibility), RESULTS.converged, RESULTS.step_limit)))
         # multipliers of the normalised capacity rows g = (need − N) / max(N, 1), in objective units
         P = fleet.size
         per_row = _per_row(prob, fleet)
         heads = jnp.concatenate([(st.start.peak_price * per_row).ravel(), (st.start.daily_price * per_row).ravel()])
         mult = jnp.zeros(task.active.shape, heads.dtype).at[-2 * P:].set(heads)
-        stats = Stats(jnp.asarray(self.steps), jnp.asarray(1), jnp.asarray(jnp.nan))
-        return Solution(dec, result, -b.margin / prob.scale, b.margin, viol, mult, st.bound, gap, stats), st
+        return certified(self, task, st, fleet, mult), st
 
     def run(self, task: Task, y0: FleetStart) -> Solution:
         return self.solve(task, y0)[0]

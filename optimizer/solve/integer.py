@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optimizer.solve.auglag import AugLag
-from optimizer.solve.base import INFEASIBLE_TOL, Solution, Task
+from optimizer.solve.base import INFEASIBLE_TOL, Solution, Solver, Task
 
 USED = 0.05
 """A pool whose relaxed fleet is below this share of one replica is left empty (its flow moves)."""
@@ -69,7 +69,7 @@ class IntegerRepair:
     program); ``rounds`` bounds the improvement rounds (repair gets 5 more).
     """
 
-    inner: object  # AugLag | FleetDual: has start_from(task, solution) and run(task, y0)
+    inner: Solver  # AugLag or FleetDual (start_from(task, solution), run(task, y0))
     rounds: int = 3
     width: int = 8
 
