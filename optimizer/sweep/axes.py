@@ -229,7 +229,7 @@ def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], value
     """Numbers of one scenario: ``base`` with each target set to (or scaled by) its value. Pure."""
     fields = base._asdict()
     for t, rel, v in zip(targets, relative, values):
-        leaf = fields[t.field]
+        leaf = jnp.asarray(fields[t.field])  # host-side NumPy numbers become arrays here
         new = leaf[t.index] * v if rel else v
         fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.asarray(new, leaf.dtype)
     return Numbers(**fields)
