@@ -332,6 +332,7 @@ def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64, xp=jnp) -> Effici
 def efficiency_at(table: EfficiencyTable, family) -> Efficiency:
     """The :class:`Efficiency` of GPU-family index (or index array) ``family``; shared factors broadcast."""
     f = jnp.asarray(family)
+    table = jax.tree.map(jnp.asarray, table)  # host-side NumPy factors index like traced ones
     b = lambda x: jnp.broadcast_to(x, f.shape)  # noqa: E731
     return Efficiency(table.bw_eff[f], table.flops_eff[f], table.prefill_flops_eff[f], b(table.moe_eff),
                       b(table.step_overhead_s), b(table.mem_util), b(table.layer_overhead_s), b(table.moe_layer_overhead_s),
