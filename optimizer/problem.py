@@ -356,7 +356,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
                     ref_output_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_out),
                     scenario=d.name, pool_index=tuple((i[0], i[1], i[2]) for i in idx), pool_layouts=tuple(cands),
                     gpus_per_node=tuple(int(hw.gpus_per_node) for hw in hws))
-    return numbers, pools, labels
+    # on the device in one transfer (no eager JAX operation to compile); safe to close over in jit too
+    return jax.device_put(numbers), jax.device_put(pools), labels
 
 
 def f64(x) -> np.ndarray:
@@ -413,9 +414,9 @@ def prune_candidates(pools: Pools, gpu_s, ok) -> Pools:
     score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
     best = np.argmin(score, axis=-1)[..., None]  # (S, P, 1)
     rows = np.arange(score.shape[1])[None, :, None]
-    sub = lambda x: x[rows, best]  # noqa: E731  (P, C, ...) -> (S, P, 1, ...)
-    return pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
-                          disagg=sub(pools.disagg), valid=np.isfinite(np.min(score, -1))[..., None])
+    sub = lambda x: np.asarray(x)[rows, best]  # noqa: E731  (P, C, ...) -> (S, P, 1, ...), host-side
+    return jax.device_put(pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
+                                         disagg=sub(pools.disagg), valid=np.isfinite(np.min(score, -1))[..., None]))
 
 
 def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:
