@@ -397,7 +397,7 @@ class SolverConfig:
     dual_steps: int = accepts(1000, **COUNT)  # dual: Rprop steps of a solve from scratch (single runs, a sweep's base)
     dual_tol_gap: float = accepts(5e-3, **POSITIVE)  # dual: certified relative optimality gap to count as converged
     dual_temperature: float = accepts(3e-3, **POSITIVE)  # dual: final softmax temperature of the option choice
-    # (single runs, a sweep's base); lower is closer to the exact argmax but needs more steps
+    # in single runs (sweeps: sweep.dual_temperature); lower is closer to the exact argmax but needs more steps
 
 
 @dataclass
@@ -428,7 +428,7 @@ class SweepConfig:
     starts: int = accepts(1, **COUNT)  # starts per scenario of the augmented Lagrangian (solver.method)
     dual_steps: int = accepts(80, **COUNT)  # dual: Rprop steps per scenario, warm-started from the base scenario's
     # split (with deployments as choices, 60 left 1 of 12 what-if scenarios at a 1.1 % certified gap; 80 certifies all within 0.33 %)
-    dual_temperature: float = accepts(1e-2, **POSITIVE)  # dual: final option-choice temperature per warm-started scenario
+    dual_temperature: float = accepts(1e-2, **POSITIVE)  # dual: final option-choice temperature of the base and every scenario
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep
     directory: Optional[str] = None  # chunk store (default outputs/sweeps/<name>; one <hash>-c<chunk>/ folder per sweep)
