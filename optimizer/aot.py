@@ -75,17 +75,41 @@ or missing bytes are caught on load, and the program is compiled and written aga
 
 class Program:
     """A compiled executable that falls back to the jitted function for arguments it was not
-    compiled for (another tree, shape, dtype or weak type)."""
+    compiled for (another tree, shape, dtype or weak type). A stored executable that fails on its
+    first call (e.g. it references code the new process lacks) is deleted and the function traced
+    instead; the next run stores a fresh one."""
 
-    def __init__(self, compiled, fn: Callable, name: str):
-        self.compiled, self.fn, self.name = compiled, fn, name
+    def __init__(self, compiled, fn: Callable, name: str, path: Path | None = None):
+        self.compiled, self.fn, self.name, self.path = compiled, fn, name, path
+        self.checked = path is None  # compiled in this process: nothing to check
 
     def __call__(self, *args):
+        if self.compiled is None:
+            return self.fn(*args)
         try:
-            return self.compiled(*args)
+            out = self.compiled(*args)
         except (TypeError, ValueError) as e:  # the arguments differ from the example: trace as usual
             log.debug("program %s: %s; tracing instead", self.name, str(e).splitlines()[0] if str(e) else e)
             return self.fn(*args)
+        except jax.errors.JaxRuntimeError as e:
+            return self._broken(e, args)
+        if not self.checked:
+            try:
+                jax.block_until_ready(out)
+            except jax.errors.JaxRuntimeError as e:
+                return self._broken(e, args)
+            self.checked = True
+        return out
+
+    def _broken(self, e, args):
+        if self.checked:
+            raise e
+        log.warning("stored program %s failed to run (%s); deleted it, tracing instead", self.name,
+                    str(e).splitlines()[0])
+        self.compiled = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        return self.fn(*args)
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,11 +145,14 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
     if path.exists():
         compiled = _load(path)
         if compiled is not None:
-            return _remember(path, Program(compiled, fn, name))
+            return _remember(path, Program(compiled, fn, name, path))
         _load.cache_clear()
     from jax.experimental import serialize_executable
 
-    compiled = fn.lower(*jax.tree.map(_spec, args)).compile()
+    from optimizer import jax_cache
+
+    with jax_cache.fresh():  # an executable from JAX's own cache would serialise into a broken file
+        compiled = fn.lower(*jax.tree.map(_spec, args)).compile()
     body = pickle.dumps(serialize_executable.serialize(compiled))
     io.atomic_write(path, lambda p: p.write_bytes(hashlib.sha256(body).digest() + body))
     return _remember(path, Program(compiled, fn, name))

@@ -16,7 +16,9 @@ cache-verification mode keep JAX's behaviour (the error is raised after the entr
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import logging
 from pathlib import Path
 
@@ -57,6 +59,22 @@ def drop_entry(cache, key: str) -> Path | None:
     return path
 
 
+_FRESH = threading.local()
+
+
+@contextlib.contextmanager
+def fresh():
+    """Compiles in this block (this thread) never read JAX's persistent cache: XLA:CPU executables
+    loaded from it serialise into files that fail in a new process ("Function ... not found"), so
+    :mod:`optimizer.aot` compiles what it stores afresh."""
+    before = getattr(_FRESH, "on", False)
+    _FRESH.on = True
+    try:
+        yield
+    finally:
+        _FRESH.on = before
+
+
 def install() -> None:
     """Make JAX delete (and so rewrite) unreadable compilation-cache entries. Idempotent."""
     from jax._src import compilation_cache as cc
@@ -68,6 +86,8 @@ def install() -> None:
 
     @functools.wraps(original)
     def get_executable_and_time(cache_key, compile_options, backend, executable_devices):
+        if getattr(_FRESH, "on", False):
+            return None, None  # a miss: compile afresh (and write the entry as usual)
         try:
             return original(cache_key, compile_options, backend, executable_devices)
         except Exception as ex:

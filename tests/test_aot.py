@@ -74,3 +74,46 @@ def test_scenario_assembly_round_trips_through_export(export_dir):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert type(got) is type(want)
+
+
+STORE_PROBE = """
+import os, sys
+os.environ["TOKENMARGIN_JAX_CACHE"] = sys.argv[1]
+from optimizer import runtime
+runtime.configure()
+import jax, jax.numpy as jnp
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program in JAX's cache too
+from optimizer import aot
+
+@jax.jit
+def tm_store_probe(x, y):
+    return {"q": (x / (1.0 + y.sum()) + jnp.exp(-x)) @ y.T, "r": jnp.tanh(x).sum()}
+
+x, y = jnp.linspace(0.0, 1.0, 6).reshape(2, 3), jnp.ones((4, 3))
+out = aot.exported("tm_store_probe", tm_store_probe, (x, y))(x, y)
+print("VALUE", float(out["q"].sum()), float(out["r"]))
+"""
+
+
+def test_stored_program_runs_in_a_new_process_even_when_jax_cache_held_it(tmp_path):
+    """The stored executable is compiled afresh, never taken from JAX's persistent cache (XLA:CPU
+    executables loaded from there serialise into files that fail in the next process)."""
+    import subprocess
+    import sys
+
+    def probe():
+        r = subprocess.run([sys.executable, "-c", STORE_PROBE, str(tmp_path / "jax")], cwd=aot.ROOT,
+                           capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                              "JAX_PLATFORMS": "cpu"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    first = probe()  # compiles; JAX's cache and the program store both get it
+    store = tmp_path / "jax" / aot.SUBDIR
+    for p in store.glob("tm_store_probe-*"):
+        p.unlink()  # as after a source change that leaves this program's HLO unchanged
+    probe()  # JAX's cache holds the executable: the store must still get a fresh compile
+    assert len(list(store.glob("tm_store_probe-*" + aot.SUFFIX))) == 1
+    third = probe()  # loads the stored executable in a new process and runs it
+    assert third.stdout.split("VALUE")[1] == first.stdout.split("VALUE")[1]
+    assert "failed to run" not in third.stderr
