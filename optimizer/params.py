@@ -173,8 +173,8 @@ def attention_tflops(hw: HardwareConfig, prec: PrecisionConfig, peak: float) -> 
 
     Decode and prefill attention kernels (FlashAttention / FlashInfer / TensorRT-LLM FMHA / FlashMLA)
     compute in 16-bit, dequantising an FP8 KV cache on load, so FP8 / FP4 weights do not speed up
-    attention math. (Fitting both measured regimes with an FP8 attention roof instead gave 12.1 / 11.1 %
-    median error against 10.5 / 9.6 % with BF16.)
+    attention math. (Fitting both measured regimes with an FP8 attention roof instead gave a larger
+    median error in both when it was tried, issue 9.)
     """
     bf16 = hw.dense_tflops.bf16
     return float(min(bf16 if bf16 is not None else peak, peak))

@@ -427,7 +427,7 @@ class SweepConfig:
     chunk_size: int = accepts(1024, **COUNT)  # scenarios per compiled call (bounded memory; the unit of resume)
     starts: int = accepts(1, **COUNT)  # starts per scenario of the augmented Lagrangian (solver.method)
     dual_steps: int = accepts(80, **COUNT)  # dual: Rprop steps per scenario, warm-started from the base scenario's
-    # split (with deployments as choices, 60 left 1 of 12 what-if scenarios at a 1.1 % certified gap; 80 certifies all within 0.33 %)
+    # split (80 chosen with deployments as choices, where 60 left what-if scenarios outside the certified gap)
     dual_temperature: float = accepts(1e-2, **POSITIVE)  # dual: final option-choice temperature of the base and every scenario
     heatmap: Optional[list[str]] = None  # two axis names for the margin heatmap (default: first two)
     resume: bool = True  # reuse finished chunks of an identical sweep

@@ -162,7 +162,7 @@ def test_fixed_fleet_dual_prices_the_fleet_like_the_closed_form_and_the_augmente
     one at which demand fills the fleet, D(p) = N · ρ · 86400 / (κ · g); its bound holds; the
     augmented Lagrangian on the same fixed fleet reaches the same margin."""
     from optimizer.solve import AugLag, fixed_task
-    from optimizer.solve.dual import FleetDual
+    from optimizer.solve.fleet import FleetDual
 
     eps = 2.0
     free = optimize(run_config({"chat": segment(elasticity=eps)}))
@@ -192,7 +192,7 @@ def test_every_solver_restarts_from_a_solution_of_its_own():
     """``start_from(task, solution)`` inverts each solver's multipliers: the dual's limit prices and
     the fixed-fleet dual's capacity prices come back from the Solution they produced."""
     from optimizer.solve import fixed_task, relaxed_task
-    from optimizer.solve.dual import FleetDual
+    from optimizer.solve.fleet import FleetDual
 
     eps = 2.0
     free = optimize(run_config({"chat": segment(elasticity=eps)}))

@@ -6,7 +6,8 @@ import numpy as np
 
 from optimizer.errors import ConfigError
 from optimizer.solve.auglag import AugLag
-from optimizer.solve.dual import N_LIMITS, Dual, FleetDual
+from optimizer.solve.dual import N_LIMITS, Dual
+from optimizer.solve.fleet import FleetDual
 
 METHODS = ("auto", "dual", "auglag")
 """``auto``: the structured dual unless a quality floor is active; ``dual`` / ``auglag``: force one."""

@@ -63,7 +63,7 @@ fleet_rows_jit = jax.jit(fleet_rows, static_argnums=0)
 @dataclasses.dataclass(frozen=True)
 class IntegerRepair:
     """Round, repair and improve the fleet of a relaxed plan with ``inner`` solving each fixed fleet
-    (:class:`~optimizer.solve.AugLag`, or :class:`~optimizer.solve.dual.FleetDual` without quality floors).
+    (:class:`~optimizer.solve.AugLag`, or :class:`~optimizer.solve.fleet.FleetDual` without quality floors).
 
     ``width`` fleets are solved per compiled call (rows are padded to it, so every round reuses one
     program); ``rounds`` bounds the improvement rounds (repair gets 5 more).
