@@ -112,7 +112,6 @@ class Program:
         return self.fn(*args)
 
 
-@functools.lru_cache(maxsize=64)
 def _load(path: Path):
     from jax.experimental import serialize_executable
 
@@ -146,7 +145,6 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
         compiled = _load(path)
         if compiled is not None:
             return _remember(path, Program(compiled, fn, name, path))
-        _load.cache_clear()
     from jax.experimental import serialize_executable
 
     from optimizer import jax_cache
@@ -171,4 +169,3 @@ def forget() -> None:
     """Drop the programs this process has loaded (as a new process would start)."""
     with _LOCK:
         _PROGRAMS.clear()
-    _load.cache_clear()

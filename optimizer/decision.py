@@ -110,6 +110,12 @@ def initial_decisions(prob, starts: int, seed: int) -> Decision:
     return Decision(np.asarray(price, np.float64), mix, route)
 
 
+def reference_decision(prob) -> Decision:
+    """Reference prices, uniform mix and routing: the default start, and the example every plan is
+    shaped and typed like (for compiling programs ahead)."""
+    return jax.tree.map(lambda x: x[0], initial_decisions(prob, 1, 0))
+
+
 def warm_and_cold(prob, warm: Decision, starts: int) -> Decision:
     """Starts inside jit: ``warm`` (e.g. the base scenario's optimum), then reference prices ×
     :func:`start_factors` with uniform mix and routing."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from optimizer import aot
 from optimizer.constraints import active_mask, constraint_names
-from optimizer.decision import initial_decisions
+from optimizer.decision import initial_decisions, reference_decision
 from optimizer.objective import Breakdown, evaluate_plan_jit
 from optimizer.problem import Labels, Problem, assemble_jit, build_problem
 from optimizer.schema import RunConfig
@@ -121,15 +121,10 @@ def _fleet_program(inner, task, y0, width: int):
     return aot.exported("fleet_rows", fleets_program(inner), (task, y0, fleets), repr(inner))
 
 
-def example_decision(prob: Problem):
-    """A decision shaped and typed like every solver's plan (for compiling programs ahead)."""
-    return jax.tree.map(lambda x: x[0], initial_decisions(prob, 1, 0))
-
-
 def evaluate_program(prob: Problem):
     """The compiled :func:`optimizer.objective.evaluate_plan`: a relaxed or a fixed-fleet plan."""
     fleet = np.zeros(np.shape(prob.tp))
-    return aot.exported("evaluate", evaluate_plan_jit, (example_decision(prob), prob, fleet, np.asarray(False)))
+    return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)))
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:

@@ -25,7 +25,7 @@ from optimizer.decision import Decision, decode
 from optimizer.economics import POOL_SHARPNESS
 from optimizer.problem import Problem
 
-__all__ = ["Breakdown", "Decision", "POOL_SHARPNESS", "evaluate", "evaluate_jit", "objective", "price_response"]
+__all__ = ["Breakdown", "Decision", "POOL_SHARPNESS", "evaluate", "evaluate_plan", "objective", "price_response"]
 
 
 class Breakdown(NamedTuple):
@@ -91,10 +91,6 @@ def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     """``(−margin / scale, Breakdown)`` — the single signature the solver minimises."""
     b = evaluate(dec, prob, fleet, active, sharpness, fixed)
     return -b.margin / prob.scale, b
-
-
-evaluate_jit = jax.jit(evaluate)
-"""Compiled :func:`evaluate` (one program per problem shape and fleet mode)."""
 
 
 def evaluate_plan(dec: Decision, prob: Problem, fleet: jnp.ndarray, fixed) -> Breakdown:

@@ -87,9 +87,9 @@ def price_response_program(prob, dec):
 
 def prepare(prob, labels) -> None:
     """Compile the plots' program ahead (``optimize(also_compile=...)``)."""
-    from optimizer.engine import example_decision
+    from optimizer.decision import reference_decision
 
-    price_response_program(prob, example_decision(prob))
+    price_response_program(prob, reference_decision(prob))
 
 
 def _solver_line(stage: dict, summary: dict) -> str:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizer.decision import Decision, initial_decisions
+from optimizer.decision import Decision, initial_decisions, reference_decision
 from optimizer.economics import POOL_SHARPNESS
 from optimizer.objective import objective
 from optimizer.problem import Problem
@@ -65,7 +65,7 @@ class AugLag:
 
     def init(self, task: Task) -> Decision:
         """Reference prices, uniform mix and routing."""
-        return jax.tree.map(lambda x: x[0], initial_decisions(task.problem, 1, 0))
+        return reference_decision(task.problem)
 
     def start_from(self, task: Task, sol: Solution) -> Decision:
         """A start for ``task`` from another task's solution: its plan."""
