@@ -3,8 +3,11 @@
 Every solver, the sweep and the reports go through these functions; nothing else writes the
 price box, its inverse or the masked softmax.
 
-* Price: ``log(price / reference) = lo + (hi − lo) · sigmoid(raw)`` with the box ``[lo, hi]`` of
-  each segment (``Problem.log_mu_lo`` / ``log_mu_hi``: the price floor and ceiling ratios).
+* Prices: each product's price sheet (input, cached input, output; ``R`` products) as
+  ``log(price / reference) = lo + (hi − lo) · sigmoid(raw)`` in the product's box ``[lo, hi]``
+  (``Problem.log_mu_lo`` / ``log_mu_hi``: its price floor and ceiling ratios). Prices that the
+  buyers' token mixes do not identify share one decision (``Problem.sheet_tie``): a contract's
+  sheet moves as one multiplier, as before price sheets.
 * Precision mix of each (segment, model) and routing of each (segment, model, precision) flow over
   GPU types: softmax of logits over the allowed options (``MASKED`` elsewhere).
 
@@ -29,20 +32,25 @@ START_FACTORS = (1.0, 0.6, 1.7, 2.8, 0.35, 4.5, 1.25, 0.8)
 class Decision(NamedTuple):
     """Unconstrained decision variables (a pytree; a leading axis batches starts or scenarios)."""
 
-    price_raw: jnp.ndarray  # (S, J) → log price multiplier in [lo, hi] by a scaled sigmoid
+    price_raw: jnp.ndarray  # (R, 3) → log multiplier of each product's input, cached and output price
     mix_logits: jnp.ndarray  # (S, J, K) → precision mix by masked softmax
     route_logits: jnp.ndarray  # (S, J, K, G) → GPU-type routing by masked softmax
 
 
 def price_box(prob, xp=jnp) -> tuple:
-    """``(lo, hi)`` (S, 1): the box of the log price multiplier of each segment."""
+    """``(lo, hi)`` (R, 1): the box of the log price multipliers of each product."""
     return xp.asarray(prob.log_mu_lo)[:, None], xp.asarray(prob.log_mu_hi)[:, None]
 
 
+def tied(x: jnp.ndarray, prob) -> jnp.ndarray:
+    """(R, 3) ``x`` (R, 3) with each price taking the value of the decision that sets it."""
+    return jnp.take_along_axis(x, prob.sheet_tie, axis=-1)
+
+
 def log_multiplier(price_raw: jnp.ndarray, prob) -> jnp.ndarray:
-    """(S, J) ``log(price / reference)`` of raw price variables (always inside the box)."""
+    """(R, 3) ``log(price / reference)`` of each product's prices (always inside the box)."""
     lo, hi = price_box(prob)
-    return lo + (hi - lo) * jax.nn.sigmoid(price_raw)
+    return lo + (hi - lo) * jax.nn.sigmoid(tied(price_raw, prob))
 
 
 def raw_price(log_mu, prob, xp=jnp, eps: float = 1e-12):
@@ -50,6 +58,22 @@ def raw_price(log_mu, prob, xp=jnp, eps: float = 1e-12):
     lo, hi = price_box(prob, xp)
     pos = xp.clip((log_mu - lo) / (hi - lo), eps, 1 - eps)
     return xp.log(pos) - xp.log1p(-pos)
+
+
+def sheet_prices(log_mu: jnp.ndarray, prob) -> jnp.ndarray:
+    """(R, 3) USD/Mtok of each product at log multipliers ``log_mu`` (R, 3)."""
+    return prob.sheet_ref * jnp.exp(log_mu)
+
+
+def request_prices(log_sheet: jnp.ndarray, tokens: jnp.ndarray, flow_product: jnp.ndarray) -> jnp.ndarray:
+    """(S, J) USD per request of each flow: its product's sheet ``exp(log_sheet)`` (R, 3) at the
+    segment's token mix (S, 3)."""
+    return jnp.einsum("sjt,st->sj", jnp.exp(log_sheet)[flow_product], tokens)
+
+
+def flow_prices(log_mu: jnp.ndarray, prob) -> jnp.ndarray:
+    """(S, J) USD per request each segment pays for each model at the products' log multipliers."""
+    return request_prices(jnp.log(jnp.maximum(prob.sheet_ref, 1e-300)) + log_mu, prob.tokens, prob.flow_product)
 
 
 def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -75,10 +99,8 @@ def decode(dec: Decision, prob, fleet: jnp.ndarray | None = None, fixed=True):
             masked_softmax(dec.route_logits, route_mask))
 
 
-def encode(price_multiplier, mix, route, prob) -> Decision:
-    """The :class:`Decision` that :func:`decode` maps to these prices, mix and routing (where offered)."""
-    offered = prob.demand.offer_mask > 0
-    log_mu = jnp.where(offered, jnp.log(jnp.where(offered, price_multiplier, 1.0)), 0.0)
+def encode(log_mu, mix, route, prob) -> Decision:
+    """The :class:`Decision` that :func:`decode` maps to these price log multipliers (R, 3), mix and routing."""
     return Decision(raw_price(log_mu, prob), jnp.log(jnp.maximum(mix, 1e-300)), jnp.log(jnp.maximum(route, 1e-300)))
 
 
@@ -88,9 +110,9 @@ def start_factors(n: int) -> np.ndarray:
 
 
 def price_starts(prob, factors, xp=jnp):
-    """(n, S, J) raw prices at ``factors`` × reference (kept 1e-3 inside the box)."""
-    S, J = prob.demand.ref_price.shape
-    lm = xp.broadcast_to(xp.log(xp.asarray(factors, float))[:, None, None], (len(factors), S, J))
+    """(n, R, 3) raw prices at ``factors`` × reference (kept 1e-3 inside the box)."""
+    R = prob.sheet_ref.shape[-2]
+    lm = xp.broadcast_to(xp.log(xp.asarray(factors, float))[:, None, None], (len(factors), R, 3))
     return raw_price(lm, prob, xp, eps=1e-3)
 
 

@@ -83,12 +83,13 @@ def _stage(sol: Solution, b: Breakdown, names: list[str], active: np.ndarray, wa
                  gap=None if np.isnan(float(sol.gap)) else float(sol.gap))
 
 
-def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: bool = False) -> tuple[Solution, str]:
+def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: bool = False,
+                  shared: bool = False) -> tuple[Solution, str]:
     """The relaxed task solved by the chosen solver: ``(solution, solver name)``."""
     from optimizer import progress as bar
 
     task = relaxed_task(prob, active)
-    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver)
+    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared)
     if isinstance(solver, Dual):
         y0 = solver.init(task)
         sol, _ = aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))(task, y0)
@@ -145,7 +146,7 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     names = constraint_names(labels)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
     act_fixed = active_mask(labels, prob, fixed_fleet=True)
-    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver)
+    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products)
     repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
     fixed = fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
 
@@ -160,7 +161,7 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     with ThreadPoolExecutor(1) as pool:
         programs = pool.submit(later)
         t0 = time.perf_counter()
-        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar)
+        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
         programs = programs.result()
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from kernels.demand import demand
 from optimizer import economics as econ
-from optimizer.decision import Decision, decode
+from optimizer.decision import Decision, decode, flow_prices, sheet_prices
 from optimizer.economics import POOL_SHARPNESS
 from optimizer.problem import Problem
 
@@ -31,7 +31,8 @@ __all__ = ["Breakdown", "Decision", "POOL_SHARPNESS", "evaluate", "evaluate_plan
 class Breakdown(NamedTuple):
     """Everything a report needs about one decision (USD, requests, GPUs per day)."""
 
-    price_multiplier: jnp.ndarray  # (S, J) price / reference price
+    price_multiplier: jnp.ndarray  # (S, J) price per request / reference price per request
+    sheet: jnp.ndarray  # (R, 3) USD/Mtok of each product's input, cached input and output
     price_per_request: jnp.ndarray  # (S, J) USD
     requests_per_day: jnp.ndarray  # (S, J)
     quality: jnp.ndarray  # (S, J) served quality retention
@@ -56,8 +57,9 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     the final pool sizes are within ``2**(1/sharpness)`` of the exact ``max``.
     """
     log_mu, mix, route = decode(dec, prob, fleet, fixed)
-    multiplier = jnp.exp(log_mu)
-    price = multiplier * prob.demand.ref_price
+    offered = prob.demand.offer_mask > 0
+    price = jnp.where(offered, flow_prices(log_mu, prob), 0.0)
+    multiplier = jnp.where(offered, price / jnp.where(offered, prob.demand.ref_price, 1.0), 1.0)
     quality = jnp.einsum("sjk,jk->sj", mix, prob.quality)
     # an offer with no usable pool (e.g. a fixed fleet without its model) serves nobody
     servable = jnp.einsum("sjk,sjkg->sj", mix, route)
@@ -83,7 +85,7 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
                          g_fixed_daily.ravel()])
     if active is not None:
         g = jnp.where(active > 0, g, -1.0)
-    return Breakdown(multiplier, price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, gpu_cost, margin, g)
+    return Breakdown(multiplier, sheet_prices(log_mu, prob), price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, gpu_cost, margin, g)
 
 
 def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
@@ -104,14 +106,15 @@ evaluate_plan_jit = jax.jit(evaluate_plan)
 
 def price_response(dec: Decision, prob: Problem, log_shifts: jnp.ndarray):
     """Demand and margin when prices move: ``(requests (N, S, J), margin (N,) USD/day)`` at the
-    decision's prices × ``exp(log_shifts)`` (N, S, J), mix and routing held, pools sized by load
-    (the relaxed cost model). Shifted prices stay inside the price box."""
+    decision's price sheets × ``exp(log_shifts)`` (N, R) (each product's sheet moves as a whole),
+    mix and routing held, pools sized by load (the relaxed cost model). Shifted prices stay
+    inside the price box."""
     from optimizer.decision import log_multiplier, raw_price
 
     base = log_multiplier(dec.price_raw, prob)
 
     def one(shift):
-        b = evaluate(dec._replace(price_raw=raw_price(base + shift, prob, eps=1e-9)), prob)
+        b = evaluate(dec._replace(price_raw=raw_price(base + shift[:, None], prob, eps=1e-9)), prob)
         return b.requests_per_day, b.margin
 
     return jax.vmap(one)(log_shifts)

@@ -104,13 +104,14 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     q = np.asarray(b.quality, float)
     ref_reqs = np.asarray(dp.ref_demand, float)
     log_lo, log_hi = np.asarray(prob.log_mu_lo, float), np.asarray(prob.log_mu_hi, float)
+    sheet = np.asarray(b.sheet, float)
     rows = []
     for s, seg in enumerate(labels.segments):
-        isl, osl, cr = labels.isl[s], labels.osl[s], labels.cached_price_ratio[s]
+        isl, osl = labels.isl[s], labels.osl[s]
         for j, m in enumerate(labels.models):
             if offer[s, j] <= 0:
                 continue
-            p_in0, p_out0 = labels.ref_input_usd_per_mtok[s][j], labels.ref_output_usd_per_mtok[s][j]
+            r = labels.flow_product[s][j]
             gpu_alloc = alloc[s, j].sum(0)  # (G,)
             cost = float((gpu_alloc * price_h * HOURS_PER_DAY).sum())
             tok_in, tok_out = reqs[s, j] * isl, reqs[s, j] * osl
@@ -125,9 +126,9 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 if lay is not None:
                     deps.append(f"{labels.gpus[g]}/{labels.precisions[k]}: {lay.label()}")
             rows.append({
-                "segment": seg, "tier": labels.tiers[s], "model": m,
-                "input_usd_per_mtok": _r(mu[s, j] * p_in0), "cached_input_usd_per_mtok": _r(mu[s, j] * p_in0 * cr),
-                "output_usd_per_mtok": _r(mu[s, j] * p_out0), "price_vs_reference": _r(mu[s, j], 4),
+                "segment": seg, "tier": labels.tiers[s], "model": m, "product": labels.products[r],
+                "input_usd_per_mtok": _r(sheet[r, 0]), "cached_input_usd_per_mtok": _r(sheet[r, 1]),
+                "output_usd_per_mtok": _r(sheet[r, 2]), "price_vs_reference": _r(mu[s, j], 4),
                 "requests_per_day": _r(reqs[s, j], 1), "input_tokens_per_day": _r(tok_in, 0),
                 "output_tokens_per_day": _r(tok_out, 0), "revenue_usd_per_day": _r(rev[s, j], 2),
                 "precision_mix": mixes, "served_quality": _r(q[s, j], 4), "gpus_by_type": by_type,
@@ -137,7 +138,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                 "cost_usd_per_mtok": _r(cost / max((tok_in + tok_out) / 1e6, 1e-300), 4) if tok_in + tok_out > 0 else 0.0,
                 "margin_usd_per_day": _r(rev[s, j] - cost, 2),
                 "margin_pct": _r(100 * (rev[s, j] - cost) / rev[s, j], 2) if rev[s, j] > 0 else 0.0,
-                "price_at_bound": price_bound_note(mu[s, j], log_lo[s], log_hi[s]),
+                "price_at_bound": price_bound_note(mu[s, j], log_lo[r], log_hi[r]),
                 "note": ("not served: no price covers the cost at this SLO (demand < 0.1 % of reference)"
                          if reqs[s, j] < 1e-3 * ref_reqs[s, j] else ""),
             })

@@ -21,6 +21,7 @@ from kernels.roofline import Deployment, Efficiency
 from kernels.serving import BISECTION_STEPS, Speculation, Workload, operating_point, slo_batch
 from optimizer import catalog
 from optimizer.errors import ConfigError
+from optimizer.decision import request_prices
 from optimizer.deployments import candidate_layouts
 from optimizer.params import (EfficiencyTable, Layout, build_deployment, build_mtp, efficiency_at, efficiency_table,
                               gpu_rent, peak_tflops, stack_trees)
@@ -54,8 +55,12 @@ class Problem(NamedTuple):
     budget_usd_per_day: jnp.ndarray  # () (NO_CAP if none)
     capex_budget_usd: jnp.ndarray  # () (NO_CAP if none)
     min_quality: jnp.ndarray  # (S,) (0 if none)
-    log_mu_lo: jnp.ndarray  # (S,) lower bound of log(price / reference price)
-    log_mu_hi: jnp.ndarray  # (S,) upper bound
+    log_mu_lo: jnp.ndarray  # (R,) lower bound of log(price / reference price) of each product's prices
+    log_mu_hi: jnp.ndarray  # (R,) upper bound
+    tokens: jnp.ndarray  # (S, 3) million tokens per request billed as input, cached input, output
+    flow_product: jnp.ndarray  # (S, J) int: the product segment s buys model j as (0 where not offered)
+    sheet_ref: jnp.ndarray  # (R, 3) reference price sheet of each product, USD/Mtok (input, cached, output)
+    sheet_tie: jnp.ndarray  # (R, 3) int: which price decision sets each price (ties unidentified ones)
     peak_utilization: jnp.ndarray  # ()
     daily_utilization: jnp.ndarray  # ()
     scale: jnp.ndarray  # () USD/day used to normalise the objective (reference revenue)
@@ -69,7 +74,7 @@ class Labels:
     models: tuple[str, ...]
     precisions: tuple[str, ...]
     gpus: tuple[str, ...]
-    tiers: tuple[str, ...]
+    tiers: tuple[str, ...]  # (S,) tier of each segment's products
     has_gpu_cap: tuple[bool, ...]
     has_budget: bool
     has_capex_budget: bool
@@ -84,6 +89,25 @@ class Labels:
     pool_index: tuple[tuple[int, int, int], ...] = ()  # (P,) (gpu, model, precision) index of each pool
     pool_layouts: tuple[tuple[Layout, ...], ...] = ()  # (P, C_p) candidate layouts of each pool
     gpus_per_node: tuple[int, ...] = ()  # (G,) servers' GPUs, for node counts in reports
+    products: tuple[str, ...] = ()  # (R,) product keys (a contract from an offer: "<segment>/<model>")
+    product_model: tuple[int, ...] = ()  # (R,) model index
+    product_tier: tuple[str, ...] = ()  # (R,)
+    product_contract: tuple[int, ...] = ()  # (R,) the one segment of a contract, -1 for a shared product
+    product_source: tuple[str, ...] = ()  # (R,)
+    flow_product: tuple[tuple[int, ...], ...] = ()  # (S, J) product index (-1 where not offered)
+    competitors: tuple[str, ...] = ()  # (C,)
+    competitor_provider: tuple[str, ...] = ()  # (C,)
+    competitor_model: tuple[str, ...] = ()  # (C,)
+    competitor_tier: tuple[str, ...] = ()  # (C,)
+    competitor_sheet: tuple[tuple[float, float, float], ...] = ()  # (C,) list prices USD/Mtok
+    competitor_date: tuple[str, ...] = ()  # (C,)
+    competitor_ratios: tuple[tuple[float, float, float], ...] = ()  # (C,) what-if price / list price
+    tier_terms: tuple[tuple[str, float, float, bool], ...] = ()  # (T,) (tier, tpot ms, ttft ms, deferrable)
+
+    @property
+    def has_shared_products(self) -> bool:
+        """Whether some product's price sheet is paid by more than one segment."""
+        return any(c < 0 for c in self.product_contract)
 
     def layout_at(self, g: int, j: int, k: int, c: float) -> Layout | None:
         """The candidate layout ``c`` of pool (gpu g, model j, precision k), or None."""
@@ -178,10 +202,21 @@ class Numbers(NamedTuple):
     ref_tpot_ms: jnp.ndarray  # (S,)
     peak_to_mean: jnp.ndarray  # (S,)
     min_quality: jnp.ndarray  # (S,) 0 = none
-    price_floor_ratio: jnp.ndarray  # (S,)
-    price_ceiling_ratio: jnp.ndarray  # (S,)
-    ref_input_usd_per_mtok: jnp.ndarray  # (S, J)
-    ref_output_usd_per_mtok: jnp.ndarray  # (S, J)
+    nest_parameter: jnp.ndarray  # (S,)
+    competitor_share: jnp.ndarray  # (S, C) 0 where the segment does not consider the competitor
+    product_input: jnp.ndarray  # (R,) reference USD/Mtok
+    product_cached: jnp.ndarray  # (R,) reference cache-hit USD/Mtok (contracts: input × segment's cached_price_ratio)
+    product_output: jnp.ndarray  # (R,)
+    product_floor: jnp.ndarray  # (R,) price floor / reference
+    product_ceiling: jnp.ndarray  # (R,) price ceiling / reference
+    competitor_input: jnp.ndarray  # (C,) list USD/Mtok
+    competitor_cached: jnp.ndarray  # (C,)
+    competitor_output: jnp.ndarray  # (C,)
+    competitor_input_ratio: jnp.ndarray  # (C,) what-if price / list price
+    competitor_cached_ratio: jnp.ndarray  # (C,)
+    competitor_output_ratio: jnp.ndarray  # (C,)
+    tier_tpot_ms: jnp.ndarray  # (T,) inf = the segment's own SLO
+    tier_ttft_ms: jnp.ndarray  # (T,)
     volume_share: jnp.ndarray  # (S, J)
     usd_per_gpu_hour: jnp.ndarray  # (G,)
     capex_per_gpu: jnp.ndarray  # (G,)
@@ -218,6 +253,11 @@ class Pools(NamedTuple):
     is_logit: jnp.ndarray  # (S,) bool
     is_batch: jnp.ndarray  # (S,) bool
     tp: jnp.ndarray  # (G, J, K) 1.0 where the pool has a candidate (availability)
+    segment_tier: jnp.ndarray  # (S,) int tier index
+    flow_product: jnp.ndarray  # (S, J) int product index (0 where not offered)
+    contract_segment: jnp.ndarray  # (R,) int: the segment of a contract, -1 for a shared product
+    sheet_tie: jnp.ndarray  # (R, 3) int: which price decision sets each price
+    competitor_mask: jnp.ndarray  # (S, C)
 
 
 def _validate_fleet(fl) -> None:
@@ -246,6 +286,113 @@ def _canonical_offers(name: str, seg) -> dict:
     return out
 
 
+class Products(NamedTuple):
+    """Our products and how segments buy them (host-side, from the config)."""
+
+    keys: list  # (R,) product keys
+    model: list  # (R,) model key
+    tier: list  # (R,) tier key
+    contract: list  # (R,) segment index of a contract, -1 for a shared product
+    configs: list  # (R,) ProductConfig, or (OfferConfig, SegmentConfig) of a contract
+    buys: list  # (S,) {model key: (product index, volume share)}
+    segment_tier: list  # (S,) tier key
+
+
+TIE_PATTERNS = {3: ((0, 1, 2),), 2: ((0, 0, 2), (0, 1, 1), (0, 1, 0)), 1: ((0, 0, 0),)}
+"""Which price decision sets (input, cached input, output), by the rank of the buyers' token mixes."""
+
+
+def sheet_tie(tokens: np.ndarray) -> tuple[int, int, int]:
+    """The tie pattern of a product whose buyers pay ``tokens`` (n, 3) USD per request at its
+    reference sheet (token mix × reference price of each kind): as many free prices as
+    the mixes identify (one segment: one multiplier on the whole reference sheet; two segments with
+    different input/output ratios: input and output apart, cached input with input; ...)."""
+    a = np.asarray(tokens, float)
+    a = a / np.maximum(np.abs(a).max(0, keepdims=True), 1e-300)
+    rank = int(np.linalg.matrix_rank(a, tol=1e-9)) if a.size else 1
+    for pattern in TIE_PATTERNS[max(rank, 1)]:
+        merged = np.zeros((len(a), 3))  # revenue per request by free price decision
+        for col, lead in enumerate(pattern):
+            merged[:, lead] += a[:, col]
+        if np.linalg.matrix_rank(merged, tol=1e-9) == rank:
+            return pattern
+    return (0, 0, 0)
+
+
+def _products(cfg: RunConfig, seg_names, segs, offers) -> Products:
+    """Resolve products, contracts (a segment's offers) and tiers; raise on an inconsistent config."""
+    d = cfg.demand
+    keys, model, tier, contract, configs = [], [], [], [], []
+    used = {p for s in segs for p in s.products}
+    for p in used - set(d.products):
+        where = [n for n, s in zip(seg_names, segs) if p in s.products]
+        raise ConfigError(f"demand.segments.{where[0]}.products names product '{p}', which is not in demand.products "
+                          f"(available: {', '.join(d.products) or 'none'})")
+    for key, pc in d.products.items():
+        if key not in used:
+            continue
+        if pc.tier not in d.tiers:
+            raise ConfigError(f"demand.products.{key}.tier = '{pc.tier}': accepted one of {list(d.tiers)} "
+                              f"(demand.tiers)")
+        keys.append(key)
+        model.append(catalog.canonical_model(pc.model, where=f"demand.products.{key}.model"))
+        tier.append(pc.tier)
+        contract.append(-1)
+        configs.append(pc)
+    buys, segment_tier = [], []
+    for si, (name, seg, seg_offers) in enumerate(zip(seg_names, segs, offers)):
+        mine = {}
+        contract_tier = "standard" if seg.tier == "interactive" else "batch"
+        for m, o in seg_offers.items():
+            if contract_tier not in d.tiers:
+                raise ConfigError(f"demand.segments.{name}.offers need tier '{contract_tier}' in demand.tiers")
+            mine[m] = (len(keys), o.volume_share)
+            keys.append(f"{name}/{m}")
+            model.append(m)
+            tier.append(contract_tier)
+            contract.append(si)
+            configs.append((o, seg))
+        for p, share in seg.products.items():
+            r = keys.index(p)
+            if model[r] in mine:
+                other = keys[mine[model[r]][0]]
+                raise ConfigError(f"demand.segments.{name} buys model '{model[r]}' twice (as '{other}' and '{p}'); "
+                                  f"a segment buys each model as one product: keep one")
+            mine[model[r]] = (r, share)
+        tiers_of = {tier[r] for r, _ in mine.values()}
+        if len(tiers_of) > 1:
+            raise ConfigError(f"demand.segments.{name} buys products of tiers {sorted(tiers_of)}; a segment buys in "
+                              f"one tier (split it into one segment per tier)")
+        if not mine:
+            raise ConfigError(f"demand.segments.{name} buys nothing: give it products (keys of demand.products) or offers")
+        for c in seg.competitors:
+            if c not in d.competitors:
+                raise ConfigError(f"demand.segments.{name}.competitors names '{c}', which is not in demand.competitors "
+                                  f"(available: {', '.join(d.competitors) or 'none'})")
+        if seg.competitors and seg.demand != "logit":
+            raise ConfigError(f"demand.segments.{name}.competitors needs demand=logit (constant elasticity has no "
+                              f"choice between providers); got demand={seg.demand}")
+        if seg.demand == "logit" and not seg.ref_market_share + sum(seg.competitors.values()) < 1.0:
+            raise ConfigError(f"demand.segments.{name}: ref_market_share {seg.ref_market_share:g} + competitors' "
+                              f"shares {sum(seg.competitors.values()):g} must be below 1 (the rest does not buy)")
+        buys.append(mine)
+        segment_tier.append(tiers_of.pop())
+    return Products(keys, model, tier, contract, configs, buys, segment_tier)
+
+
+def _product_prices(pc, default_lo: float, default_hi: float) -> tuple[float, float, float, float, float]:
+    """(input, cached, output, floor ratio, ceiling ratio) of a product or a contract (cached: see Numbers)."""
+    if isinstance(pc, tuple):
+        o, seg = pc
+        lo, hi = seg.price_floor_ratio, seg.price_ceiling_ratio
+        inp, cached, out = o.input_usd_per_mtok, 0.0, o.output_usd_per_mtok
+    else:
+        lo, hi = pc.price_floor_ratio, pc.price_ceiling_ratio
+        inp, out = pc.input_usd_per_mtok, pc.output_usd_per_mtok
+        cached = 0.1 * inp if pc.cached_input_usd_per_mtok is None else pc.cached_input_usd_per_mtok
+    return inp, cached, out, default_lo if lo is None else lo, default_hi if hi is None else hi
+
+
 def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     """Validate a scenario and split it into numbers (sweepable), pool structure and labels."""
     from optimizer.schema import GPU_FAMILIES
@@ -257,13 +404,14 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     seg_names = tuple(d.segments)
     segs = [d.segments[n] for n in seg_names]
     offers = [_canonical_offers(n, s) for n, s in zip(seg_names, segs)]  # old (dotted) model keys -> catalog keys
-    models = tuple(dict.fromkeys(m for o in offers for m in o))
+    prods = _products(cfg, seg_names, segs, offers)
+    models = tuple(dict.fromkeys(m for b in prods.buys for m in b))
     hws = [catalog.load_hardware(g) for g in fl.gpus]
     mcs = [catalog.load_model(m) for m in models]
     precs = [catalog.load_precision(k) for k in fl.precisions]
     S, J, K, G = len(segs), len(models), len(precs), len(hws)
-    for s, seg, seg_offers in zip(seg_names, segs, offers):
-        for m in seg_offers:
+    for s, seg, seg_buys in zip(seg_names, segs, prods.buys):
+        for m in seg_buys:
             mc = mcs[models.index(m)]
             if seg.isl + seg.osl > mc.max_context:
                 raise ConfigError(f"demand.segments.{s}: isl + osl = {seg.isl + seg.osl:g} exceeds model '{m}' "
@@ -300,20 +448,39 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         spec_rows.append(stack_trees(specs + [specs[i] for i in pad], np))
         dis_rows.append([float(lay.disaggregated) for lay in list(lays) + [lays[i] for i in pad]])
         valid_rows.append([c < len(lays) for c in range(n_cand)])
-    offer = np.zeros((S, J))
-    ref_in, ref_out, share = np.zeros((S, J)), np.zeros((S, J)), np.zeros((S, J))
-    for si, seg_offers in enumerate(offers):
-        for m, o in seg_offers.items():
+    R = len(prods.keys)
+    offer, share = np.zeros((S, J)), np.zeros((S, J))
+    flow = np.full((S, J), -1)
+    for si, seg_buys in enumerate(prods.buys):
+        for m, (r, v) in seg_buys.items():
             ji = models.index(m)
-            offer[si, ji] = 1.0
-            ref_in[si, ji], ref_out[si, ji], share[si, ji] = o.input_usd_per_mtok, o.output_usd_per_mtok, o.volume_share
+            offer[si, ji], share[si, ji], flow[si, ji] = 1.0, v, r
+    sheets = np.asarray([_product_prices(c, math.exp(DEFAULT_LOG_MU[0]), math.exp(DEFAULT_LOG_MU[1]))
+                         for c in prods.configs], float).reshape(R, 5)
+    for r, key in enumerate(prods.keys):
+        if not sheets[r, 3] < sheets[r, 4]:
+            raise ConfigError(f"product '{key}': price_floor_ratio {sheets[r, 3]:g} must be below "
+                              f"price_ceiling_ratio {sheets[r, 4]:g}")
+    tok = np.asarray([[s.isl * (1 - s.cached_share), s.isl * s.cached_share, s.osl] for s in segs], float)
+    ties = np.asarray([sheet_tie(tok[[si for si in range(S) if (flow[si] == r).any()]] * sheets[r, :3])
+                       for r in range(R)], int).reshape(R, 3)
+    tier_keys = tuple(d.tiers)
+    seg_tier = np.asarray([tier_keys.index(t) for t in prods.segment_tier], int)
+    comp_keys = tuple(d.competitors)
+    comps = [d.competitors[c] for c in comp_keys]
+    comp_share = np.zeros((S, len(comps)))
+    for si, seg in enumerate(segs):
+        for c, v in seg.competitors.items():
+            comp_share[si, comp_keys.index(c)] = v
     idx_a = np.asarray(idx, int)
     pools = Pools(dep=jax.tree.map(f64, stack_trees(dep_rows, np)),
                   spec=jax.tree.map(f64, stack_trees(spec_rows, np)), disagg=f64(dis_rows),
                   valid=np.asarray(valid_rows), gpu=idx_a[:, 0], model=idx_a[:, 1],
                   precision=idx_a[:, 2], family=idx_a[:, 3], offer_mask=f64(offer),
                   is_logit=np.asarray([s.demand == "logit" for s in segs]),
-                  is_batch=np.asarray([s.tier == "batch" for s in segs]), tp=f64(tp))
+                  is_batch=np.asarray([d.tiers[t].deferrable for t in prods.segment_tier]), tp=f64(tp),
+                  segment_tier=seg_tier, flow_product=np.maximum(flow, 0), contract_segment=np.asarray(prods.contract, int),
+                  sheet_tie=ties, competitor_mask=f64(comp_share > 0))
     if fl.capex_budget_usd is not None and any(not hw.capex_usd_per_gpu for hw in hws):
         missing = [hw.key for hw in hws if not hw.capex_usd_per_gpu]
         raise ConfigError(f"fleet.capex_budget_usd needs a capex for every GPU; missing for {missing}")
@@ -331,9 +498,18 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         tpot_ms=f64([opt(s.tpot_ms, inf) for s in segs]), ttft_ms=f64([opt(s.ttft_ms, inf) for s in segs]),
         ref_tpot_ms=f64([opt(s.ref_tpot_ms, opt(s.tpot_ms, 0.0)) for s in segs]),
         peak_to_mean=f64([s.peak_to_mean for s in segs]), min_quality=f64([opt(s.min_quality, 0.0) for s in segs]),
-        price_floor_ratio=f64([opt(s.price_floor_ratio, math.exp(DEFAULT_LOG_MU[0])) for s in segs]),
-        price_ceiling_ratio=f64([opt(s.price_ceiling_ratio, math.exp(DEFAULT_LOG_MU[1])) for s in segs]),
-        ref_input_usd_per_mtok=f64(ref_in), ref_output_usd_per_mtok=f64(ref_out), volume_share=f64(share),
+        nest_parameter=f64([s.nest_parameter for s in segs]), competitor_share=f64(comp_share),
+        product_input=f64(sheets[:, 0]), product_cached=f64(sheets[:, 1]), product_output=f64(sheets[:, 2]),
+        product_floor=f64(sheets[:, 3]), product_ceiling=f64(sheets[:, 4]),
+        competitor_input=f64([c.input_usd_per_mtok for c in comps]),
+        competitor_cached=f64([opt(c.cached_input_usd_per_mtok, c.input_usd_per_mtok) for c in comps]),
+        competitor_output=f64([c.output_usd_per_mtok for c in comps]),
+        competitor_input_ratio=f64([c.input_price_ratio for c in comps]),
+        competitor_cached_ratio=f64([c.cached_input_price_ratio for c in comps]),
+        competitor_output_ratio=f64([c.output_price_ratio for c in comps]),
+        tier_tpot_ms=f64([opt(d.tiers[t].tpot_ms, inf) for t in tier_keys]),
+        tier_ttft_ms=f64([opt(d.tiers[t].ttft_ms, inf) for t in tier_keys]),
+        volume_share=f64(share),
         usd_per_gpu_hour=f64([gpu_rent(hw, fl.cost, fl.price_usd_per_gpu_hour.get(hw.key)) for hw in hws]),
         capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
         gpu_cap=f64([opt(fl.gpu_caps.get(hw.key), NO_CAP) for hw in hws]),
@@ -346,16 +522,30 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
-                    tiers=tuple(s.tier for s in segs), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
+                    tiers=tuple(prods.segment_tier), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
                     has_min_quality=tuple(s.min_quality is not None for s in segs),
                     isl=tuple(float(s.isl) for s in segs), osl=tuple(float(s.osl) for s in segs),
                     cached_share=tuple(float(s.cached_share) for s in segs),
                     cached_price_ratio=tuple(float(s.cached_price_ratio) for s in segs),
-                    ref_input_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_in),
-                    ref_output_usd_per_mtok=tuple(tuple(float(x) for x in row) for row in ref_out),
+                    ref_input_usd_per_mtok=tuple(tuple(float(sheets[r, 0]) if r >= 0 else 0.0 for r in row) for row in flow),
+                    ref_output_usd_per_mtok=tuple(tuple(float(sheets[r, 2]) if r >= 0 else 0.0 for r in row) for row in flow),
                     scenario=d.name, pool_index=tuple((i[0], i[1], i[2]) for i in idx), pool_layouts=tuple(cands),
-                    gpus_per_node=tuple(int(hw.gpus_per_node) for hw in hws))
+                    gpus_per_node=tuple(int(hw.gpus_per_node) for hw in hws),
+                    products=tuple(prods.keys), product_model=tuple(models.index(m) for m in prods.model),
+                    product_tier=tuple(prods.tier), product_contract=tuple(prods.contract),
+                    product_source=tuple(c[0].price_source if isinstance(c, tuple) else c.price_source
+                                         for c in prods.configs),
+                    flow_product=tuple(tuple(int(x) for x in row) for row in flow),
+                    competitors=comp_keys, competitor_provider=tuple(c.provider for c in comps),
+                    competitor_model=tuple(c.model for c in comps), competitor_tier=tuple(c.tier for c in comps),
+                    competitor_sheet=tuple((c.input_usd_per_mtok, opt(c.cached_input_usd_per_mtok, c.input_usd_per_mtok),
+                                            c.output_usd_per_mtok) for c in comps),
+                    competitor_date=tuple(c.date for c in comps),
+                    competitor_ratios=tuple((c.input_price_ratio, c.cached_input_price_ratio, c.output_price_ratio)
+                                            for c in comps),
+                    tier_terms=tuple((t, opt(d.tiers[t].tpot_ms, inf), opt(d.tiers[t].ttft_ms, inf),
+                                      bool(d.tiers[t].deferrable)) for t in tier_keys))
     # on the device in one transfer (no eager JAX operation to compile); safe to close over in jit too
     return jax.device_put(numbers), jax.device_put(pools), labels
 
@@ -366,7 +556,7 @@ def f64(x) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "bw_eff", "flops_eff",
+SERVING_FIELDS = frozenset({"isl", "osl", "cached_share", "tpot_ms", "ttft_ms", "tier_tpot_ms", "tier_ttft_ms", "bw_eff", "flops_eff",
                             "prefill_flops_eff", "moe_eff", "step_overhead_ms", "mem_util", "layer_overhead_us", "moe_layer_overhead_us",
                             "collective_latency_us", "ep_imbalance"})
 """Numbers fields that change the cost kernels' serving table (others reuse a precomputed one)."""
@@ -378,8 +568,15 @@ def _serving_inputs(n: Numbers, pools: Pools):
                             n.mem_util, n.layer_overhead_us * 1e-6, n.moe_layer_overhead_us * 1e-6,
                             n.collective_latency_us * 1e-6, n.ep_imbalance)
     interactive = ~pools.is_batch
-    return (efficiency_at(table, pools.family), jnp.where(interactive, n.tpot_ms / 1000.0, jnp.inf),
-            jnp.where(interactive, n.ttft_ms / 1000.0, jnp.inf))
+    tpot, ttft = served_slo(n, pools)
+    return (efficiency_at(table, pools.family), jnp.where(interactive, tpot / 1000.0, jnp.inf),
+            jnp.where(interactive, ttft / 1000.0, jnp.inf))
+
+
+def served_slo(n: Numbers, pools: Pools):
+    """``(TPOT, TTFT)`` (S,) ms each segment is served at: the tighter of its own SLO and its tier's terms."""
+    return (jnp.minimum(n.tpot_ms, n.tier_tpot_ms[pools.segment_tier]),
+            jnp.minimum(n.ttft_ms, n.tier_ttft_ms[pools.segment_tier]))
 
 
 def serving_of(n: Numbers, pools: Pools, bisection_steps: int = BISECTION_STEPS):
@@ -445,28 +642,52 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     mix_mask = (route.sum(-1) > 0).astype(jnp.float64)
 
     offer = pools.offer_mask
-    isl, osl = n.isl[:, None], n.osl[:, None]
-    h, cr = n.cached_share[:, None], n.cached_price_ratio[:, None]
-    ref_in, ref_out = n.ref_input_usd_per_mtok, n.ref_output_usd_per_mtok
-    ref_price = (ref_in * isl * (1 - h) + ref_in * cr * isl * h + ref_out * osl) / 1e6 * offer
+    tokens = token_mix(n)
+    sheet = reference_sheets(n, pools)
+    ref_price = request_prices(jnp.log(sheet), tokens, pools.flow_product) * offer
+    comp_ref = tokens @ jnp.stack([n.competitor_input, n.competitor_cached, n.competitor_output], 0)  # (S, C)
+    comp_now = tokens @ jnp.stack([n.competitor_input * n.competitor_input_ratio,
+                                   n.competitor_cached * n.competitor_cached_ratio,
+                                   n.competitor_output * n.competitor_output_ratio], 0)
     share = n.volume_share * offer
     share = share / jnp.maximum(share.sum(-1, keepdims=True), 1e-30)
     ref_requests = n.volume / n.isl
-    market, beta, alpha = calibrate_logit(jnp.where(offer > 0, ref_price, 1.0), share, offer, ref_requests,
-                                          n.ref_market_share, n.elasticity)
-    served_lat = jnp.where(jnp.isfinite(n.tpot_ms), n.tpot_ms, n.ref_tpot_ms)
+    market, beta, alpha, comp_alpha = calibrate_logit(jnp.where(offer > 0, ref_price, 1.0), share, offer, ref_requests,
+                                                      n.ref_market_share, n.elasticity, n.competitor_share,
+                                                      n.nest_parameter)
+    tpot_slo, _ = served_slo(n, pools)
+    served_lat = jnp.where(jnp.isfinite(tpot_slo), tpot_slo, n.ref_tpot_ms)
     dp = DemandParams(ref_demand=ref_requests[:, None] * share, ref_price=ref_price, offer_mask=offer,
                       is_logit=pools.is_logit, elasticity=n.elasticity, market=market, beta=beta, alpha=alpha,
                       quality_sens=n.quality_sensitivity, latency_sens=n.latency_sensitivity,
-                      ref_quality=jnp.ones((S, J)), ref_latency_ms=n.ref_tpot_ms)
+                      ref_quality=jnp.ones((S, J)), ref_latency_ms=n.ref_tpot_ms,
+                      comp_utility=jnp.where(pools.competitor_mask > 0, comp_alpha - beta[:, None] * (comp_now - comp_ref), 0.0),
+                      comp_mask=pools.competitor_mask, nest=n.nest_parameter)
     scale = jnp.maximum((ref_requests[:, None] * share * ref_price).sum(), 1e-9)
     return Problem(
         demand=dp, quality=n.quality, mix_mask=mix_mask, route_mask=route, gpu_s_per_request=gpu_s_t,
         batch_at_slo=batch_t, tpot_ms=tpot_t, deployment=choice_t, prefill_share=prefill_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
         tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
         gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
-        min_quality=n.min_quality, log_mu_lo=jnp.log(n.price_floor_ratio), log_mu_hi=jnp.log(n.price_ceiling_ratio),
-        peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale)
+        min_quality=n.min_quality, log_mu_lo=jnp.log(n.product_floor), log_mu_hi=jnp.log(n.product_ceiling),
+        peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale,
+        tokens=tokens, flow_product=pools.flow_product, sheet_ref=sheet, sheet_tie=pools.sheet_tie)
+
+
+def token_mix(n: Numbers) -> jnp.ndarray:
+    """(S, 3) million tokens per request of each segment billed as input, cached input and output."""
+    return jnp.stack([n.isl * (1 - n.cached_share), n.isl * n.cached_share, n.osl], -1) / 1e6
+
+
+def reference_sheets(n: Numbers, pools: Pools) -> jnp.ndarray:
+    """(R, 3) reference USD/Mtok of each product; a contract's cache-hit price is its input price ×
+    its segment's ``cached_price_ratio``."""
+    seg = jnp.maximum(pools.contract_segment, 0)
+    cached = jnp.where(pools.contract_segment >= 0, n.product_input * n.cached_price_ratio[seg], n.product_cached)
+    return jnp.stack([n.product_input, cached, n.product_output], -1)
+
+
+
 
 
 assemble_jit = jax.jit(assemble, static_argnames=("bisection_steps",))

@@ -67,22 +67,42 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
 
 
 PRICE_MULTIPLES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 41))
-"""Price / chosen price at which the demand-and-margin plot evaluates each segment."""
+"""Price / chosen price at which the demand-and-margin plot evaluates each product."""
+MAX_PLOTTED_PRODUCTS = 6
+"""The demand-and-margin plot shows the products of largest revenue, at most this many."""
 
 
 def price_response_program(prob, dec):
-    """``(program, log price shifts (S·41, S, J))`` of the demand-and-margin plot: each segment's
-    prices moved alone through :data:`PRICE_MULTIPLES` (compiled once per machine)."""
+    """``(program, log price shifts (R·41, R))`` of the demand-and-margin plot: each product's price
+    sheet moved alone through :data:`PRICE_MULTIPLES` (compiled once per machine)."""
     from optimizer import aot
     from optimizer.objective import price_response_jit
 
-    S, J = np.shape(prob.demand.offer_mask)
+    R = np.shape(prob.sheet_ref)[0]
     n = len(PRICE_MULTIPLES)
-    deltas = np.zeros((S, n, S, J))
-    for s in range(S):
-        deltas[s, :, s, :] = np.log(PRICE_MULTIPLES)[:, None]
-    deltas = deltas.reshape(S * n, S, J)
+    deltas = np.zeros((R, n, R))
+    for r in range(R):
+        deltas[r, :, r] = np.log(PRICE_MULTIPLES)
+    deltas = deltas.reshape(R * n, R)
     return aot.exported("price_response", price_response_jit, (dec, prob, deltas)), deltas
+
+
+def competitor_marks(prob, labels, price: np.ndarray, r: int) -> list[tuple[str, float]]:
+    """``(label, competitor's price / ours)`` per request at the main buyer's token mix, for the
+    competitors that product ``r``'s buyers consider."""
+    flow = np.asarray(labels.flow_product)
+    reqs_w = np.asarray(prob.demand.ref_demand) * (flow == r)
+    if not labels.competitors or reqs_w.sum() <= 0:
+        return []
+    s, j = np.unravel_index(np.argmax(reqs_w), reqs_w.shape)
+    tokens = np.asarray(prob.tokens)[s]
+    cmask = np.asarray(prob.demand.comp_mask)[s]
+    out = []
+    for c, key in enumerate(labels.competitors):
+        if cmask[c] > 0 and price[s, j] > 0:
+            out.append((f"{labels.competitor_provider[c]} {labels.competitor_model[c]}",
+                        float(np.dot(tokens, labels.competitor_sheet[c]) / price[s, j])))
+    return out
 
 
 def prepare(prob, labels) -> None:
@@ -110,18 +130,23 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
     prob, labels = result.prob, result.labels
     dec = result.final.decision
     S, J = np.asarray(prob.demand.offer_mask).shape
+    R = len(labels.products)
     paths = []
-    # 1. demand and margin vs price multiplier of each segment (other prices held), relaxed cost model
+    # 1. demand and margin vs each product's price (its whole sheet; other prices held), relaxed cost model
     mults = PRICE_MULTIPLES
 
     program, deltas = price_response_program(prob, dec)
     reqs_all, margins_all = (np.asarray(x) for x in program(dec, prob, deltas))
-    reqs_all, margins_all = reqs_all.reshape(S, len(mults), S, J), margins_all.reshape(S, len(mults))
-
-    fig, axes = plt.subplots(1, S, figsize=(4.2 * S, 3.6), squeeze=False)
-    for s in range(S):
-        reqs, margins = reqs_all[s, :, s].sum(-1), margins_all[s]
-        ax = axes[0, s]
+    reqs_all, margins_all = reqs_all.reshape(R, len(mults), S, J), margins_all.reshape(R, len(mults))
+    b = result.final_breakdown
+    flow = np.asarray(labels.flow_product)
+    revenue = np.asarray(b.revenue)
+    shown = sorted(range(R), key=lambda r: -revenue[flow == r].sum())[:MAX_PLOTTED_PRODUCTS]
+    price = np.asarray(b.price_per_request)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
+    for i, r in enumerate(shown):
+        reqs, margins = (reqs_all[r] * (flow == r)).sum((-1, -2)), margins_all[r]
+        ax = axes[0, i]
         ax.plot(mults, np.asarray(reqs) / 1e6, color="tab:blue")
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -132,7 +157,11 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
         ax2.plot(mults, np.asarray(margins) / 1e3, color="tab:green")
         ax2.set_ylabel("total margin (k$/day, continuous fleet)", color="tab:green")
         ax.axvline(1.0, color="black", ls="--", lw=1)
-        ax.set_title(labels.segments[s])
+        for name, x in competitor_marks(prob, labels, price, r):
+            if mults[0] <= x <= mults[-1]:
+                ax.axvline(x, color="tab:red", ls=":", lw=1)
+                ax.text(x, ax.get_ylim()[1], name, rotation=90, va="top", ha="right", fontsize=7, color="tab:red")
+        ax.set_title(labels.products[r], fontsize=9)
     _margins(fig, left=0.75, right=0.8, bottom=0.6, top=0.35, wspace=1.45)
     paths.append(_save(fig, outdir / "demand_margin_vs_price.png"))
     # 2. cost per million tokens of each pool at each segment's shape (interactive at SLO)

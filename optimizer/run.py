@@ -16,6 +16,7 @@ from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
 from optimizer.errors import SolverFailure
 from optimizer.plan import fleet_table, plan_table, segment_summary
+from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
 from optimizer.report import console_summary, markdown_report, plots
 from optimizer.schema import RunConfig
 
@@ -125,12 +126,14 @@ def run(cfg, outdir: Path) -> dict:
     res = optimize(c, show_bar=show, also_compile=report.prepare if c.output.plots else None)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
+    sheet = price_sheet_table(res.prob, res.labels, res.final_breakdown)
     summary = build_summary(res, c, plan if res.ok else None, fleet)
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
 
     if res.ok:  # a NaN or inf is reported, never exported as a plan
         io.check_finite(plan, "the plan")
         io.check_finite(fleet, "the fleet table")
+        io.check_finite(sheet[PRICE_COLUMNS], "the price sheet")
 
     def write(stage: Path) -> None:
         io.write_text(stage / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -138,6 +141,9 @@ def run(cfg, outdir: Path) -> dict:
             for name in ("plan.csv", "plan.parquet", "plan.json"):
                 io.write_frame(stage / name, plan)
             io.write_frame(stage / "fleet.csv", fleet)
+            io.write_frame(stage / "price_sheet.csv", sheet)
+            io.write_frame(stage / "price_sheet.json", sheet)
+            io.write_text(stage / "price_sheet.md", price_sheet_markdown(sheet, res.labels.scenario))
             io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan)))
             if c.output.plots:
                 summary["plots"] = [p.name for p in plots(stage, res, plan, fleet)]

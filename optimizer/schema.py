@@ -320,11 +320,71 @@ class OfferConfig:
 
 
 @dataclass
+class TierConfig:
+    """Service terms of a tier (priority, standard, flex, batch): they set the SLO its products are
+    served at, and so their serving cost through the cost model."""
+
+    tpot_ms: Optional[float] = accepts(None, **POSITIVE)  # guaranteed mean TPOT (None = each segment's own SLO)
+    ttft_ms: Optional[float] = accepts(None, **POSITIVE)  # guaranteed mean TTFT (None = each segment's own SLO)
+    deferrable: bool = False  # served in spare (off-peak) capacity, without a latency SLO
+    source: str = ""  # where the terms come from
+
+
+def default_tiers() -> dict:
+    """The four tiers providers publish (ECONOMICS.md §5; shared/data/api_prices.csv)."""
+    return {
+        "priority": TierConfig(tpot_ms=20.0, source="OpenAI priority processing: latency SLA '99% > 50 tokens per "
+                                                    "second' -> TPOT <= 20 ms (ECONOMICS.md §5)"),
+        "standard": TierConfig(source="each segment's own SLO"),
+        "flex": TierConfig(deferrable=True, source="OpenAI/Google/Azure flex: sheddable, no latency SLA, 50 % off "
+                                                   "(ECONOMICS.md §5)"),
+        "batch": TierConfig(deferrable=True, source="OpenAI/Anthropic/Google batch APIs: within 24 h, 50 % off "
+                                                    "(ECONOMICS.md §5)"),
+    }
+
+
+@dataclass
+class ProductConfig:
+    """A product of ours: one model in one tier with one published price sheet, which every segment
+    that buys it pays (a product bought by one segment only is a contract)."""
+
+    model: str = MISSING  # catalog model key
+    tier: str = "standard"  # a key of demand.tiers
+    input_usd_per_mtok: float = accepts(**POSITIVE)  # reference (list) input price, USD per million tokens
+    cached_input_usd_per_mtok: Optional[float] = accepts(None, **NON_NEGATIVE)  # reference cache-hit price (None = 0.1 x input)
+    output_usd_per_mtok: float = accepts(**POSITIVE)  # reference output price
+    price_floor_ratio: Optional[float] = accepts(None, **POSITIVE)  # lowest price of each token kind / reference
+    price_ceiling_ratio: Optional[float] = accepts(None, **POSITIVE)  # highest price of each token kind / reference
+    price_source: str = MISSING  # where the reference prices come from, with date
+
+
+@dataclass
+class CompetitorConfig:
+    """A competitor's product: its dated list price sheet (the one at which segments' reference
+    shares were observed) and the what-if change of each price."""
+
+    provider: str = MISSING
+    model: str = MISSING  # the model sold (a catalog key where it is one of ours, else free text)
+    tier: str = "standard"  # a key of demand.tiers (for the report)
+    input_usd_per_mtok: float = accepts(**POSITIVE)
+    cached_input_usd_per_mtok: Optional[float] = accepts(None, **NON_NEGATIVE)  # None = same as input (no cache discount)
+    output_usd_per_mtok: float = accepts(**POSITIVE)
+    input_price_ratio: float = accepts(1.0, **POSITIVE)  # what-if: scenario input price / list price
+    cached_input_price_ratio: float = accepts(1.0, **POSITIVE)  # what-if: scenario cache-hit price / list price
+    output_price_ratio: float = accepts(1.0, **POSITIVE)  # what-if: scenario output price / list price
+    date: str = MISSING  # date (or snapshot) of the price sheet
+    price_source: str = MISSING  # api_prices.csv row
+
+
+@dataclass
 class SegmentConfig:
     """A customer segment: its traffic, the models it can be served, its demand and its SLO."""
 
-    tier: str = accepts("interactive", choices=("interactive", "batch"))  # interactive (served at peak within SLO) | batch (off-peak spare capacity)
-    offers: dict[str, OfferConfig] = field(default_factory=dict)  # model key -> offer
+    tier: str = accepts("interactive", choices=("interactive", "batch"))  # of its offers (contracts): interactive (the standard tier) | batch; products carry their own tier
+    offers: dict[str, OfferConfig] = field(default_factory=dict)  # model key -> offer (a contract: this segment's own prices)
+    products: dict[str, float] = accepts(default_factory=dict, **POSITIVE)  # product key -> share of the reference volume
+    competitors: dict[str, float] = accepts(default_factory=dict, gt=0.0, lt=1.0)  # competitor key -> its share of the segment's market at reference (logit)
+    nest_parameter: float = accepts(1.0, **FRACTION)  # logit: nest parameter of ours vs competitors' products (1 = plain MNL)
     input_tokens_per_day: float = accepts(**POSITIVE)  # reference volume (at reference prices and quality)
     isl: float = accepts(**POSITIVE)  # mean input tokens per request
     osl: float = accepts(**POSITIVE)  # mean output tokens per request
@@ -352,6 +412,9 @@ class DemandConfig:
     name: str = MISSING
     description: str = ""
     segments: dict[str, SegmentConfig] = field(default_factory=dict)
+    products: dict[str, ProductConfig] = field(default_factory=dict)  # our published price sheets
+    competitors: dict[str, CompetitorConfig] = field(default_factory=dict)  # their dated price sheets
+    tiers: dict[str, TierConfig] = field(default_factory=default_tiers)  # service terms per tier
 
 
 @dataclass

@@ -66,8 +66,9 @@ def _segment_rules(key: str, s: SegmentConfig) -> Iterator[str]:
     lo, hi = s.price_floor_ratio, s.price_ceiling_ratio
     if lo is not None and hi is not None and not lo < hi:
         yield f"{key}.price_floor_ratio = {_show(lo)} must be below {key}.price_ceiling_ratio = {_show(hi)}"
-    if not s.offers:
-        yield f"{key}.offers is empty: accepted one or more model keys with reference prices"
+    if not s.offers and not s.products:
+        yield (f"{key} buys nothing: accepted products (keys of demand.products with volume shares) or offers "
+               f"(model keys with reference prices)")
 
 
 def _run_rules(c: RunConfig) -> Iterator[str]:

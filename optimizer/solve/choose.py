@@ -10,6 +10,8 @@ from optimizer.solve.dual import N_LIMITS, Dual
 from optimizer.solve.fleet import FleetDual
 
 METHODS = ("auto", "dual", "auglag")
+SHEET_STEPS = 3
+"""Newton steps on shared price sheets at each dual step (from the per-segment optimum)."""
 """``auto``: the structured dual unless a quality floor is active; ``dual`` / ``auglag``: force one."""
 
 
@@ -26,15 +28,16 @@ def auglag_of(settings) -> AugLag:
                   tol_objective=settings.tol_objective)
 
 
-def dual_of(settings, steps: int | None = None, temperature: float | None = None) -> Dual:
+def dual_of(settings, steps: int | None = None, temperature: float | None = None, shared: bool = False) -> Dual:
     """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``, ``temperature``: e.g. a
-    sweep's warm-started scenarios)."""
+    sweep's warm-started scenarios; ``shared``: some product's sheet is paid by several segments)."""
     return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap,
-                temperature=settings.dual_temperature if temperature is None else temperature)
+                temperature=settings.dual_temperature if temperature is None else temperature,
+                sheet_steps=SHEET_STEPS if shared else 0)
 
 
 def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
-           dual_temperature: float | None = None) -> AugLag | Dual:
+           dual_temperature: float | None = None, shared: bool = False) -> AugLag | Dual:
     """The solver for a relaxed task with constraint activity ``active`` (C,) and ``n_gpus`` GPU types.
 
     The dual prices GPU caps and budgets but not quality floors; ``auto`` sends a task with a floor
@@ -50,13 +53,13 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
                           "use solver.method=auto or auglag")
     if method == "auglag" or (method == "auto" and floors):
         return auglag_of(settings)
-    return dual_of(settings, dual_steps, dual_temperature)
+    return dual_of(settings, dual_steps, dual_temperature, shared)
 
 
-def choose_fleet_solver(active, n_gpus: int, settings) -> AugLag | FleetDual:
+def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False) -> AugLag | FleetDual:
     """The inner solver of the integer repair (fixed fleets), by the same rule: the fixed-fleet dual
     unless a quality floor is active (``active``: the relaxed task's constraint activity) or
     ``solver.method=auglag``."""
     if settings.method == "auglag" or has_quality_floors(active, n_gpus):
         return auglag_of(settings)
-    return FleetDual(tol_gap=settings.dual_tol_gap)
+    return FleetDual(tol_gap=settings.dual_tol_gap, sheet_steps=SHEET_STEPS if shared else 0)

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kernels.demand import demand, logit_shares
+from kernels.demand import demand, nested_shares, outside_log
 from optimizer import economics as econ
-from optimizer.decision import MASKED, encode
+from optimizer.decision import MASKED, encode, flow_prices, tied
 from optimizer.objective import evaluate
 from optimizer.problem import Problem
 from optimizer.solve.base import Solution, Stats, Task, result_of
@@ -71,16 +71,18 @@ class Primal(NamedTuple):
     """Primal solution for given capacity prices (one scenario)."""
 
     price: jnp.ndarray  # (S, J) USD per request
+    log_mu: jnp.ndarray  # (R, 3) log(price / reference) of each product's sheet
     mix: jnp.ndarray  # (S, J, K)
     route: jnp.ndarray  # (S, J, K, G)
     requests: jnp.ndarray  # (S, J) per day
     peak_need: jnp.ndarray  # (G, J, K) GPUs needed at peak
     daily_need: jnp.ndarray  # (G, J, K) GPUs needed over the day
-    lagrangian: jnp.ndarray  # () USD/day: revenue − requests × their split cost (the dual function)
+    lagrangian: jnp.ndarray  # () USD/day: the dual function, with per-segment prices (an upper bound when sheets are shared)
     margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet max(peak, daily) this solution needs
 
 
-def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None) -> Primal:
+def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
+           sheet_steps: int = 0) -> Primal:
     """Optimal prices, mix and routing when pool ``(g, j, k)`` charges a share ``split[g, j, k]`` of
     its GPU cost to peak load and the rest to daily load.
 
@@ -89,6 +91,8 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
       temperature: softmax temperature of the option choice, in utils (logit) and in log-profit (CE).
       rate: (G,) USD per GPU-hour the requests are charged (default: the rent; :func:`solve_dual`
         adds the prices of GPU caps and budgets). ``margin`` always uses the rent.
+      sheet_steps: static; Newton steps on shared price sheets (0: every product is a contract, whose
+        sheet reproduces the per-segment optimum exactly).
     """
     d = prob.demand
     split_sjkg = jnp.transpose(split, (1, 2, 0))[None]  # (1, J, K, G)
@@ -99,8 +103,8 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
     allowed = prob.route_mask > 0
     q = prob.quality[None, :, :, None] - d.ref_quality[:, :, None, None]  # (S, J, K, 1)
     shift = -(d.latency_sens * (prob.served_latency_ms - d.ref_latency_ms))  # (S,)
-    lo = jnp.exp(prob.log_mu_lo)[:, None] * d.ref_price
-    hi = jnp.exp(prob.log_mu_hi)[:, None] * d.ref_price
+    lo = jnp.exp(prob.log_mu_lo)[prob.flow_product] * d.ref_price  # each flow's product's box
+    hi = jnp.exp(prob.log_mu_hi)[prob.flow_product] * d.ref_price
     offered = d.offer_mask > 0
 
     # --- logit segments: score options by utility per request, price by adjusted markup
@@ -121,36 +125,96 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
     c = (w * cost).sum((-1, -2))  # (S, J) USD/request
     quality_gap = (w * q).sum((-1, -2))  # (S, J) served quality − reference
 
-    # logit prices: markup y_j = clip(1/β + Π, lo − c, hi − c), Π = Σ y_j P_j
+    # logit prices: the per-segment optimum (nested logit, ours vs theirs, ECONOMICS.md §1.4 / §2.3):
+    # every unclipped offer has the same markup t = λ/β + (1 − λ) m̄ + λ Π (m̄: within-nest mean
+    # markup, Π = Σ y_j s_j); unclipped, βt = 1 + W(exp(IV_ours − 1) / Z)
     b = d.beta[:, None]
+    lam = d.nest[:, None]
     A = d.alpha + d.quality_sens[:, None] * 100.0 * quality_gap + shift[:, None] - b * c
 
     def share_of(y):
-        return logit_shares(A - b * y, d.offer_mask)
+        return nested_shares(A - b * y, d.offer_mask, d.comp_utility, d.comp_mask, d.nest)
 
-    bPi = omega(jax.nn.logsumexp(jnp.where(offered, A - 1.0, MASKED), axis=-1))  # (S,) unclipped root
-    Pi = bPi / d.beta
+    iv = d.nest * jax.nn.logsumexp(jnp.where(offered, A / lam, MASKED), axis=-1)
+    t0 = (1.0 + omega(iv - 1.0 - outside_log(d.comp_utility, d.comp_mask, d.nest))) / d.beta  # (S,) unclipped root
 
-    def markup(Pi):
-        return jnp.clip(1.0 / b + Pi[:, None], lo - c, hi - c)
+    def markup(t):
+        return jnp.clip(t[:, None], lo - c, hi - c)
 
-    def resid(Pi):
-        y = markup(Pi)
-        return Pi - (y * share_of(y)).sum(-1)
+    def resid(t):
+        y = markup(t)
+        sh = share_of(y)
+        nest_share = jnp.maximum(sh.sum(-1), 1e-300)
+        mbar = (sh * y).sum(-1) / nest_share
+        return t - d.nest / d.beta - (1.0 - d.nest) * mbar - d.nest * (y * sh).sum(-1)
 
+    t = t0
     for _ in range(CLIP_ITERS):  # Newton on the clipped fixed point (no-op when no bound binds)
-        r, dr = jax.jvp(resid, (Pi,), (jnp.ones_like(Pi),))
-        Pi = Pi - r / jnp.where(jnp.abs(dr) > 1e-12, dr, 1.0)
-    p_logit = c + markup(Pi)
+        r, dr = jax.jvp(resid, (t,), (jnp.ones_like(t),))
+        t = t - r / jnp.where(jnp.abs(dr) > 1e-12, dr, 1.0)
+    p_logit = c + markup(t)
     p_ce = jnp.clip(c * d.elasticity[:, None] / (d.elasticity[:, None] - 1.0), lo, hi)
     price = jnp.where(offered, jnp.where(d.is_logit[:, None], p_logit, p_ce), d.ref_price)
-    reqs = demand(price, d.ref_quality + quality_gap, prob.served_latency_ms, d)
+    quality = d.ref_quality + quality_gap
+    reqs = demand(price, quality, prob.served_latency_ms, d)
+    lagrangian = ((price - c) * reqs).sum()  # per-segment prices: the dual function of the relaxation
+    log_mu = sheet_start(price, prob)
+    if sheet_steps:  # shared price sheets: Newton on the products' prices, from the per-segment optimum
+        log_mu = sheet_newton(log_mu, lambda u: sheet_profit(u, c, quality, prob), prob, sheet_steps)
+        price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
+        reqs = demand(price, quality, prob.served_latency_ms, d)
     peak, daily = econ.pool_loads(econ.work_of(reqs, mix, route, prob), prob)
     peak_need, daily_need = econ.pool_needs(peak, daily, prob)
     revenue = (price * reqs).sum()
-    lagrangian = revenue - (c * reqs).sum()
     margin = revenue - econ.fleet_cost(jnp.maximum(peak_need, daily_need), prob)
-    return Primal(price, mix, route, reqs, peak_need, daily_need, lagrangian, margin)
+    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, lagrangian, margin)
+
+
+def sheet_start(price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """(R, 3) log multipliers of each product's sheet: the reference-revenue-weighted mean of its
+    buyers' price / reference (exact for a contract), the same for its three prices, in its box."""
+    d = prob.demand
+    R = prob.sheet_ref.shape[0]
+    offered = d.offer_mask > 0
+    w = jnp.where(offered, d.ref_demand * d.ref_price, 0.0)
+    log_ratio = jnp.where(offered, jnp.log(jnp.where(offered, price / jnp.where(offered, d.ref_price, 1.0), 1.0)), 0.0)
+    one_hot = jax.nn.one_hot(prob.flow_product, R) * offered[..., None]  # (S, J, R)
+    level = jnp.einsum("sj,sjr->r", w * log_ratio, one_hot) / jnp.maximum(jnp.einsum("sj,sjr->r", w, one_hot), 1e-300)
+    return jnp.clip(jnp.broadcast_to(level[:, None], (R, 3)), prob.log_mu_lo[:, None], prob.log_mu_hi[:, None])
+
+
+def sheet_profit(log_mu: jnp.ndarray, cost: jnp.ndarray, quality: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """USD/day: ``Σ (price − cost) × requests`` when every flow pays its product's sheet at log
+    multipliers ``tied(log_mu)`` (R, 3), at linear costs ``cost`` (S, J) USD/request."""
+    d = prob.demand
+    offered = d.offer_mask > 0
+    price = jnp.where(offered, flow_prices(tied(log_mu, prob), prob), d.ref_price)
+    return ((price - cost) * demand(price, quality, prob.served_latency_ms, d)).sum()
+
+
+SHEET_STEP_SIZES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
+"""Fractions of the Newton step tried each iteration (the best is kept, so no step loses profit)."""
+
+
+def sheet_newton(log_mu: jnp.ndarray, profit, prob: Problem, steps: int) -> jnp.ndarray:
+    """Maximise ``profit(log_mu)`` over the products' price decisions (R, 3) in their boxes by
+    ``steps`` saddle-free Newton steps (|eigenvalues| of the Hessian, floored) with a step-size
+    search over :data:`SHEET_STEP_SIZES`; a few dozen variables, so the Hessian is exact."""
+    lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
+    shape = log_mu.shape
+    flat = lambda x: profit(x.reshape(shape))  # noqa: E731
+    sizes = jnp.asarray(SHEET_STEP_SIZES, log_mu.dtype)
+    x = tied(log_mu, prob).reshape(-1)
+    for _ in range(steps):
+        g = jax.grad(flat)(x)
+        w, V = jnp.linalg.eigh(jax.hessian(flat)(x))
+        floor = 1e-9 * jnp.max(jnp.abs(w)) + 1e-300
+        step = V @ ((V.T @ g) / jnp.maximum(jnp.abs(w), floor))
+        cands = jnp.clip(x[None] + sizes[:, None] * step[None], lo.reshape(-1, 1).repeat(3, 1).reshape(-1),
+                         hi.reshape(-1, 1).repeat(3, 1).reshape(-1))
+        vals = jax.vmap(flat)(cands)
+        x = cands[jnp.argmax(jnp.where(jnp.isfinite(vals), vals, -jnp.inf))]
+    return tied(x.reshape(shape), prob)
 
 
 def limit_mask(prob: Problem, active: jnp.ndarray | None) -> jnp.ndarray:
@@ -271,7 +335,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
-        x = primal(split, prob, t, charged_rate(lam, prob))
+        x = primal(split, prob, t, charged_rate(lam, prob), solver.sheet_steps)
         excess = limit_excess(x, prob, mask)
         feasible = jnp.max(excess) <= solver.tol_feasibility
         better = feasible & (x.margin > c.best_margin)  # every feasible primal point is a plan: keep the best
@@ -312,9 +376,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
 
 def plan_decision(x: Primal, prob: Problem):
     """The :class:`~optimizer.decision.Decision` reproducing a primal solution in :func:`evaluate`."""
-    offered = prob.demand.offer_mask > 0
-    multiplier = jnp.where(offered, x.price / jnp.where(offered, prob.demand.ref_price, 1.0), 1.0)
-    return encode(multiplier, x.mix, x.route, prob)
+    return encode(x.log_mu, x.mix, x.route, prob)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +394,7 @@ class Dual:
     temperature_start: float = 5e-2  # annealed geometrically to `temperature` over the steps
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
     tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
+    sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)
 
     name = "dual"
 

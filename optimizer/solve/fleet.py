@@ -37,13 +37,13 @@ def _fleet_problem(prob: Problem, fleet: jnp.ndarray) -> Problem:
     return prob._replace(route_mask=route, mix_mask=prob.mix_mask * (route.sum(-1) > 0))
 
 
-def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperature) -> Primal:
+def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperature, sheet_steps: int = 0) -> Primal:
     """Optimal prices, mix and routing when pool ``p`` charges ``rent × (peak price × peak GPUs +
     daily price × daily GPUs)`` of its load (``prob`` restricted by :func:`_fleet_problem`)."""
     total = prices.peak_price + prices.daily_price
     split = prices.peak_price / jnp.maximum(total, 1e-12)
     rate = jnp.transpose(prob.usd_per_gpu_hour[:, None, None] * total, (1, 2, 0))  # (J, K, G) USD/GPU-hour
-    return primal(split, prob, temperature, rate)
+    return primal(split, prob, temperature, rate, sheet_steps)
 
 
 def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: "FleetDual") -> DualState:
@@ -70,7 +70,7 @@ def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: 
 
     def evaluate_at(params, t):
         a, b = params
-        x = fleet_primal(FleetStart(a, b), prob, fleet, t)
+        x = fleet_primal(FleetStart(a, b), prob, fleet, t, solver.sheet_steps)
         ep = jnp.where(has, (x.peak_need - fleet) / denom, -1.0)
         ed = jnp.where(has, (x.daily_need - fleet) / denom, -1.0)
         return x, ep, ed, x.lagrangian + jnp.sum(rent_day * (a + b) * fleet)
@@ -127,6 +127,7 @@ class FleetDual:
     temperature_start: float = 5e-2
     tol_gap: float = 5e-3
     tol_feasibility: float = 1e-4
+    sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)
 
     name = "dual"
 

@@ -24,17 +24,28 @@ SEGMENT_FIELDS = {  # config field -> Numbers field (per segment)
     "cached_price_ratio": "cached_price_ratio", "elasticity": "elasticity", "ref_market_share": "ref_market_share",
     "quality_sensitivity": "quality_sensitivity", "latency_sensitivity": "latency_sensitivity",
     "tpot_ms": "tpot_ms", "ttft_ms": "ttft_ms", "ref_tpot_ms": "ref_tpot_ms", "peak_to_mean": "peak_to_mean",
-    "min_quality": "min_quality", "price_floor_ratio": "price_floor_ratio",
-    "price_ceiling_ratio": "price_ceiling_ratio",
+    "min_quality": "min_quality", "nest_parameter": "nest_parameter",
 }
-OFFER_FIELDS = {"input_usd_per_mtok": "ref_input_usd_per_mtok", "output_usd_per_mtok": "ref_output_usd_per_mtok",
+OFFER_FIELDS = {"input_usd_per_mtok": "product_input", "output_usd_per_mtok": "product_output",
                 "volume_share": "volume_share"}
+PRODUCT_FIELDS = {"input_usd_per_mtok": "product_input", "cached_input_usd_per_mtok": "product_cached",
+                  "output_usd_per_mtok": "product_output", "price_floor_ratio": "product_floor",
+                  "price_ceiling_ratio": "product_ceiling"}
+COMPETITOR_FIELDS = {"input_usd_per_mtok": "competitor_input", "cached_input_usd_per_mtok": "competitor_cached",
+                     "output_usd_per_mtok": "competitor_output", "input_price_ratio": "competitor_input_ratio",
+                     "cached_input_price_ratio": "competitor_cached_ratio",
+                     "output_price_ratio": "competitor_output_ratio"}
+TIER_FIELDS = {"tpot_ms": "tier_tpot_ms", "ttft_ms": "tier_ttft_ms"}
 FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization"}
 FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap"}
 EFF_PER_FAMILY = {"bw_eff", "flops_eff", "prefill_flops_eff"}
 EFF_SCALARS = {"moe_eff", "step_overhead_ms", "mem_util"}
 PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<segment>.offers.<model>."
-              "{input_usd_per_mtok,output_usd_per_mtok,volume_share}", "fleet.price_usd_per_gpu_hour.<gpu>",
+              "{input_usd_per_mtok,output_usd_per_mtok,volume_share}", "demand.segments.<segment>.products.<product>",
+              "demand.segments.<segment>.competitors.<competitor>",
+              f"demand.products.<product>.{{{','.join(PRODUCT_FIELDS)}}}",
+              f"demand.competitors.<competitor>.{{{','.join(COMPETITOR_FIELDS)}}}",
+              f"demand.tiers.<tier>.{{{','.join(TIER_FIELDS)}}}", "fleet.price_usd_per_gpu_hour.<gpu>",
               "fleet.gpu_caps.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
               "efficiency.{bw_eff,flops_eff,prefill_flops_eff}.<gpu family>",
               f"efficiency.{{{','.join(sorted(EFF_SCALARS))}}}", "quality.<model>.<precision>")
@@ -83,12 +94,32 @@ def resolve_path(path: str, labels: Labels) -> Target:
         if rest.startswith("offers."):
             j, field = take(_canonical_model_prefix(rest[len("offers."):], f"sweep axis path '{path}'"),
                             list(labels.models), "model")
-            if labels.ref_input_usd_per_mtok[s][j] == 0:
-                fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' does not offer")
+            r = labels.flow_product[s][j]
+            if r < 0 or labels.product_contract[r] != s:
+                fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' has no offer of")
             if field not in OFFER_FIELDS:
                 fail(f"is not a numeric offer field ('{field}'; numeric: {', '.join(OFFER_FIELDS)})")
-            return Target(OFFER_FIELDS[field], (s, j))
+            return Target(OFFER_FIELDS[field], (s, j) if field == "volume_share" else (r,))
+        if rest.startswith("products."):
+            r, extra = take(rest[len("products."):], list(labels.products), "product")
+            j = labels.product_model[r]
+            if extra or labels.flow_product[s][j] != r:
+                fail(f"names product '{labels.products[r]}', which segment '{labels.segments[s]}' does not buy")
+            return Target("volume_share", (s, j))
+        if rest.startswith("competitors."):
+            c, extra = take(rest[len("competitors."):], list(labels.competitors), "competitor")
+            if extra:
+                fail("has a field after the competitor (its share is the value itself)")
+            return Target("competitor_share", (s, c))
         fail(f"is not a numeric segment field ('{rest}'; numeric fields: {', '.join(SEGMENT_FIELDS)})")
+    for prefix, names, fields in (("demand.products.", labels.products, PRODUCT_FIELDS),
+                                  ("demand.competitors.", labels.competitors, COMPETITOR_FIELDS),
+                                  ("demand.tiers.", tuple(t[0] for t in labels.tier_terms), TIER_FIELDS)):
+        if path.startswith(prefix):
+            i, field = take(path[len(prefix):], list(names), prefix.split(".")[1][:-1])
+            if field not in fields:
+                fail(f"is not a numeric field ('{field}'; numeric: {', '.join(fields)})")
+            return Target(fields[field], (i,))
     p = path.split(".")
     if p[0] == "fleet":
         if len(p) == 2 and p[1] in FLEET_SCALARS:

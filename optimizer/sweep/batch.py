@@ -47,6 +47,7 @@ class SweepResult(NamedTuple):
     violation: jnp.ndarray
     iterations: jnp.ndarray
     price_multiplier: jnp.ndarray  # (S, J)
+    sheet: jnp.ndarray  # (R, 3) USD/Mtok of each product's input, cached input and output
     price_per_request: jnp.ndarray  # (S, J)
     requests: jnp.ndarray  # (S, J) per day
     quality: jnp.ndarray  # (S, J)
@@ -66,9 +67,10 @@ def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
     repair then serves the same flows on slightly less capacity, at slightly higher prices). It
     cannot when a capped pool's load needs less than one replica's GPUs within its limit.
     """
-    lm = jnp.log(jnp.maximum(b.price_multiplier, 1e-300))
-    at = jnp.where(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1,
-                   jnp.where(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, 1, 0))
+    lm = jnp.log(jnp.maximum(b.sheet, 1e-300) / jnp.maximum(prob.sheet_ref, 1e-300))  # (R, 3)
+    at_r = jnp.where(jnp.any(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1), -1,
+                     jnp.where(jnp.any(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, -1), 1, 0))
+    at = at_r[prob.flow_product] * (prob.demand.offer_mask > 0)
     rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
     used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
     up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
@@ -97,7 +99,7 @@ def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts
         sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
     b = evaluate(sol.decision, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, sol.result, sol.violation, sol.stats.iterations,
-                       b.price_multiplier, b.price_per_request, b.requests_per_day, b.quality, b.mix,
+                       b.price_multiplier, b.sheet, b.price_per_request, b.requests_per_day, b.quality, b.mix,
                        econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob))
 
 
@@ -165,6 +167,10 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
             out[f"served_quality[{key}]"] = np.round(r.quality[:, s, j], 6)
             for k, prec in enumerate(labels.precisions):
                 out[f"mix[{key}/{prec}]"] = np.round(r.mix[:, s, j, k], 6)
+    if labels.has_shared_products:
+        for p, product in enumerate(labels.products):
+            for t, kind in enumerate(("input", "cached_input", "output")):
+                out[f"usd_per_mtok[{product}/{kind}]"] = np.round(r.sheet[:, p, t], 6)
     for g, gpu in enumerate(labels.gpus):
         out[f"gpus[{gpu}]"] = np.round(r.gpus_by_type[:, g], 3)
     return out

@@ -62,12 +62,13 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     n_total = len(plan)
     base_prob = aot.exported("assemble", assemble_jit, (numbers, pools))(numbers, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
-    solver = choose(active, len(labels.gpus), cfg.solver, dual_steps=sw.dual_steps, dual_temperature=sw.dual_temperature)
+    solver = choose(active, len(labels.gpus), cfg.solver, dual_steps=sw.dual_steps, dual_temperature=sw.dual_temperature,
+                    shared=labels.has_shared_products)
     log(f"sweep '{sw.name}': solver {solver.name}")
     base_task = relaxed_task(base_prob, active)
     if isinstance(solver, Dual):
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
-        base_solver = dual_of(cfg.solver, temperature=sw.dual_temperature)  # as every scenario after it
+        base_solver = dual_of(cfg.solver, temperature=sw.dual_temperature, shared=labels.has_shared_products)  # as every scenario after it
         y0 = base_solver.init(base_task)
         _, state = aot.exported("dual_solve", dual_program(base_solver), (base_task, y0), repr(base_solver))(
             base_task, y0)
