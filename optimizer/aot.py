@@ -112,9 +112,21 @@ class Program:
         return self.fn(*args)
 
 
+def _prepare_linear_algebra() -> None:
+    """Initialise XLA:CPU's LAPACK kernels (eigh, solves), which JAX otherwise does when it first
+    *lowers* a linear-algebra operation: a stored executable is never lowered, and calling one of
+    those kernels uninitialised crashes the process."""
+    try:
+        from jax._src.lax.linalg import initialize_lapack
+    except ImportError:  # a JAX without the hook initialises elsewhere
+        return
+    initialize_lapack()
+
+
 def _load(path: Path):
     from jax.experimental import serialize_executable
 
+    _prepare_linear_algebra()
     try:
         data = path.read_bytes()
         body = data[DIGEST:]

@@ -5,9 +5,10 @@ price box, its inverse or the masked softmax.
 
 * Prices: each product's price sheet (input, cached input, output; ``R`` products) as
   ``log(price / reference) = lo + (hi − lo) · sigmoid(raw)`` in the product's box ``[lo, hi]``
-  (``Problem.log_mu_lo`` / ``log_mu_hi``: its price floor and ceiling ratios). Prices that the
-  buyers' token mixes do not identify share one decision (``Problem.sheet_tie``): a contract's
-  sheet moves as one multiplier, as before price sheets.
+  (``Problem.log_mu_lo`` / ``log_mu_hi``: its price floor and ceiling ratios) for the level (the
+  input price), and tilts of the cached-input and output prices against it within the product's
+  ratio band. Prices that the buyers' token mixes do not identify get no tilt
+  (``Problem.sheet_tie``): a contract's sheet moves as one multiplier, as before price sheets.
 * Precision mix of each (segment, model) and routing of each (segment, model, precision) flow over
   GPU types: softmax of logits over the allowed options (``MASKED`` elsewhere).
 
@@ -32,31 +33,47 @@ START_FACTORS = (1.0, 0.6, 1.7, 2.8, 0.35, 4.5, 1.25, 0.8)
 class Decision(NamedTuple):
     """Unconstrained decision variables (a pytree; a leading axis batches starts or scenarios)."""
 
-    price_raw: jnp.ndarray  # (R, 3) → log multiplier of each product's input, cached and output price
+    price_raw: jnp.ndarray  # (R, 3) → each product's price level and its cached / output tilts, boxed by sigmoids
     mix_logits: jnp.ndarray  # (S, J, K) → precision mix by masked softmax
     route_logits: jnp.ndarray  # (S, J, K, G) → GPU-type routing by masked softmax
 
 
 def price_box(prob, xp=jnp) -> tuple:
-    """``(lo, hi)`` (R, 1): the box of the log price multipliers of each product."""
-    return xp.asarray(prob.log_mu_lo)[:, None], xp.asarray(prob.log_mu_hi)[:, None]
+    """``(lo, hi)`` (R, 3): the box of each product's price parameters — its price level (the log
+    multiplier of its input price, within its floor and ceiling) and the tilts of its cached-input
+    and output prices against it (within ±log of its ratio band)."""
+    lo, hi, band = (xp.asarray(x)[:, None] for x in (prob.log_mu_lo, prob.log_mu_hi, prob.log_band))
+    return (xp.concatenate([lo, -band, -band], -1), xp.concatenate([hi, band, band], -1))
 
 
-def tied(x: jnp.ndarray, prob) -> jnp.ndarray:
-    """(R, 3) ``x`` (R, 3) with each price taking the value of the decision that sets it."""
-    return jnp.take_along_axis(x, prob.sheet_tie, axis=-1)
+def free_tilts(prob, xp=jnp):
+    """(R, 3) 1.0 where a price has its own tilt: the buyers' token mixes identify it apart from the
+    input price (``Problem.sheet_tie``); never the input price itself."""
+    tie = xp.asarray(prob.sheet_tie)
+    return ((tie == xp.arange(3)) & (xp.arange(3) > 0)).astype(float)
+
+
+def sheet_log_mu(z, prob, xp=jnp):
+    """(R, 3) ``log(price / reference)`` of each product's prices from its parameters ``z`` (R, 3):
+    level ``z[:, 0]``, tilts ``z[:, 1:]`` (used where free)."""
+    return z[..., :1] + free_tilts(prob, xp) * z
+
+
+def sheet_params(log_mu, prob, xp=jnp):
+    """The inverse of :func:`sheet_log_mu` (tilts of tied prices are 0)."""
+    return xp.concatenate([log_mu[..., :1], (free_tilts(prob, xp) * (log_mu - log_mu[..., :1]))[..., 1:]], -1)
 
 
 def log_multiplier(price_raw: jnp.ndarray, prob) -> jnp.ndarray:
-    """(R, 3) ``log(price / reference)`` of each product's prices (always inside the box)."""
+    """(R, 3) ``log(price / reference)`` of each product's prices (level and tilts inside their box)."""
     lo, hi = price_box(prob)
-    return lo + (hi - lo) * jax.nn.sigmoid(tied(price_raw, prob))
+    return sheet_log_mu(lo + (hi - lo) * jax.nn.sigmoid(price_raw), prob)
 
 
 def raw_price(log_mu, prob, xp=jnp, eps: float = 1e-12):
     """The inverse of :func:`log_multiplier` (clipped ``eps`` inside the box; ``xp`` jnp or np)."""
     lo, hi = price_box(prob, xp)
-    pos = xp.clip((log_mu - lo) / (hi - lo), eps, 1 - eps)
+    pos = xp.clip((sheet_params(log_mu, prob, xp) - lo) / (hi - lo), eps, 1 - eps)
     return xp.log(pos) - xp.log1p(-pos)
 
 

@@ -38,15 +38,17 @@ def _terms(labels: Labels, tier: str) -> tuple[str, float | None, float | None, 
 
 
 def cheapest_competitor(prob: Problem, labels: Labels, r: int) -> tuple[int, float] | None:
-    """``(competitor index, its scenario price per request / ours)`` of the cheapest competitor
-    product that product ``r``'s main buyer (most reference requests) considers, at that buyer's
-    token mix; None when its buyers consider none."""
+    """``(competitor index, its scenario price per request)`` of the cheapest competitor product that
+    product ``r``'s main buyer (most reference requests) considers — among those selling the same
+    model where there are any — at that buyer's token mix; None when it considers none."""
     flow = np.asarray(labels.flow_product)
     weight = np.asarray(prob.demand.ref_demand) * (flow == r)
     if not labels.competitors or weight.sum() <= 0:
         return None
     s = int(np.unravel_index(np.argmax(weight), weight.shape)[0])
     considered = np.nonzero(np.asarray(prob.demand.comp_mask)[s] > 0)[0]
+    same = [c for c in considered if labels.competitor_model[c] == labels.models[labels.product_model[r]]]
+    considered = same or considered  # the same model where a competitor sells it
     if not len(considered):
         return None
     tokens = np.asarray(prob.tokens)[s]

@@ -57,6 +57,7 @@ class Problem(NamedTuple):
     min_quality: jnp.ndarray  # (S,) (0 if none)
     log_mu_lo: jnp.ndarray  # (R,) lower bound of log(price / reference price) of each product's prices
     log_mu_hi: jnp.ndarray  # (R,) upper bound
+    log_band: jnp.ndarray  # (R,) log of each product's ratio band (cached / output prices vs input, against reference)
     tokens: jnp.ndarray  # (S, 3) million tokens per request billed as input, cached input, output
     flow_product: jnp.ndarray  # (S, J) int: the product segment s buys model j as (0 where not offered)
     sheet_ref: jnp.ndarray  # (R, 3) reference price sheet of each product, USD/Mtok (input, cached, output)
@@ -209,6 +210,7 @@ class Numbers(NamedTuple):
     product_output: jnp.ndarray  # (R,)
     product_floor: jnp.ndarray  # (R,) price floor / reference
     product_ceiling: jnp.ndarray  # (R,) price ceiling / reference
+    product_band: jnp.ndarray  # (R,) ratio band of the cached and output prices against the input price
     competitor_input: jnp.ndarray  # (C,) list USD/Mtok
     competitor_cached: jnp.ndarray  # (C,)
     competitor_output: jnp.ndarray  # (C,)
@@ -501,6 +503,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         nest_parameter=f64([s.nest_parameter for s in segs]), competitor_share=f64(comp_share),
         product_input=f64(sheets[:, 0]), product_cached=f64(sheets[:, 1]), product_output=f64(sheets[:, 2]),
         product_floor=f64(sheets[:, 3]), product_ceiling=f64(sheets[:, 4]),
+        product_band=f64([c.price_ratio_band if not isinstance(c, tuple) else 1.0 for c in prods.configs]),
         competitor_input=f64([c.input_usd_per_mtok for c in comps]),
         competitor_cached=f64([opt(c.cached_input_usd_per_mtok, c.input_usd_per_mtok) for c in comps]),
         competitor_output=f64([c.output_usd_per_mtok for c in comps]),
@@ -670,6 +673,7 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
         tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
         gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
         min_quality=n.min_quality, log_mu_lo=jnp.log(n.product_floor), log_mu_hi=jnp.log(n.product_ceiling),
+        log_band=jnp.log(jnp.maximum(n.product_band, 1.0 + 1e-9)),
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale,
         tokens=tokens, flow_product=pools.flow_product, sheet_ref=sheet, sheet_tie=pools.sheet_tie)
 

@@ -355,6 +355,10 @@ class ProductConfig:
     output_usd_per_mtok: float = accepts(**POSITIVE)  # reference output price
     price_floor_ratio: Optional[float] = accepts(None, **POSITIVE)  # lowest price of each token kind / reference
     price_ceiling_ratio: Optional[float] = accepts(None, **POSITIVE)  # highest price of each token kind / reference
+    # the cached-input and output prices move within this factor of the input price's move, so a
+    # sheet keeps its shape (1 = fixed ratios). ASSUMPTION: 2x; market output/input ratios span 1x
+    # (Together Llama 3.3 70B) to 8x (OpenAI gpt-5) in api_prices.csv
+    price_ratio_band: float = accepts(2.0, ge=1.0)
     price_source: str = MISSING  # where the reference prices come from, with date
 
 

@@ -87,11 +87,13 @@ from optimizer import aot
 
 @jax.jit
 def tm_store_probe(x, y):
-    return {"q": (x / (1.0 + y.sum()) + jnp.exp(-x)) @ y.T, "r": jnp.tanh(x).sum()}
+    # eigh: a LAPACK kernel, which a stored executable must find initialised in a new process
+    return {"q": (x / (1.0 + y.sum()) + jnp.exp(-x)) @ y.T, "r": jnp.tanh(x).sum(),
+            "e": jnp.linalg.eigh(y.T @ y + jnp.diag(x[0]))[0].sum()}
 
 x, y = jnp.linspace(0.0, 1.0, 6).reshape(2, 3), jnp.ones((4, 3))
 out = aot.exported("tm_store_probe", tm_store_probe, (x, y))(x, y)
-print("VALUE", float(out["q"].sum()), float(out["r"]))
+print("VALUE", float(out["q"].sum()), float(out["r"]), float(out["e"]))
 """
 
 

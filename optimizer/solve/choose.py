@@ -10,7 +10,7 @@ from optimizer.solve.dual import N_LIMITS, Dual
 from optimizer.solve.fleet import FleetDual
 
 METHODS = ("auto", "dual", "auglag")
-SHEET_STEPS = 3
+SHEET_STEPS = 1
 """Newton steps on shared price sheets at each dual step (from the per-segment optimum)."""
 """``auto``: the structured dual unless a quality floor is active; ``dual`` / ``auglag``: force one."""
 

@@ -46,11 +46,16 @@ import optax
 
 from kernels.demand import demand, nested_shares, outside_log
 from optimizer import economics as econ
-from optimizer.decision import MASKED, encode, flow_prices, tied
+from optimizer.decision import MASKED, encode, flow_prices, price_box, sheet_log_mu, sheet_params
 from optimizer.objective import evaluate
 from optimizer.problem import Problem
 from optimizer.solve.base import Solution, Stats, Task, result_of
 
+FINAL_SHEET_FACTOR = 4
+"""The final evaluations run this many times the per-step Newton steps on shared sheets."""
+SHEET_GAIN_TOL = 1e-4
+"""Relative profit the last Newton step on shared sheets may have promised for a converged plan (the
+step then leaves about its square: Newton converges quadratically near a maximum)."""
 CLIP_ITERS = 1
 """Newton steps on the clipped markup fixed point (exact after 0 steps when no price bound binds)."""
 N_LIMITS = 2
@@ -79,10 +84,12 @@ class Primal(NamedTuple):
     daily_need: jnp.ndarray  # (G, J, K) GPUs needed over the day
     lagrangian: jnp.ndarray  # () USD/day: the dual function, with per-segment prices (an upper bound when sheets are shared)
     margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet max(peak, daily) this solution needs
+    local_lagrangian: jnp.ndarray  # () USD/day: the Lagrangian at the shared sheets found (= lagrangian for contracts)
+    sheet_gain: jnp.ndarray  # () relative profit the last Newton step on the sheets predicted (0 for contracts)
 
 
 def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
-           sheet_steps: int = 0) -> Primal:
+           sheet_steps: int = 0, sheet_init: jnp.ndarray | None = None, sheet_iters=None) -> Primal:
     """Optimal prices, mix and routing when pool ``(g, j, k)`` charges a share ``split[g, j, k]`` of
     its GPU cost to peak load and the rest to daily load.
 
@@ -92,7 +99,8 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
       rate: (G,) USD per GPU-hour the requests are charged (default: the rent; :func:`solve_dual`
         adds the prices of GPU caps and budgets). ``margin`` always uses the rent.
       sheet_steps: static; Newton steps on shared price sheets (0: every product is a contract, whose
-        sheet reproduces the per-segment optimum exactly).
+        sheet reproduces the per-segment optimum exactly). ``sheet_iters`` (possibly traced)
+        overrides the count; ``sheet_init`` (R, 3) warm-starts the sheets.
     """
     d = prob.demand
     split_sjkg = jnp.transpose(split, (1, 2, 0))[None]  # (1, J, K, G)
@@ -159,15 +167,22 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
     reqs = demand(price, quality, prob.served_latency_ms, d)
     lagrangian = ((price - c) * reqs).sum()  # per-segment prices: the dual function of the relaxation
     log_mu = sheet_start(price, prob)
-    if sheet_steps:  # shared price sheets: Newton on the products' prices, from the per-segment optimum
-        log_mu = sheet_newton(log_mu, lambda u: sheet_profit(u, c, quality, prob), prob, sheet_steps)
+    gain = jnp.zeros((), price.dtype)
+    if sheet_steps:  # shared price sheets: Newton on the products' prices, from the better of the
+        # per-segment optimum's levels and ``sheet_init`` (the previous step's sheets)
+        profit = lambda u: sheet_profit(u, c, quality, prob)  # noqa: E731
+        if sheet_init is not None:
+            warm = sheet_log_mu(sheet_params(sheet_init, prob), prob)
+            log_mu = jnp.where(profit(warm) > profit(log_mu), warm, log_mu)
+        log_mu, gain = sheet_newton(log_mu, profit, prob, sheet_steps if sheet_iters is None else sheet_iters)
         price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
         reqs = demand(price, quality, prob.served_latency_ms, d)
+    local = ((price - c) * reqs).sum()
     peak, daily = econ.pool_loads(econ.work_of(reqs, mix, route, prob), prob)
     peak_need, daily_need = econ.pool_needs(peak, daily, prob)
     revenue = (price * reqs).sum()
     margin = revenue - econ.fleet_cost(jnp.maximum(peak_need, daily_need), prob)
-    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, lagrangian, margin)
+    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, lagrangian, margin, local, gain)
 
 
 def sheet_start(price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
@@ -185,10 +200,10 @@ def sheet_start(price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
 
 def sheet_profit(log_mu: jnp.ndarray, cost: jnp.ndarray, quality: jnp.ndarray, prob: Problem) -> jnp.ndarray:
     """USD/day: ``Σ (price − cost) × requests`` when every flow pays its product's sheet at log
-    multipliers ``tied(log_mu)`` (R, 3), at linear costs ``cost`` (S, J) USD/request."""
+    multipliers ``log_mu`` (R, 3), at linear costs ``cost`` (S, J) USD/request."""
     d = prob.demand
     offered = d.offer_mask > 0
-    price = jnp.where(offered, flow_prices(tied(log_mu, prob), prob), d.ref_price)
+    price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
     return ((price - cost) * demand(price, quality, prob.served_latency_ms, d)).sum()
 
 
@@ -196,25 +211,40 @@ SHEET_STEP_SIZES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
 """Fractions of the Newton step tried each iteration (the best is kept, so no step loses profit)."""
 
 
-def sheet_newton(log_mu: jnp.ndarray, profit, prob: Problem, steps: int) -> jnp.ndarray:
-    """Maximise ``profit(log_mu)`` over the products' price decisions (R, 3) in their boxes by
-    ``steps`` saddle-free Newton steps (|eigenvalues| of the Hessian, floored) with a step-size
-    search over :data:`SHEET_STEP_SIZES`; a few dozen variables, so the Hessian is exact."""
-    lo, hi = prob.log_mu_lo[:, None], prob.log_mu_hi[:, None]
+def sheet_newton(log_mu: jnp.ndarray, profit, prob: Problem, steps) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Maximise ``profit(log_mu)`` over the products' price parameters (level and tilts, R × 3; see
+    :func:`optimizer.decision.sheet_log_mu`) in their boxes by
+    ``steps`` (an int, possibly traced) projected saddle-free Newton steps (|eigenvalues| of the
+    Hessian, floored; parameters held at a bound the gradient pushes against) with a step-size
+    search over :data:`SHEET_STEP_SIZES`; a few dozen variables, so the Hessian is exact.
+
+    Returns ``(log_mu, gain)``: the prices and the relative profit the last full (box-clipped)
+    Newton step predicted, ``g·Δ / |profit|`` — near 0 at a stationary point.
+    """
     shape = log_mu.shape
-    flat = lambda x: profit(x.reshape(shape))  # noqa: E731
+    lo, hi = (b.reshape(-1) for b in price_box(prob))
+    flat = lambda x: profit(sheet_log_mu(x.reshape(shape), prob))  # noqa: E731  (level, tilts) -> profit
     sizes = jnp.asarray(SHEET_STEP_SIZES, log_mu.dtype)
-    x = tied(log_mu, prob).reshape(-1)
-    for _ in range(steps):
-        g = jax.grad(flat)(x)
-        w, V = jnp.linalg.eigh(jax.hessian(flat)(x))
+
+    def body(_, carry):
+        x, _gain = carry
+        value, g = jax.value_and_grad(flat)(x)
+        h = jax.hessian(flat)(x)
+        # projected Newton: parameters at a bound that the gradient pushes outward stay there
+        free = ~(((x <= lo + 1e-12) & (g < 0)) | ((x >= hi - 1e-12) & (g > 0)))
+        scale = jnp.max(jnp.abs(h)) + 1e-300
+        h = jnp.where(free[:, None] & free[None, :], h, 0.0) + jnp.diag(jnp.where(free, 0.0, scale))
+        w, V = jnp.linalg.eigh(h)
         floor = 1e-9 * jnp.max(jnp.abs(w)) + 1e-300
-        step = V @ ((V.T @ g) / jnp.maximum(jnp.abs(w), floor))
-        cands = jnp.clip(x[None] + sizes[:, None] * step[None], lo.reshape(-1, 1).repeat(3, 1).reshape(-1),
-                         hi.reshape(-1, 1).repeat(3, 1).reshape(-1))
+        step = V @ ((V.T @ jnp.where(free, g, 0.0)) / jnp.maximum(jnp.abs(w), floor))
+        cands = jnp.clip(x[None] + sizes[:, None] * step[None], lo, hi)
         vals = jax.vmap(flat)(cands)
-        x = cands[jnp.argmax(jnp.where(jnp.isfinite(vals), vals, -jnp.inf))]
-    return tied(x.reshape(shape), prob)
+        gain = jnp.dot(g, cands[0] - x) / jnp.maximum(jnp.abs(value), 1e-9)
+        return cands[jnp.argmax(jnp.where(jnp.isfinite(vals), vals, -jnp.inf))], gain
+
+    x0 = jnp.clip(sheet_params(log_mu, prob).reshape(-1), lo, hi)
+    x, gain = jax.lax.fori_loop(0, steps, body, (x0, jnp.asarray(jnp.inf, log_mu.dtype)))
+    return sheet_log_mu(x.reshape(shape), prob), gain
 
 
 def limit_mask(prob: Problem, active: jnp.ndarray | None) -> jnp.ndarray:
@@ -295,6 +325,7 @@ class DualState(NamedTuple):
     bound: jnp.ndarray  # () USD/day: upper bound on the relaxed optimum (dual function at the split)
     gap: jnp.ndarray  # () relative certified gap (bound − margin) / |bound|
     violation: jnp.ndarray  # () largest relative excess of the primal over an active cap or budget
+    local_bound: jnp.ndarray  # () USD/day: the dual function with the shared sheets found (= bound for contracts)
 
 
 def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray | None = None) -> DualState:
@@ -326,6 +357,9 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         final: Primal  # the solution returned (last or best iterate)
         final_ok: jnp.ndarray  # whether `final` is feasible
         bound: jnp.ndarray  # min of the dual function at the last and the best iterate
+        local_bound: jnp.ndarray  # the same with the shared sheets found (= bound for contracts)
+        sheet: jnp.ndarray  # (R, 3) the last iterate's sheets (warm start of the next)
+        best_sheet: jnp.ndarray  # (R, 3) the best iterate's sheets
 
     def step(c: Carry, k):
         # k < n: Rprop update; n: last iterate at the final temperature; n+1: best at its temperature
@@ -335,7 +369,9 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
-        x = primal(split, prob, t, charged_rate(lam, prob), solver.sheet_steps)
+        iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
+        x = primal(split, prob, t, charged_rate(lam, prob), solver.sheet_steps,
+                   jnp.where(use_best, c.best_sheet, c.sheet), iters)
         excess = limit_excess(x, prob, mask)
         feasible = jnp.max(excess) <= solver.tol_feasibility
         better = feasible & (x.margin > c.best_margin)  # every feasible primal point is a plan: keep the best
@@ -343,35 +379,41 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         def keep(c):
             return c._replace(best_margin=jnp.where(better, x.margin, c.best_margin),
                               best=jax.tree.map(lambda a, b: jnp.where(better, a, b), (split, lam), c.best),
-                              best_t=jnp.where(better, t, c.best_t))
+                              best_t=jnp.where(better, t, c.best_t),
+                              best_sheet=jnp.where(better, x.log_mu, c.best_sheet))
 
         def update(c):
             e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
             upd, st = opt.update((-e, -excess * mask), c.opt_state, c.params)
             split_new, lam_new = optax.apply_updates(c.params, upd)
             params = (jnp.clip(split_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
-            return keep(c)._replace(params=params, opt_state=st)
+            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
             take = (k == n) | ((k == n + 1) & (c.best_margin > -jnp.inf)
                                & ((x.margin >= c.final.margin) | ~c.final_ok))
             dual_value = x.lagrangian + limit_value(lam, prob, mask)
+            local_value = x.local_lagrangian + limit_value(lam, prob, mask)
             return c._replace(final=jax.tree.map(lambda a, b: jnp.where(take, a, b), x, c.final),
                               final_ok=jnp.where(take, feasible, c.final_ok),
-                              bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound))
+                              bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound),
+                              local_bound=jnp.where(k >= n + 2, jnp.minimum(c.local_bound, local_value),
+                                                    c.local_bound))
 
         return jax.lax.cond(k < n, update, finish, c), None
 
     x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype), jax.eval_shape(lambda: primal(y0.split, prob, 1.0)))
+    sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype)
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
-                  jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype))
+                  jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
+                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
     violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
     out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
-    return DualState(DualStart(*out), best, c.bound, gap, violation)
+    return DualState(DualStart(*out), best, c.bound, gap, violation, c.local_bound)
 
 
 def plan_decision(x: Primal, prob: Problem):
@@ -446,7 +488,14 @@ def certified(solver, task: Task, st: DualState, fleet, multipliers) -> Solution
     viol = jnp.maximum(jnp.max(b.constraints), 0.0)
     gap = (st.bound - b.margin) / jnp.maximum(jnp.abs(st.bound), 1e-9)
     finite = jnp.isfinite(b.margin) & jnp.isfinite(st.bound)
-    result = result_of(finite, viol, (gap <= solver.tol_gap) & (viol <= solver.tol_feasibility))
+    if solver.sheet_steps:  # shared sheets: the bound (per-segment prices) includes the value of price
+        # discrimination, so convergence is stationarity: of the sheets (Newton), and of the dual
+        # with the sheets found (its gap); the certified gap is reported as it is
+        local_gap = (st.local_bound - b.margin) / jnp.maximum(jnp.abs(st.local_bound), 1e-9)
+        done = (local_gap <= solver.tol_gap) & (st.primal.sheet_gain <= SHEET_GAIN_TOL)
+    else:
+        done = gap <= solver.tol_gap
+    result = result_of(finite, viol, done & (viol <= solver.tol_feasibility))
     stats = Stats(jnp.asarray(solver.steps), jnp.asarray(1), jnp.asarray(jnp.nan))
     return Solution(dec, result, -b.margin / prob.scale, b.margin, viol, multipliers, st.bound, gap, stats)
 

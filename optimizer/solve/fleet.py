@@ -20,7 +20,7 @@ import optax
 from optimizer import economics as econ
 from optimizer.problem import Problem
 from optimizer.solve.base import Solution, Task
-from optimizer.solve.dual import DualState, Primal, certified, primal
+from optimizer.solve.dual import FINAL_SHEET_FACTOR, DualState, Primal, certified, primal
 
 
 class FleetStart(NamedTuple):
@@ -37,13 +37,14 @@ def _fleet_problem(prob: Problem, fleet: jnp.ndarray) -> Problem:
     return prob._replace(route_mask=route, mix_mask=prob.mix_mask * (route.sum(-1) > 0))
 
 
-def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperature, sheet_steps: int = 0) -> Primal:
+def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperature, sheet_steps: int = 0,
+                 sheet_init=None, sheet_iters=None) -> Primal:
     """Optimal prices, mix and routing when pool ``p`` charges ``rent × (peak price × peak GPUs +
     daily price × daily GPUs)`` of its load (``prob`` restricted by :func:`_fleet_problem`)."""
     total = prices.peak_price + prices.daily_price
     split = prices.peak_price / jnp.maximum(total, 1e-12)
     rate = jnp.transpose(prob.usd_per_gpu_hour[:, None, None] * total, (1, 2, 0))  # (J, K, G) USD/GPU-hour
-    return primal(split, prob, temperature, rate, sheet_steps)
+    return primal(split, prob, temperature, rate, sheet_steps, sheet_init, sheet_iters)
 
 
 def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: "FleetDual") -> DualState:
@@ -68,18 +69,20 @@ def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: 
     rent_day = econ.usd_per_gpu_day(prob)[:, None, None]
     params0 = (y0.peak_price * has, y0.daily_price * has)
 
-    def evaluate_at(params, t):
+    def evaluate_at(params, t, sheet, iters):
         a, b = params
-        x = fleet_primal(FleetStart(a, b), prob, fleet, t, solver.sheet_steps)
+        x = fleet_primal(FleetStart(a, b), prob, fleet, t, solver.sheet_steps, sheet, iters)
         ep = jnp.where(has, (x.peak_need - fleet) / denom, -1.0)
         ed = jnp.where(has, (x.daily_need - fleet) / denom, -1.0)
-        return x, ep, ed, x.lagrangian + jnp.sum(rent_day * (a + b) * fleet)
+        capacity = jnp.sum(rent_day * (a + b) * fleet)
+        return x, ep, ed, x.lagrangian + capacity, x.local_lagrangian + capacity
 
     def step(c, k):
-        params, st, best_rev, best_x, bound = c
+        params, st, best_rev, best_x, bound, local_bound, sheet = c
         # k < n: a step at the annealed temperature; k = n: the last prices with an exact argmax (bound)
         t = jnp.where(k < n, t0 * ratio ** jnp.minimum(k, n - 1), 1e-9)
-        x, ep, ed, g = evaluate_at(params, t)
+        iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
+        x, ep, ed, g, g_local = evaluate_at(params, t, sheet, iters)
         revenue = (x.price * x.requests).sum()
         better = (k < n) & (jnp.maximum(ep.max(), ed.max()) <= solver.tol_feasibility) & (revenue > best_rev)
         upd, st_new = opt.update((-ep * has, -ed * has), st, params)
@@ -89,22 +92,25 @@ def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: 
                 jax.tree.map(lambda u, v: jnp.where(keep, u, v), st_new, st),
                 jnp.where(better, revenue, best_rev),
                 jax.tree.map(lambda u, v: jnp.where(better, u, v), x, best_x),
-                jnp.where(k == n, jnp.minimum(bound, g), bound)), None
+                jnp.where(k == n, jnp.minimum(bound, g), bound),
+                jnp.where(k == n, jnp.minimum(local_bound, g_local), local_bound), x.log_mu), None
 
     dtype = prob.usd_per_gpu_hour.dtype
     x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype),
                       jax.eval_shape(lambda: fleet_primal(y0, prob, fleet, 1.0)))
-    carry = (params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), x0, jnp.asarray(jnp.inf, dtype))
-    (last, _, best_rev, best_x, bound), _ = jax.lax.scan(step, carry, jnp.arange(n + 1))
+    inf = jnp.asarray(jnp.inf, dtype)
+    carry = (params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), x0, inf, inf,
+             jnp.zeros(prob.sheet_ref.shape, dtype))
+    (last, _, best_rev, best_x, bound, local_bound, sheet), _ = jax.lax.scan(step, carry, jnp.arange(n + 1))
     found = best_rev > -jnp.inf
-    x_last, ep, ed, _ = evaluate_at(last, solver.temperature)
+    x_last, ep, ed, _, _ = evaluate_at(last, solver.temperature, sheet, solver.sheet_steps * FINAL_SHEET_FACTOR)
     x = jax.tree.map(lambda u, v: jnp.where(found, u, v), best_x, x_last)
     fleet_cost = jnp.sum(rent_day * fleet)
     margin_bound = bound - fleet_cost
     margin = (x.price * x.requests).sum() - fleet_cost
     gap = (margin_bound - margin) / jnp.maximum(jnp.abs(margin_bound), 1e-9)
     violation = jnp.where(found, 0.0, jnp.maximum(jnp.maximum(ep.max(), ed.max()), 0.0))
-    return DualState(FleetStart(*last), x, margin_bound, gap, violation)
+    return DualState(FleetStart(*last), x, margin_bound, gap, violation, local_bound - fleet_cost)
 
 
 def _per_row(prob: Problem, fleet, xp=jnp):

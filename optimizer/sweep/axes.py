@@ -30,7 +30,7 @@ OFFER_FIELDS = {"input_usd_per_mtok": "product_input", "output_usd_per_mtok": "p
                 "volume_share": "volume_share"}
 PRODUCT_FIELDS = {"input_usd_per_mtok": "product_input", "cached_input_usd_per_mtok": "product_cached",
                   "output_usd_per_mtok": "product_output", "price_floor_ratio": "product_floor",
-                  "price_ceiling_ratio": "product_ceiling"}
+                  "price_ceiling_ratio": "product_ceiling", "price_ratio_band": "product_band"}
 COMPETITOR_FIELDS = {"input_usd_per_mtok": "competitor_input", "cached_input_usd_per_mtok": "competitor_cached",
                      "output_usd_per_mtok": "competitor_output", "input_price_ratio": "competitor_input_ratio",
                      "cached_input_price_ratio": "competitor_cached_ratio",
