@@ -53,6 +53,7 @@ from scipy.optimize import minimize  # noqa: E402
 from optimizer import io  # noqa: E402
 from optimizer.catalog import to_schema  # noqa: E402
 from optimizer.constraints import active_mask  # noqa: E402
+from optimizer.decision import free_tilts, raw_price  # noqa: E402
 from optimizer.objective import POOL_SHARPNESS, Decision, evaluate  # noqa: E402
 from optimizer.problem import assemble, scenario_inputs  # noqa: E402
 from optimizer.schema import RunConfig, register_configs  # noqa: E402
@@ -97,13 +98,14 @@ def scipy_solve(prob, active, warm: Decision | None = None) -> tuple[float, floa
     """SLSQP on the unmasked decision entries from the reference start (or ``warm``); returns
     (margin, seconds, success)."""
     S, J = prob.demand.ref_price.shape
+    R = prob.sheet_ref.shape[0]
     K, G = prob.quality.shape[1], prob.usd_per_gpu_hour.shape[0]
-    shapes = ((S, J), (S, J, K), (S, J, K, G))
-    key = tuple((np.asarray(m) > 0).tobytes() for m in (prob.demand.offer_mask, prob.mix_mask, prob.route_mask))
+    shapes = ((R, 3), (S, J, K), (S, J, K, G))
+    price_mask = np.asarray(free_tilts(prob, np)) > 0
+    price_mask[:, 0] = True  # every product's level, and the tilts its buyers identify
+    key = tuple((np.asarray(m) > 0).tobytes() for m in (price_mask, prob.mix_mask, prob.route_mask))
     masks, fg, gc, gj, margin_of = scipy_functions(shapes, key)
-    lo, hi = np.asarray(prob.log_mu_lo)[:, None], np.asarray(prob.log_mu_hi)[:, None]
-    pos = np.clip((0.0 - lo) / (hi - lo), 1e-3, 1 - 1e-3)
-    start = [np.broadcast_to(np.log(pos) - np.log1p(-pos), (S, J)), np.zeros((S, J, K)), np.zeros((S, J, K, G))]
+    start = [raw_price(np.zeros((R, 3)), prob, np, eps=1e-3), np.zeros((S, J, K)), np.zeros((S, J, K, G))]
     if warm is not None:
         start = [np.asarray(warm.price_raw), np.asarray(warm.mix_logits), np.asarray(warm.route_logits)]
     x0 = np.concatenate([s[m] for s, m in zip(start, masks)])

@@ -56,10 +56,13 @@ def test_available_lists_no_alias_and_each_alias_file_pulls_in_its_target():
         assert list(raw.keys()) == ["defaults"] and list(raw.defaults) == [new, "_self_"]
 
 
-def test_override_on_a_renamed_offer_composes():
-    cfg = _compose("config", ["demand.segments.consumer_chat.offers.llama-3p3-70b.input_usd_per_mtok=0.5"])
-    offers = cfg.demand.segments.consumer_chat.offers
-    assert offers["llama-3p3-70b"].input_usd_per_mtok == 0.5 and "llama-3p1-8b" in offers
+def test_override_on_a_product_and_a_renamed_offer_composes():
+    cfg = _compose("config", ["demand.products.llama-70b.input_usd_per_mtok=0.5"])
+    assert cfg.demand.products["llama-70b"].input_usd_per_mtok == 0.5
+    assert cfg.demand.products["llama-70b"].model == "llama-3p3-70b"
+    cfg = _compose("config", ["experiment=deepseek-h800",
+                              "demand.segments.deepseek_service.offers.deepseek-v3.input_usd_per_mtok=0.5"])
+    assert cfg.demand.segments.deepseek_service.offers["deepseek-v3"].input_usd_per_mtok == 0.5
 
 
 def test_estimate_model_alias_composes_and_warns(caplog):
@@ -85,7 +88,7 @@ def test_demand_offers_keyed_by_old_names_reach_labels_canonical(caplog):
         for m in ("llama-3.1-8b", "llama-3p1-8b"):
             assert resolve_path(f"quality.{m}.fp8", labels).index == (0, 0)
             t = resolve_path(f"demand.segments.chat.offers.{m}.input_usd_per_mtok", labels)
-            assert (t.field, t.index) == ("ref_input_usd_per_mtok", (0, 0))
+            assert (t.field, t.index) == ("product_input", (0,))  # the segment's contract for the model
     assert len(_alias_lines(caplog)) == 2
     with pytest.raises(ConfigError, match="names model 'llama-3p1-8b' twice"):
         scenario_inputs(run_config({"chat": segment(models=("llama-3.1-8b", "llama-3p1-8b"))}))

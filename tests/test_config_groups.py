@@ -4,7 +4,7 @@ The groups and their options are read from conf/: the config groups of each prim
 ``defaults`` entries, the options the YAML files of each group folder, so a new file or group is
 covered without editing this test. The catalog folders (hardware, model, precision, efficiency) are
 also loaded one by one with the catalog loaders `tokenmargin` uses for ``fleet.gpus``, ``fleet.precisions``
-and the demand ``offers``.
+and the demand ``offers`` and products.
 """
 
 import importlib.util
@@ -78,9 +78,11 @@ def test_group_option_composes_and_validates(primary, group, option):
         for prec in c.fleet.precisions:
             catalog.load_precision(prec)
         for segment in c.demand.segments.values():
-            assert segment.offers
+            assert segment.offers or segment.products
             for model in segment.offers:
                 catalog.load_model(model)
+            for product in segment.products:
+                catalog.load_model(c.demand.products[product].model)
 
 
 @pytest.mark.parametrize("group, key", CATALOG_CASES)

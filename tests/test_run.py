@@ -142,7 +142,7 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     g = res.labels.gpus.index("b200")
     assert float(b.gpus.sum((1, 2))[g]) <= 4 * (1 + 1e-4)
     task = relaxed_task(res.prob, active_mask(res.labels, res.prob, False))
-    solver = dual_of(c.solver)  # the single run's dual (1,000 steps from scratch)
+    solver = dual_of(c.solver, shared=res.labels.has_shared_products)  # the single run's dual (1,000 steps)
     assert res.stages["relaxed"].method == "dual"
     bound = float(jax.jit(solver.run)(task, solver.init(task)).bound)
     assert float(res.relaxed.bound) == pytest.approx(bound, rel=1e-9)  # the run's own certificate

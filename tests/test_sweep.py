@@ -172,7 +172,9 @@ def test_cli_sweep_writes_table_plots_and_summary(tmp_path):
     assert (run / "tornado.png").stat().st_size > 0 and (run / "heatmap.png").stat().st_size > 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["scenarios"] == 12 and summary["converged"] == 12
-    assert 0 <= summary["optimality_gap_bound"]["p50"] <= summary["optimality_gap_bound"]["max"] <= 5e-3
+    # the default's shared sheets: the bound is per-segment pricing, so the certified gap includes
+    # its value (a few %), and convergence is judged by stationarity (tests/test_dual.py)
+    assert 0 <= summary["optimality_gap_bound"]["p50"] <= summary["optimality_gap_bound"]["max"] <= 0.1
     assert "certified optimality gap" in r.stdout
     # the exported traced programs sit beside the compilation cache for the next run
     assert list((tmp_path / "jax-cache" / "tokenmargin-export").glob("sweep_chunk-*.xla"))

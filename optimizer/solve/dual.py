@@ -46,7 +46,7 @@ import optax
 
 from kernels.demand import demand, nested_shares, outside_log
 from optimizer import economics as econ
-from optimizer.decision import MASKED, encode, flow_prices, price_box, sheet_log_mu, sheet_params
+from optimizer.decision import MASKED, encode, flow_prices, log_multiplier, price_box, sheet_log_mu, sheet_params
 from optimizer.objective import evaluate
 from optimizer.problem import Problem
 from optimizer.solve.base import Solution, Stats, Task, result_of
@@ -315,6 +315,7 @@ class DualStart(NamedTuple):
 
     split: jnp.ndarray  # (G, J, K) in [0, 1]: share of each pool's GPU cost charged to its peak load
     limit_price: jnp.ndarray  # (G + 2,) ≥ 0: prices of the GPU caps, the daily budget, the capex budget
+    sheet: jnp.ndarray | None = None  # (R, 3) log multipliers of shared sheets to start from (None: reference)
 
 
 class DualState(NamedTuple):
@@ -404,7 +405,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         return jax.lax.cond(k < n, update, finish, c), None
 
     x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype), jax.eval_shape(lambda: primal(y0.split, prob, 1.0)))
-    sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype)
+    sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype) if y0.sheet is None else y0.sheet
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
                   jnp.asarray(jnp.inf, dtype), sheet0, sheet0)
@@ -413,7 +414,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
     violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
     out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
-    return DualState(DualStart(*out), best, c.bound, gap, violation, c.local_bound)
+    sheet = jnp.where(c.best_margin > -jnp.inf, c.best_sheet, c.sheet)
+    return DualState(DualStart(*out, sheet), best, c.bound, gap, violation, c.local_bound)
 
 
 def plan_decision(x: Primal, prob: Problem):
@@ -443,7 +445,8 @@ class Dual:
     def init(self, task: Task) -> DualStart:
         """An even cost split and unpriced limits (a solve from scratch)."""
         G = task.problem.usd_per_gpu_hour.shape[0]
-        return DualStart(np.full(np.shape(task.problem.tp), 0.5), np.zeros(G + N_LIMITS))
+        R = np.shape(task.problem.sheet_ref)[0]
+        return DualStart(np.full(np.shape(task.problem.tp), 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)))
 
     def start_from(self, task: Task, sol: Solution) -> DualStart:
         """An even split and the limit prices implied by a solution's multipliers of the GPU caps
@@ -452,7 +455,8 @@ class Dual:
         G = np.shape(prob.usd_per_gpu_hour)[0]
         per_unit = np.asarray(limit_terms(jnp.ones(G + N_LIMITS), prob)) / float(prob.scale)
         lam = np.asarray(sol.multipliers)[:G + N_LIMITS] / np.maximum(per_unit, 1e-300)
-        return DualStart(np.full(np.shape(prob.tp), 0.5), np.maximum(lam, 0.0))
+        sheet = np.asarray(log_multiplier(np.asarray(sol.decision.price_raw), prob))
+        return DualStart(np.full(np.shape(prob.tp), 0.5), np.maximum(lam, 0.0), sheet)
 
     def solve(self, task: Task, y0: DualStart) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver

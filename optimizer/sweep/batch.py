@@ -70,7 +70,7 @@ def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
     lm = jnp.log(jnp.maximum(b.sheet, 1e-300) / jnp.maximum(prob.sheet_ref, 1e-300))  # (R, 3)
     at_r = jnp.where(jnp.any(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1), -1,
                      jnp.where(jnp.any(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, -1), 1, 0))
-    at = at_r[prob.flow_product] * (prob.demand.offer_mask > 0)
+    at = at_r[prob.flow_product]  # (S, J); rows report offered flows only
     rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
     used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
     up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
