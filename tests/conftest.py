@@ -65,3 +65,12 @@ def eff() -> Efficiency:
 def wl() -> Workload:
     f = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
     return Workload(f(1000.0), f(1000.0), f(0.0))
+
+
+@pytest.fixture(scope="session")
+def cli_jax_cache(tmp_path_factory) -> str:
+    """One compilation cache and program store for the command-line tests of a session (each a new
+    process): the first compiles and stores the default scenario's programs, the others load them,
+    as a user's second run does."""
+    return str(tmp_path_factory.mktemp("cli-jax-cache"))
+

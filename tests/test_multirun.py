@@ -12,17 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["output.plots=false", "solver.integer_fleet=false", "solver.starts=2"]
 
 
-def multirun(tmp_path: Path, *args: str, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": str(tmp_path / "jax-cache")}
+def multirun(tmp_path: Path, *args: str, timeout=600, cache: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": cache or str(tmp_path / "jax-cache")}
     return subprocess.run([sys.executable, "-c", "from optimizer.cli import main; main()", "-m", *args, *FAST,
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path):
+def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path, cli_jax_cache):
     # $0.01/day cannot pay for the demand left even at the price ceilings (about $0.9/day of GPUs;
     # $1/day is feasible in the continuous relaxation, which the dual solver finds)
-    r = multirun(tmp_path, "fleet.budget_usd_per_day=0.01,200000")
+    r = multirun(tmp_path, "fleet.budget_usd_per_day=0.01,200000", cache=cli_jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert list(table["status"]) == ["infeasible", "converged"]
@@ -34,9 +34,9 @@ def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path):
 
 # slurm-local runs in the nightly command only (README): `local` already covers separate processes
 @pytest.mark.parametrize("launcher", ["local", pytest.param("slurm-local", marks=pytest.mark.slow)])
-def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher):
+def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher, cli_jax_cache):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "local" else []
-    r = multirun(tmp_path, f"hydra/launcher={launcher}", "experiment=default,china-140t", *extra)
+    r = multirun(tmp_path, f"hydra/launcher={launcher}", "experiment=default,china-140t", *extra, cache=cli_jax_cache)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert len(table) == 2 and (table["status"] == "converged").all()
