@@ -367,6 +367,12 @@ def _products(cfg: RunConfig, seg_names, segs, offers) -> Products:
                               f"one tier (split it into one segment per tier)")
         if not mine:
             raise ConfigError(f"demand.segments.{name} buys nothing: give it products (keys of demand.products) or offers")
+        for bound in ("price_floor_ratio", "price_ceiling_ratio"):
+            if getattr(seg, bound) is not None and not seg_offers:
+                raise ConfigError(f"demand.segments.{name}.{bound} = {getattr(seg, bound):g} bounds the prices of the "
+                                  f"segment's offers (contracts), and it has none; bound its products' sheets "
+                                  f"instead: demand.products.<product>.{bound} "
+                                  f"(its products: {', '.join(seg.products)})")
         for c in seg.competitors:
             if c not in d.competitors:
                 raise ConfigError(f"demand.segments.{name}.competitors names '{c}', which is not in demand.competitors "
