@@ -113,6 +113,7 @@ def _solve_limited(cfg, steps=600):
     return res, prob, active, sol
 
 
+@pytest.mark.slow  # 35 s; caps are also priced in test_run / test_sweep; in the nightly command (README)
 def test_gpu_cap_is_priced_until_demand_fills_the_capped_fleet():
     """The cap's price raises the GPU price until demand fits: the closed-form capacity price of
     test_optimizer, the Adam solution, and weak duality at random (μ, λ)."""

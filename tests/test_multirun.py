@@ -32,8 +32,10 @@ def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path, cli_jax_cache
     assert "Multirun summary" in (tmp_path / "sweep" / "summary.md").read_text()
 
 
-# slurm-local runs in the nightly command only (README): `local` already covers separate processes
-@pytest.mark.parametrize("launcher", ["local", pytest.param("slurm-local", marks=pytest.mark.slow)])
+# both launchers run in the nightly command only (README, 35 s each on 2 cores); the basic multirun
+# above runs every default CI
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "slurm-local"])
 def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher, cli_jax_cache):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "local" else []
     r = multirun(tmp_path, f"hydra/launcher={launcher}", "experiment=default,china-140t", *extra, cache=cli_jax_cache)

@@ -130,6 +130,7 @@ def test_small_instance_agrees_with_brute_force_grid(method):
     np.testing.assert_allclose(mix[:, 0], [x for _, x in grid], atol=1e-3)
 
 
+@pytest.mark.slow  # 34 s; the dual batch is checked in test_dual; in the nightly command (README)
 def test_batched_rows_equal_looped_solves_and_no_recompile():
     cfg = run_config({"chat": segment(demand="logit", elasticity=1.5)}, gpus=("h100-sxm", "h200-sxm"))
     prob, labels = build_problem(cfg)

@@ -49,8 +49,9 @@ def test_typo_in_a_segment_fails_at_compose_time():
         compose_run(["demand.segments.consumer_chat.elasticity=high"])
 
 
-# china-140t also runs in tests/test_multirun.py's launcher test; here in the nightly command (README)
-@pytest.mark.parametrize("experiment", ["default", pytest.param("china-140t", marks=pytest.mark.slow),
+# the default runs end to end every CI in test_cli_default_run_writes_plots; here in the nightly
+# command (README), with deepseek-h800
+@pytest.mark.parametrize("experiment", [pytest.param("default", marks=pytest.mark.slow), "china-140t",
                                         pytest.param("deepseek-h800", marks=pytest.mark.slow)])
 def test_presets_solve_and_write_the_plan(tmp_path, experiment):
     cfg = compose_run([f"experiment={experiment}", "output.plots=false", "output.progress=false"])
