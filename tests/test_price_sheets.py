@@ -76,7 +76,7 @@ def test_sheet_tie_frees_as_many_prices_as_the_buyers_token_mixes_identify():
     assert sheet_tie(np.asarray([[1.0, 0.5, 2.0], [5.0, 0.1, 1.0], [1.0, 3.0, 1.0]])) == (0, 1, 2)
 
 
-@pytest.mark.parametrize("nest", [1.0, 0.5])
+@pytest.mark.parametrize("nest", [0.5])  # nest 1 (MNL) is the Lambert-W oracle of tests/test_optimizer.py
 def test_multi_product_nested_logit_equal_markup_and_brute_force(nest):
     """ECONOMICS.md §2.3: with competitors in their own nest, every product of ours carries the same
     markup ``1 / (β (1 − S_ours))``, and no pair of prices on a grid earns more."""
@@ -156,7 +156,7 @@ def test_priority_premium_covers_its_extra_serving_cost_when_its_segment_values_
 
 def test_competitor_price_cut_never_raises_our_optimal_price_or_share():
     prices, volumes = [], []
-    for ratio in (1.0, 0.8, 0.6, 0.4):
+    for ratio in (1.0, 0.7, 0.4):
         seg = segment(demand="logit", elasticity=1.5, price=(0.2, 0.6), competitors={"them": 0.3},
                       nest_parameter=0.7)
         comp = competitor(output_price_ratio=ratio, input_price_ratio=ratio, cached_input_price_ratio=ratio)

@@ -49,10 +49,10 @@ def test_typo_in_a_segment_fails_at_compose_time():
         compose_run(["demand.segments.consumer_chat.elasticity=high"])
 
 
-# the default runs end to end every CI in test_cli_default_run_writes_plots; here in the nightly
-# command (README), with deepseek-h800
-@pytest.mark.parametrize("experiment", [pytest.param("default", marks=pytest.mark.slow), "china-140t",
-                                        pytest.param("deepseek-h800", marks=pytest.mark.slow)])
+# every preset in the nightly command (README); the default runs end to end every CI in
+# test_cli_default_run_writes_plots, and every preset composes and validates in test_config_groups
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["default", "china-140t", "deepseek-h800"])
 def test_presets_solve_and_write_the_plan(tmp_path, experiment):
     cfg = compose_run([f"experiment={experiment}", "output.plots=false", "output.progress=false"])
     summary = run(cfg, tmp_path)
