@@ -102,8 +102,7 @@ def nested_shares(v: jnp.ndarray, offer_mask: jnp.ndarray, comp_v: jnp.ndarray, 
                   nest: jnp.ndarray) -> jnp.ndarray:
     """(S, J) nested-logit shares of our offers: nest "ours" (utilities ``v``), nest "theirs"
     (``comp_v``, (S, C)) and the outside option (utility 0), each nest with parameter ``nest`` (S,)
-    [ECONOMICS.md §1.4]; MNL (:func:`logit_shares` with the competitors in the outside option) at
-    ``nest = 1``. Stable for any utilities; 0 where not offered."""
+    [ECONOMICS.md §1.4]; multinomial logit at ``nest = 1``. Stable for any utilities; 0 where not offered."""
     lam = nest[:, None]
     zo = jnp.where(offer_mask > 0, v / lam, MASKED)
     zc = jnp.where(comp_mask > 0, comp_v / lam, MASKED)
@@ -121,15 +120,6 @@ def outside_log(comp_v: jnp.ndarray, comp_mask: jnp.ndarray, nest: jnp.ndarray) 
         return jnp.zeros_like(nest)
     zc = jnp.where(comp_mask > 0, comp_v / nest[:, None], MASKED)
     return jnp.logaddexp(0.0, nest * jax.nn.logsumexp(zc, axis=-1))
-
-
-def logit_shares(v: jnp.ndarray, offer_mask: jnp.ndarray) -> jnp.ndarray:
-    """(S, J) MNL shares ``exp(v_j) / (1 + Σ_j' exp(v_j'))`` of the offered options (outside option
-    utility 0), computed without overflow; 0 where not offered."""
-    v = jnp.where(offer_mask > 0, v, -jnp.inf)
-    vmax = jnp.maximum(jnp.max(v, axis=-1, keepdims=True), 0.0)
-    ev = jnp.exp(v - vmax) * offer_mask
-    return ev / (jnp.exp(-vmax) + ev.sum(-1, keepdims=True))
 
 
 def demand(price: jnp.ndarray, quality: jnp.ndarray, latency_ms: jnp.ndarray,

@@ -37,15 +37,21 @@ def _terms(labels: Labels, tier: str) -> tuple[str, float | None, float | None, 
     return "", None, None, False
 
 
+def main_buyer(prob: Problem, labels: Labels, r: int) -> int | None:
+    """The segment buying most of product ``r`` at reference (None without buyers or competitors)."""
+    weight = np.asarray(prob.demand.ref_demand) * (np.asarray(labels.flow_product) == r)
+    if not labels.competitors or weight.sum() <= 0:
+        return None
+    return int(np.unravel_index(np.argmax(weight), weight.shape)[0])
+
+
 def cheapest_competitor(prob: Problem, labels: Labels, r: int) -> tuple[int, float] | None:
     """``(competitor index, its scenario price per request)`` of the cheapest competitor product that
     product ``r``'s main buyer (most reference requests) considers — among those selling the same
     model where there are any — at that buyer's token mix; None when it considers none."""
-    flow = np.asarray(labels.flow_product)
-    weight = np.asarray(prob.demand.ref_demand) * (flow == r)
-    if not labels.competitors or weight.sum() <= 0:
+    s = main_buyer(prob, labels, r)
+    if s is None:
         return None
-    s = int(np.unravel_index(np.argmax(weight), weight.shape)[0])
     considered = np.nonzero(np.asarray(prob.demand.comp_mask)[s] > 0)[0]
     same = [c for c in considered if labels.competitor_model[c] == labels.models[labels.product_model[r]]]
     considered = same or considered  # the same model where a competitor sells it

@@ -88,21 +88,19 @@ def price_response_program(prob, dec):
 
 
 def competitor_marks(prob, labels, price: np.ndarray, r: int) -> list[tuple[str, float]]:
-    """``(label, competitor's price / ours)`` per request at the main buyer's token mix, for the
-    competitors that product ``r``'s buyers consider."""
-    flow = np.asarray(labels.flow_product)
-    reqs_w = np.asarray(prob.demand.ref_demand) * (flow == r)
-    if not labels.competitors or reqs_w.sum() <= 0:
+    """``(label, competitor's scenario price / ours)`` per request at the main buyer's token mix, for
+    the competitors that product ``r``'s main buyer considers."""
+    from optimizer.price_sheet import competitor_prices, main_buyer
+
+    s = main_buyer(prob, labels, r)
+    if s is None:
         return []
-    s, j = np.unravel_index(np.argmax(reqs_w), reqs_w.shape)
+    j = labels.product_model[r]
     tokens = np.asarray(prob.tokens)[s]
     cmask = np.asarray(prob.demand.comp_mask)[s]
-    out = []
-    for c, key in enumerate(labels.competitors):
-        if cmask[c] > 0 and price[s, j] > 0:
-            out.append((f"{labels.competitor_provider[c]} {labels.competitor_model[c]}",
-                        float(np.dot(tokens, labels.competitor_sheet[c]) / price[s, j])))
-    return out
+    return [(f"{labels.competitor_provider[c]} {labels.competitor_model[c]}",
+             float(np.dot(tokens, competitor_prices(prob, labels, c)) / price[s, j]))
+            for c in range(len(labels.competitors)) if cmask[c] > 0 and price[s, j] > 0]
 
 
 def prepare(prob, labels) -> None:
