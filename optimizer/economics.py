@@ -5,14 +5,21 @@ price fleets with these functions, so a change to the cost model is made once. P
 over a :class:`optimizer.problem.Problem` (``prob``); ``xp`` is ``jnp`` (traced) or ``np`` (reports).
 
 A *pool* is one (GPU type g, model j, precision k). ``work`` is the mean GPU-seconds per second
-(i.e. busy GPUs) of each flow, shape (S, J, K, G). A pool must hold its interactive peak load at
-``peak_utilization`` and its mean load over the day (batch included) at ``daily_utilization``.
+(i.e. busy GPUs) of each flow, shape (S, J, K, G). The day is a cycle of T equal periods: in each
+period a pool must hold its interactive peak load at ``peak_utilization`` and its mean load (the
+deferrable load placed there included) at ``daily_utilization``. A segment's load in period t is
+its mean × its profile, shaped to its ``peak_to_mean`` (:func:`period_weights`). A pool's GPUs are
+reserved (paid in every period) or on-demand (paid in the periods used); its cost per day is the
+load-duration optimum of :mod:`kernels.capacity`. With one period and no on-demand GPUs this is
+the two-number model: ``max(peak / ρ_peak, daily / ρ_day)`` GPUs paid all day.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
+from kernels.capacity import cycle_cost, reserve_level, water_fill
 from kernels.smooth import smooth_max_pos
 
 SECONDS_PER_DAY = 86400.0
@@ -42,6 +49,69 @@ def peak_weight(prob, xp=jnp):
     """(S,) how much of a segment's mean load its peak adds to a pool's peak: peak-to-mean for
     interactive segments, 0 for batch (which rides in the off-peak valley)."""
     return (~xp.asarray(prob.is_batch)).astype(float) * xp.asarray(prob.peak_to_mean)
+
+
+def period_weights(prob):
+    """``(peak, mean)`` (S, T): per unit of a segment's mean load, its peak load within period t
+    and its mean load in t. The profile ``f`` (mean 1, peak ``F``) is shaped to the segment's
+    ``peak_to_mean`` ``κ``: flattened towards 1 when ``κ < F`` (``f' = 1 + α (f − 1)``, α = (κ−1)/(F−1)),
+    and when ``κ > F`` the rest of the peak is burstiness within a period (the peak factor
+    ``κ / F`` applies to the peak but cannot be moved). Deferrable segments: 0 (placed by
+    :func:`period_needs`). One period: ``(κ, 1)`` — the two-number model."""
+    f = jnp.asarray(prob.profile)
+    ptm = jnp.asarray(prob.peak_to_mean)[:, None]
+    top = jnp.max(f, -1, keepdims=True)
+    alpha = jnp.clip((ptm - 1.0) / jnp.maximum(top - 1.0, 1e-12), 0.0, 1.0)
+    shaped = 1.0 + alpha * (f - 1.0)
+    burst = ptm / jnp.max(shaped, -1, keepdims=True)
+    interactive = (~jnp.asarray(prob.is_batch)).astype(f.dtype)[:, None]
+    return shaped * burst * interactive, shaped * interactive
+
+
+def period_needs(work, prob):
+    """``(peak_need, daily_need)`` (G, J, K, T) GPUs each pool needs in each period: its interactive
+    peak / ρ_peak, and its mean load with the deferrable load water-filled into the periods of
+    lowest need (:func:`kernels.capacity.water_fill`), / ρ_day."""
+    w = jnp.asarray(work)
+    peak_f, mean_f = period_weights(prob)
+    peak = jnp.einsum("sjkg,st->gjkt", w, peak_f) / prob.peak_utilization
+    daily = jnp.einsum("sjkg,st->gjkt", w, mean_f)
+    batch = jnp.einsum("sjkg->gjk", w * jnp.asarray(prob.is_batch).astype(w.dtype)[:, None, None, None])
+    placed = water_fill(peak, daily, batch, prob.daily_utilization)
+    return peak, (daily + placed) / prob.daily_utilization
+
+
+def pool_ratios(prob):
+    """``(κ, ν)`` (G, 1, 1): on-demand / reserved rent and idle value / reserved rent per pool."""
+    return (jnp.asarray(prob.on_demand_ratio)[:, None, None], jnp.asarray(prob.idle_ratio)[:, None, None])
+
+
+def reserved_gpus(need, prob):
+    """(G, J, K) reserved GPUs of pools needing ``need`` (G, J, K, T) GPUs per period (load-duration rule)."""
+    return reserve_level(need, *pool_ratios(prob))
+
+
+def cycle_fleet_cost_per_pool(need, prob):
+    """(G, J, K) USD/day of pools needing ``need`` (G, J, K, T) GPUs per period: reserved at the
+    load-duration optimum, on-demand above it (and idle reserved GPU-hours credited at their value)."""
+    kappa, nu = pool_ratios(prob)
+    return cycle_cost(need, reserve_level(need, kappa, nu), kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
+
+
+def cycle_fleet_cost(need, prob):
+    """USD/day of pools needing ``need`` (G, J, K, T) GPUs per period (:func:`cycle_fleet_cost_per_pool`)."""
+    return jnp.sum(cycle_fleet_cost_per_pool(need, prob))
+
+
+def provisioned(need, fleet, tp):
+    """(G, J, K, T) GPUs a fixed fleet (G, J, K) runs in each period: all of them in the busiest
+    period, whole replicas covering the need elsewhere (so off-peak GPUs can be on-demand)."""
+    rep = jnp.maximum(tp, 1.0)[..., None]
+    up = jnp.ceil(need / rep - 1e-9) * rep
+    up = need + jax.lax.stop_gradient(up - need)  # whole replicas; the cost's slope of the load carried through
+    whole = jnp.minimum(up, fleet[..., None])
+    busiest = need >= jnp.max(need, -1, keepdims=True)
+    return jnp.where(busiest, fleet[..., None], whole)
 
 
 def pool_loads(work, prob, xp=jnp):

@@ -84,12 +84,12 @@ def _stage(sol: Solution, b: Breakdown, names: list[str], active: np.ndarray, wa
 
 
 def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: bool = False,
-                  shared: bool = False) -> tuple[Solution, str]:
+                  shared: bool = False, hourly: bool = False) -> tuple[Solution, str]:
     """The relaxed task solved by the chosen solver: ``(solution, solver name)``."""
     from optimizer import progress as bar
 
     task = relaxed_task(prob, active)
-    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared)
+    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared, hourly=hourly)
     if isinstance(solver, Dual):
         y0 = solver.init(task)
         sol, _ = aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))(task, y0)
@@ -128,6 +128,48 @@ def evaluate_program(prob: Problem):
     return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)))
 
 
+KEEP_POOL = 0.5
+"""A relaxed pool below this share of one replica (at its peak) hands its load to the flow's other pools."""
+
+
+def consolidated(dec, prob: Problem, keep: np.ndarray):
+    """``dec`` with each flow's routing restricted to the pools in ``keep`` (G, J, K) (renormalised;
+    a flow with no kept pool keeps its largest), so small softmax tails do not each cost a replica."""
+    from optimizer.decision import decode, encode
+
+    log_mu, mix, route = (np.asarray(x, float) for x in decode(dec, prob))
+    kept = np.transpose(keep, (1, 2, 0))[None]  # (1, J, K, G)
+    top = route >= route.max(-1, keepdims=True)
+    r = np.where(kept | (~kept.any(-1, keepdims=True) & top), route, 0.0)
+    r = r / np.maximum(r.sum(-1, keepdims=True), 1e-300)
+    pool_ok = (np.where(kept, route, 0.0).sum(-1) > 0)  # (S, J, K): precision k still has a kept pool
+    m = np.where(pool_ok | ~pool_ok.any(-1, keepdims=True), mix, 0.0)
+    m = m / np.maximum(m.sum(-1, keepdims=True), 1e-300)
+    return encode(log_mu, m, r, prob)
+
+
+def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate):
+    """The integer fleet of a plan whose load varies over the periods: in every period each pool runs
+    the whole replicas covering its need at the relaxed plan's prices, mix and routing (so every
+    period has the capacity it needs), and reserves by the load-duration rule over those whole
+    counts. ``(solution, fleet (G, J, K) peak GPUs, breakdown)``, or None where the rounded peak
+    breaks a GPU cap, the budget or the capex budget (the repair then re-prices a fixed fleet).
+
+    Re-pricing a fixed fleet here would treat every GPU as paid whatever its load, which on-demand
+    GPUs are not, so the plan keeps the relaxed prices; rounding up is the whole margin lost."""
+    rep = np.maximum(np.asarray(prob.tp, float), 1.0)
+    dec = consolidated(relaxed.decision, prob, np.asarray(rb.gpus, float) >= KEEP_POOL * rep)
+    derived = evaluate(dec, prob, np.zeros(rep.shape), np.asarray(False))
+    fleet = np.ceil(np.asarray(derived.gpus, float) / rep - 1e-9) * rep
+    fb = evaluate(dec, prob, fleet, np.asarray(True))
+    viol = float(np.max(np.asarray(fb.constraints), initial=0.0))
+    if not np.isfinite(float(fb.margin)) or viol > 1e-4:
+        return None
+    sol = relaxed._replace(decision=dec, margin=fb.margin, objective=-fb.margin / prob.scale, violation=np.maximum(viol, 0.0),
+                           bound=np.asarray(np.nan), gap=np.asarray(np.nan))
+    return sol, fleet, fb
+
+
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
     """Solve a scenario end to end.
 
@@ -146,7 +188,8 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     names = constraint_names(labels)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
     act_fixed = active_mask(labels, prob, fixed_fleet=True)
-    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products)
+    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products,
+                                labels.time_varying)
     repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
     fixed = fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
 
@@ -161,7 +204,8 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     with ThreadPoolExecutor(1) as pool:
         programs = pool.submit(later)
         t0 = time.perf_counter()
-        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
+        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products,
+                                        labels.time_varying)
         programs = programs.result()
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))
@@ -172,10 +216,16 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     final, fb, fleet, loss = relaxed, rb, None, None
     if cfg.solver.integer_fleet and stages["relaxed"].status == RESULTS.converged.label:
         t1 = time.perf_counter()
-        res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, programs["fleet"])
-        final, fleet = res.solution, res.fleet
-        fb = evaluate(final.decision, prob, fleet, np.asarray(True))
-        stages["integer"] = _stage(final, fb, names, act_fixed, time.perf_counter() - t1, inner.name)
+        hourly = hourly_fleet(prob, relaxed, rb, evaluate) if labels.time_varying else None
+        if hourly is not None:  # whole replicas per period at the relaxed plan's prices, mix and routing
+            final, fleet, fb = hourly
+            how = "rounded"
+        else:
+            res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, programs["fleet"])
+            final, fleet = res.solution, res.fleet
+            fb = evaluate(final.decision, prob, fleet, np.asarray(True))
+            how = inner.name
+        stages["integer"] = _stage(final, fb, names, act_fixed, time.perf_counter() - t1, how)
         loss = float(rb.margin) - float(fb.margin)
     status = list(stages.values())[-1].status
     return Result(prob, labels, relaxed, rb, final, fb, fleet, stages, status, loss)

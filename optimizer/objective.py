@@ -6,10 +6,12 @@ One signature for everything the solver and the reports need (STYLE.md §2)::
 
 Decisions are unconstrained (reparametrised): log price multiplier in a box by a scaled sigmoid,
 precision mix by a masked softmax, routing of each (segment, model, precision) flow over GPU
-types by a masked softmax. In the relaxed problem the fleet is *derived*: each pool gets exactly
-the GPUs its load needs (``N = smax(peak load / ρ_peak, daily load / ρ_day)``), so capacity can
-never be short and batch traffic rides in the interactive pools' off-peak spare time first. With
-a fixed (integer) fleet the same loads become constraints ``load ≤ ρ · N`` instead.
+types by a masked softmax. In the relaxed problem the fleet is *derived*: in every period each pool
+gets exactly the GPUs its load needs (``n_t = smax(peak load_t / ρ_peak, load_t / ρ_day)``, batch
+traffic water-filled into the periods of lowest need), so capacity can never be short; the GPUs it
+reserves and the on-demand ones it adds per period follow the load-duration rule
+(:mod:`optimizer.economics`). With a fixed (integer) fleet of ``N`` GPUs per pool the same loads
+become constraints ``load_t ≤ ρ · N`` in every period instead.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ class Breakdown(NamedTuple):
     route: jnp.ndarray  # (S, J, K, G)
     revenue: jnp.ndarray  # (S, J) USD/day
     work: jnp.ndarray  # (S, J, K, G) mean GPU-seconds per second of each flow
-    peak_load: jnp.ndarray  # (G, J, K) GPU-s/s at peak (interactive, sum of segment peaks)
+    peak_load: jnp.ndarray  # (G, J, K) GPU-s/s at the busiest period's interactive peak
     daily_load: jnp.ndarray  # (G, J, K) mean GPU-s/s over the day (all tiers)
-    gpus: jnp.ndarray  # (G, J, K) GPUs per pool (derived, or the fixed fleet)
+    gpus: jnp.ndarray  # (G, J, K) GPUs per pool at its peak (derived, or the fixed fleet)
+    period_gpus: jnp.ndarray  # (G, J, K, T) GPUs each pool runs in each period
+    reserved: jnp.ndarray  # (G, J, K) of which reserved (paid in every period); the rest on-demand
     gpu_cost: jnp.ndarray  # () USD/day
     margin: jnp.ndarray  # () USD/day
     constraints: jnp.ndarray  # (C,) normalised g(x) ≤ 0 (inactive ones = −1)
@@ -66,26 +70,32 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     reqs = demand(price, quality, prob.served_latency_ms, prob.demand) * servable
     revenue = reqs * price
     work = econ.work_of(reqs, mix, route, prob)  # busy GPUs per flow
-    peak, daily = econ.pool_loads(work, prob)
-    need_peak, need_daily = econ.pool_needs(peak, daily, prob)
-    derived = econ.pool_gpus(need_peak, need_daily, sharpness)
+    need_peak, need_daily = econ.period_needs(work, prob)  # (G, J, K, T)
+    need = econ.pool_gpus(need_peak, need_daily, sharpness)
+    derived = need.max(-1)
     gpus = derived if fleet is None else jnp.where(fixed, fleet, derived)
-    gpu_cost = econ.fleet_cost(gpus, prob)
+    per_period = need if fleet is None else jnp.where(fixed, econ.provisioned(need, fleet, prob.tp), need)
+    reserved = econ.reserved_gpus(per_period, prob)
+    gpu_cost = econ.cycle_fleet_cost(per_period, prob)
     margin = revenue.sum() - gpu_cost
+    peak = need_peak.max(-1) * prob.peak_utilization
+    daily = jnp.einsum("sjkg->gjk", work)
 
     per_type = econ.gpus_per_type(gpus)
     g_cap = (per_type - prob.gpu_cap) / jnp.maximum(prob.gpu_cap, 1.0)  # a cap of 0 GPUs is allowed
     g_budget = (gpu_cost - prob.budget_usd_per_day) / prob.budget_usd_per_day
     g_capex = (econ.fleet_capex(per_type, prob) - prob.capex_budget_usd) / prob.capex_budget_usd
     g_quality = 10.0 * (prob.min_quality[:, None] - quality) * prob.demand.offer_mask
-    denom = jnp.maximum(fleet, 1.0) if fleet is not None else jnp.ones_like(need_peak)
-    g_fixed_peak = (need_peak - (fleet if fleet is not None else need_peak)) / denom
-    g_fixed_daily = (need_daily - (fleet if fleet is not None else need_daily)) / denom
+    top_peak, top_daily = need_peak.max(-1), need_daily.max(-1)
+    denom = jnp.maximum(fleet, 1.0) if fleet is not None else jnp.ones_like(top_peak)
+    g_fixed_peak = (top_peak - (fleet if fleet is not None else top_peak)) / denom
+    g_fixed_daily = (top_daily - (fleet if fleet is not None else top_daily)) / denom
     g = jnp.concatenate([g_cap, g_budget[None], g_capex[None], g_quality.ravel(), g_fixed_peak.ravel(),
                          g_fixed_daily.ravel()])
     if active is not None:
         g = jnp.where(active > 0, g, -1.0)
-    return Breakdown(multiplier, sheet_prices(log_mu, prob), price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, gpu_cost, margin, g)
+    return Breakdown(multiplier, sheet_prices(log_mu, prob), price, reqs, quality, mix, route, revenue, work, peak, daily, gpus, per_period, reserved,
+                     gpu_cost, margin, g)
 
 
 def objective(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,

@@ -6,8 +6,11 @@ noise reaches an export.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+
+from kernels.capacity import charge_weights
 
 from optimizer import economics as econ
 from optimizer.economics import HOURS_PER_DAY
@@ -40,6 +43,12 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     price = np.asarray(prob.usd_per_gpu_hour, float)
     work = np.asarray(b.work, float)
     pre = np.asarray(prob.prefill_share, float)
+    per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
+    reserved = np.asarray(b.reserved, float)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob), float)
+    hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
+    on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
+    od_rate = price * np.asarray(prob.on_demand_ratio, float)
     rows = []
     for (g, j, k), n in np.ndenumerate(gpus):
         if n <= 1e-6:
@@ -56,47 +65,89 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             "disaggregated": bool(disagg), "speculation": f"MTP-{main.spec_k}" if main and main.spec_k else "none",
             "replicas": _r(n / max(rep[g, j, k], 1), 3), "gpus": _r(n, 3),
             "prefill_gpus": _r(n * share, 3) if disagg else 0.0, "decode_gpus": _r(n * (1 - share), 3) if disagg else 0.0,
-            "usd_per_gpu_hour": _r(price[g], 4), "cost_usd_per_day": _r(n * price[g] * HOURS_PER_DAY, 2),
+            "reserved_gpus": _r(reserved[g, j, k], 3), "mean_gpus": _r(per_period[g, j, k].mean(), 3),
+            "on_demand_gpu_hours_per_day": _r(on_demand_h[g, j, k], 2),
+            "usd_per_gpu_hour": _r(price[g], 4),
+            "on_demand_usd_per_gpu_hour": _r(od_rate[g], 4) if od_rate[g] < 1e5 * max(price[g], 1e-9) else None,
+            "cost_usd_per_day": _r(pool_cost[g, j, k], 2),
             "peak_utilization": _r(peak[g, j, k] / n, 4), "daily_utilization": _r(daily[g, j, k] / n, 4),
         })
-    return pd.DataFrame(rows, columns=["gpu", "model", "precision", "deployment", "other_deployments", "replica_gpus",
-                                       "nodes_per_replica", "tp", "dp", "ep", "disaggregated", "speculation",
-                                       "replicas", "gpus", "prefill_gpus", "decode_gpus", "usd_per_gpu_hour",
-                                       "cost_usd_per_day", "peak_utilization", "daily_utilization"])
+    return pd.DataFrame(rows, columns=FLEET_COLUMNS)
+
+
+FLEET_COLUMNS = ["gpu", "model", "precision", "deployment", "other_deployments", "replica_gpus", "nodes_per_replica",
+                 "tp", "dp", "ep", "disaggregated", "speculation", "replicas", "gpus", "prefill_gpus", "decode_gpus",
+                 "reserved_gpus", "mean_gpus", "on_demand_gpu_hours_per_day", "usd_per_gpu_hour",
+                 "on_demand_usd_per_gpu_hour", "cost_usd_per_day", "peak_utilization", "daily_utilization"]
+
+
+def fleet_hourly_table(prob: Problem, labels: Labels, b: Breakdown, hours_per_period: float) -> pd.DataFrame:
+    """One row per (period, pool with GPUs): GPUs run, of which reserved and on-demand, busy GPUs,
+    utilisation and cost of the period (USD, scaled so the periods of a cycle sum to the cost per day)."""
+    per_period = np.asarray(b.period_gpus, float)
+    T = per_period.shape[-1]
+    reserved = np.asarray(b.reserved, float)
+    _, daily_need = econ.period_needs(jnp.asarray(b.work), prob)
+    busy = np.asarray(daily_need, float) * float(prob.daily_utilization)
+    rent_day = np.asarray(econ.usd_per_gpu_day(prob), float)
+    kappa, nu = (np.asarray(x, float) for x in econ.pool_ratios(prob))
+    d = per_period - reserved[..., None]
+    cost = rent_day[:, None, None, None] / T * (reserved[..., None] + np.maximum(kappa[..., None] * d, nu[..., None] * d))
+    rows = []
+    for (g, j, k), n in np.ndenumerate(np.asarray(b.gpus, float)):
+        if n <= 1e-6:
+            continue
+        for t in range(T):
+            run = per_period[g, j, k, t]
+            rows.append({"period": t, "start_hour": _r(t * hours_per_period, 3), "gpu": labels.gpus[g],
+                         "model": labels.models[j], "precision": labels.precisions[k], "gpus": _r(run, 3),
+                         "reserved_gpus": _r(min(reserved[g, j, k], run), 3),
+                         "idle_reserved_gpus": _r(max(reserved[g, j, k] - run, 0.0), 3),
+                         "on_demand_gpus": _r(max(run - reserved[g, j, k], 0.0), 3),
+                         "busy_gpus": _r(busy[g, j, k, t], 3),
+                         "utilization": _r(busy[g, j, k, t] / run, 4) if run > 0 else 0.0,
+                         "cost_usd": _r(cost[g, j, k, t], 2)})
+    return pd.DataFrame(rows, columns=["period", "start_hour", "gpu", "model", "precision", "gpus", "reserved_gpus",
+                                       "idle_reserved_gpus", "on_demand_gpus", "busy_gpus", "utilization", "cost_usd"])
+
+
+def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
+    """The headline capacity decision: per GPU type, GPUs to reserve (paid around the clock), the
+    peak and mean GPUs run, on-demand GPU-hours per day and the cost per day."""
+    per_period = np.asarray(b.period_gpus, float)
+    reserved = np.asarray(b.reserved, float)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob), float)
+    hours = HOURS_PER_DAY / per_period.shape[-1]
+    by_type = per_period.sum((1, 2))  # (G, T)
+    rows = []
+    for g, name in enumerate(labels.gpus):
+        if by_type[g].max() <= 1e-6:
+            continue
+        rows.append({"gpu": name, "reserved_gpus": _r(reserved[g].sum(), 3), "peak_gpus": _r(by_type[g].max(), 3),
+                     "mean_gpus": _r(by_type[g].mean(), 3),
+                     "on_demand_gpu_hours_per_day": _r(np.maximum(per_period[g] - reserved[g][..., None], 0).sum() * hours, 2),
+                     "cost_usd_per_day": _r(pool_cost[g].sum(), 2)})
+    return pd.DataFrame(rows, columns=["gpu", "reserved_gpus", "peak_gpus", "mean_gpus", "on_demand_gpu_hours_per_day",
+                                       "cost_usd_per_day"])
 
 
 def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     """One row per offered (segment, model): prices, volumes, revenue, mix, quality, GPUs, margin.
 
-    GPU cost is attributed the peak-load way (ECONOMICS.md §2.7): each pool's GPUs that interactive
-    traffic alone would need are shared by the interactive flows in proportion to their peak load;
-    only the GPUs that batch traffic adds on top (its incremental capacity, usually little because
-    it fills the off-peak valley) are charged to batch flows, in proportion to their load. Rounding
-    slack of an integer fleet is shared pro rata.
+    GPU cost is attributed the peak-load way (ECONOMICS.md §2.7), period by period: each pool's
+    cost per day is ``Σ_t π_t n_t`` (``π``: the reserved/on-demand cost's weight of period t, a
+    subgradient of the load-duration cost; ``n_t``: the GPUs it runs in period t), and each period's
+    GPUs go to the loads that need them — to the interactive flows by their peak load where the
+    interactive peak binds, and by their mean load plus the batch placed there where the period's
+    mean load binds (batch riding in spare room pays nothing). Rounding slack of an integer fleet
+    is shared pro rata.
     """
     dp = prob.demand
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
-    gpus = np.asarray(b.gpus, float)  # (G, J, K)
-    is_batch = np.asarray(prob.is_batch)
-    kappa = np.asarray(prob.peak_to_mean, float)
-    rp, rd = float(prob.peak_utilization), float(prob.daily_utilization)
-    to_gjk = lambda x: np.transpose(x, (2, 0, 1))  # noqa: E731  (J, K, G) -> (G, J, K)
-    w_int = work * (~is_batch)[:, None, None, None]
-    w_bat = work * is_batch[:, None, None, None]
-    peak, daily = econ.pool_loads(work, prob, np)
-    need_int = np.maximum(peak / rp, to_gjk(w_int.sum(0)) / rd)
-    need_all = np.maximum(peak / rp, daily / rd)
-    slack = np.where(need_all > 0, gpus / np.maximum(need_all, 1e-300), 0.0)
-    gpus_bat = (need_all - need_int) * slack
-    gpus_int = gpus - gpus_bat
-    peak_w = w_int * kappa[:, None, None, None]
-    per_int = np.where(peak > 0, gpus_int / np.maximum(peak, 1e-300), 0.0)
-    bat_load = to_gjk(w_bat.sum(0))
-    per_bat = np.where(bat_load > 0, gpus_bat / np.maximum(bat_load, 1e-300), 0.0)
-    alloc = peak_w * np.transpose(per_int, (1, 2, 0))[None] + w_bat * np.transpose(per_bat, (1, 2, 0))[None]
-    price_h = np.asarray(prob.usd_per_gpu_hour, float)
-    peak_mult = np.where(np.asarray(prob.is_batch), 0.0, np.asarray(prob.peak_to_mean, float))
+    alloc_cost = flow_costs(prob, b)  # (S, J, K, G) USD/day
+    alloc_gpus = flow_gpus(prob, b)  # (S, J, K, G) peak GPUs attributed
+    peak_f = np.asarray(econ.period_weights(prob)[0], float)  # (S, T)
     mu = np.asarray(b.price_multiplier, float)
     reqs = np.asarray(b.requests_per_day, float)
     rev = np.asarray(b.revenue, float)
@@ -112,10 +163,10 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             if offer[s, j] <= 0:
                 continue
             r = labels.flow_product[s][j]
-            gpu_alloc = alloc[s, j].sum(0)  # (G,)
-            cost = float((gpu_alloc * price_h * HOURS_PER_DAY).sum())
+            gpu_alloc = alloc_gpus[s, j].sum(0)  # (G,)
+            cost = float(alloc_cost[s, j].sum())
             tok_in, tok_out = reqs[s, j] * isl, reqs[s, j] * osl
-            peak_util = (work[s, j].sum() * peak_mult[s] / max(gpu_alloc.sum(), 1e-300)) if gpu_alloc.sum() > 0 else 0.0
+            peak_util = (work[s, j].sum() * peak_f[s].max() / max(gpu_alloc.sum(), 1e-300)) if gpu_alloc.sum() > 0 else 0.0
             mixes = ", ".join(f"{labels.precisions[k]} {mix[s, j, k]:.0%}" for k in np.argsort(-mix[s, j])
                               if mix[s, j, k] >= 0.005)
             by_type = ", ".join(f"{labels.gpus[g]} {gpu_alloc[g]:.1f}" for g in range(len(labels.gpus))
@@ -143,6 +194,48 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                          if reqs[s, j] < 1e-3 * ref_reqs[s, j] else ""),
             })
     return pd.DataFrame(rows)
+
+
+def _need_shares(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
+    """``(share (S, J, K, G, T), need (G, J, K, T))``: each flow's share of each pool's GPUs in each
+    period (the binding load's shares, see :func:`plan_table`), and the GPUs the pool runs there."""
+    work = jnp.asarray(b.work)
+    peak_f, mean_f = econ.period_weights(prob)
+    peak_need, daily_need = econ.period_needs(work, prob)
+    is_batch = jnp.asarray(prob.is_batch)
+    batch = jnp.einsum("sjkg->gjk", work * is_batch[:, None, None, None])
+    placed = daily_need * prob.daily_utilization - jnp.einsum("sjkg,st->gjkt", work, mean_f)  # (G, J, K, T)
+    per_batch = jnp.where(batch[..., None] > 0, placed / jnp.maximum(batch[..., None], 1e-300), 0.0)
+    peak_c = jnp.einsum("sjkg,st->sjkgt", work, peak_f)
+    daily_c = (jnp.einsum("sjkg,st->sjkgt", work, mean_f)
+               + (work * is_batch[:, None, None, None])[..., None] * jnp.transpose(per_batch, (1, 2, 0, 3))[None])
+    peak_binds = jnp.transpose(peak_need >= daily_need, (1, 2, 0, 3))[None]
+    contrib = jnp.where(peak_binds, peak_c, daily_c)
+    total = contrib.sum(0, keepdims=True)
+    by_work = work / jnp.maximum(work.sum(0, keepdims=True), 1e-300)  # periods without load: by mean load
+    share = jnp.where(total > 0, contrib / jnp.maximum(total, 1e-300), by_work[..., None])
+    return np.asarray(share, float), np.asarray(b.period_gpus, float)
+
+
+def flow_costs(prob: Problem, b: Breakdown) -> np.ndarray:
+    """(S, J, K, G) USD/day of GPU cost attributed to each flow (they sum to the fleet's cost)."""
+    share, need = _need_shares(prob, b)
+    kappa, nu = econ.pool_ratios(prob)
+    weight = np.asarray(charge_weights(jnp.asarray(need), kappa, nu), float)  # (G, J, K, T)
+    value = weight * need  # reserved GPU-days per day carried by each period
+    total = value.sum(-1, keepdims=True)
+    from_pool = np.where(total > 0, value / np.maximum(total, 1e-300), 0.0)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(need), prob), float)  # (G, J, K)
+    per = share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]
+    return per.sum(-1)
+
+
+def flow_gpus(prob: Problem, b: Breakdown) -> np.ndarray:
+    """(S, J, K, G) each flow's share of its pools' GPUs in their busiest period."""
+    share, need = _need_shares(prob, b)
+    top = need.argmax(-1)  # (G, J, K)
+    at_top = np.take_along_axis(share, np.transpose(top, (1, 2, 0))[None, ..., None], -1)[..., 0]
+    return at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None]
 
 
 def price_bound_note(mu: float, log_lo: float, log_hi: float) -> str:

@@ -23,6 +23,7 @@ from optimizer import catalog
 from optimizer.errors import ConfigError
 from optimizer.decision import request_prices
 from optimizer.deployments import candidate_layouts
+from optimizer.profiles import segment_profiles
 from optimizer.params import (EfficiencyTable, Layout, build_deployment, build_mtp, efficiency_at, efficiency_table,
                               gpu_rent, peak_tflops, stack_trees)
 from optimizer.schema import PRECISION_KEYS, RunConfig
@@ -31,6 +32,8 @@ from optimizer.validate import validate
 
 NO_CAP = 1e30
 """Stand-in for an absent cap (kept finite so gradients and JSON stay clean)."""
+NO_ON_DEMAND = 1e6
+"""On-demand / reserved rent ratio standing for "no on-demand GPUs" (finite: ``κ · 0`` stays 0)."""
 
 
 class Problem(NamedTuple):
@@ -50,6 +53,9 @@ class Problem(NamedTuple):
     tp: jnp.ndarray  # (G, J, K) GPUs per replica of the pool's largest chosen deployment (0 where unavailable)
     is_batch: jnp.ndarray  # (S,) bool
     peak_to_mean: jnp.ndarray  # (S,)
+    profile: jnp.ndarray  # (S, T) load / mean of each segment in each period of the cycle (mean 1)
+    on_demand_ratio: jnp.ndarray  # (G,) on-demand / reserved rent (≥ 1; NO_ON_DEMAND where none)
+    idle_ratio: jnp.ndarray  # (G,) value of an idle reserved GPU-hour / reserved rent (in [0, 1))
     served_latency_ms: jnp.ndarray  # (S,) TPOT the segment is served at (its SLO, or its reference)
     gpu_cap: jnp.ndarray  # (G,) max GPUs (NO_CAP if none)
     budget_usd_per_day: jnp.ndarray  # () (NO_CAP if none)
@@ -104,6 +110,8 @@ class Labels:
     competitor_date: tuple[str, ...] = ()  # (C,)
     competitor_ratios: tuple[tuple[float, float, float], ...] = ()  # (C,) what-if price / list price
     tier_terms: tuple[tuple[str, float, float, bool], ...] = ()  # (T,) (tier, tpot ms, ttft ms, deferrable)
+
+    time_varying: bool = False  # some segment's load varies over the periods (an hourly profile)
 
     @property
     def has_shared_products(self) -> bool:
@@ -202,6 +210,7 @@ class Numbers(NamedTuple):
     ttft_ms: jnp.ndarray  # (S,) inf = no SLO
     ref_tpot_ms: jnp.ndarray  # (S,)
     peak_to_mean: jnp.ndarray  # (S,)
+    profile: jnp.ndarray  # (S, T) load / mean per period
     min_quality: jnp.ndarray  # (S,) 0 = none
     nest_parameter: jnp.ndarray  # (S,)
     competitor_share: jnp.ndarray  # (S, C) 0 where the segment does not consider the competitor
@@ -220,7 +229,9 @@ class Numbers(NamedTuple):
     tier_tpot_ms: jnp.ndarray  # (T,) inf = the segment's own SLO
     tier_ttft_ms: jnp.ndarray  # (T,)
     volume_share: jnp.ndarray  # (S, J)
-    usd_per_gpu_hour: jnp.ndarray  # (G,)
+    usd_per_gpu_hour: jnp.ndarray  # (G,) reserved rent (paid in every period)
+    on_demand_usd_per_gpu_hour: jnp.ndarray  # (G,) paid per hour used (NO_CAP where none)
+    idle_value_usd_per_gpu_hour: jnp.ndarray  # (G,) value of an idle reserved GPU-hour
     capex_per_gpu: jnp.ndarray  # (G,)
     gpu_cap: jnp.ndarray  # (G,)
     budget_usd_per_day: jnp.ndarray  # ()
@@ -269,7 +280,7 @@ def _validate_fleet(fl) -> None:
             raise ConfigError(f"fleet.precisions contains '{k}'; accepted: {list(PRECISION_KEYS)}")
     if not fl.gpus:
         raise ConfigError("fleet.gpus is empty; list at least one GPU key, e.g. [h100-sxm, h200-sxm, b200]")
-    for name in ("gpu_caps", "price_usd_per_gpu_hour"):
+    for name in ("gpu_caps", "price_usd_per_gpu_hour", "on_demand_usd_per_gpu_hour"):
         for g, v in getattr(fl, name).items():
             if v is not None and g not in fl.gpus:
                 raise ConfigError(f"fleet.{name}.{g} = {v} names GPU '{g}', which is not in fleet.gpus "
@@ -494,6 +505,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         raise ConfigError(f"fleet.capex_budget_usd needs a capex for every GPU; missing for {missing}")
     eff = cfg.efficiency
     eff_table = efficiency_table(eff, np.float64, np)
+    rents, on_demand = _rents(fl, hws)
     inf = float("inf")
     opt = lambda v, default: default if v is None else v  # noqa: E731
     numbers = Numbers(
@@ -505,7 +517,10 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         latency_sensitivity=f64([s.latency_sensitivity for s in segs]),
         tpot_ms=f64([opt(s.tpot_ms, inf) for s in segs]), ttft_ms=f64([opt(s.ttft_ms, inf) for s in segs]),
         ref_tpot_ms=f64([opt(s.ref_tpot_ms, opt(s.tpot_ms, 0.0)) for s in segs]),
-        peak_to_mean=f64([s.peak_to_mean for s in segs]), min_quality=f64([opt(s.min_quality, 0.0) for s in segs]),
+        peak_to_mean=f64([s.peak_to_mean for s in segs]),
+        profile=f64(segment_profiles([s.profile for s in segs], list(seg_names), cfg.time.periods,
+                                     cfg.time.periods * cfg.time.hours_per_period)),
+        min_quality=f64([opt(s.min_quality, 0.0) for s in segs]),
         nest_parameter=f64([s.nest_parameter for s in segs]), competitor_share=f64(comp_share),
         product_input=f64(sheets[:, 0]), product_cached=f64(sheets[:, 1]), product_output=f64(sheets[:, 2]),
         product_floor=f64(sheets[:, 3]), product_ceiling=f64(sheets[:, 4]),
@@ -519,7 +534,9 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         tier_tpot_ms=f64([opt(d.tiers[t].tpot_ms, inf) for t in tier_keys]),
         tier_ttft_ms=f64([opt(d.tiers[t].ttft_ms, inf) for t in tier_keys]),
         volume_share=f64(share),
-        usd_per_gpu_hour=f64([gpu_rent(hw, fl.cost, fl.price_usd_per_gpu_hour.get(hw.key)) for hw in hws]),
+        usd_per_gpu_hour=f64(rents),
+        on_demand_usd_per_gpu_hour=f64(on_demand),
+        idle_value_usd_per_gpu_hour=f64([fl.idle_value_usd_per_gpu_hour] * len(hws)),
         capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
         gpu_cap=f64([opt(fl.gpu_caps.get(hw.key), NO_CAP) for hw in hws]),
         budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
@@ -530,7 +547,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         layer_overhead_us=f64(eff.layer_overhead_us), moe_layer_overhead_us=f64(eff.moe_layer_overhead_us),
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
-    labels = Labels(segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
+    labels = Labels(time_varying=bool(np.ptp(numbers.profile, axis=-1).max(initial=0.0) > 1e-12),
+                    segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(prods.segment_tier), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
                     has_min_quality=tuple(s.min_quality is not None for s in segs),
@@ -676,12 +694,47 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     return Problem(
         demand=dp, quality=n.quality, mix_mask=mix_mask, route_mask=route, gpu_s_per_request=gpu_s_t,
         batch_at_slo=batch_t, tpot_ms=tpot_t, deployment=choice_t, prefill_share=prefill_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
-        tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean, served_latency_ms=served_lat,
+        tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean,
+        profile=n.profile, on_demand_ratio=on_demand_ratio(n), idle_ratio=idle_ratio(n), served_latency_ms=served_lat,
         gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
         min_quality=n.min_quality, log_mu_lo=jnp.log(n.product_floor), log_mu_hi=jnp.log(n.product_ceiling),
         log_band=jnp.log(jnp.maximum(n.product_band, 1.0 + 1e-9)),
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale,
         tokens=tokens, flow_product=pools.flow_product, sheet_ref=sheet, sheet_tie=pools.sheet_tie)
+
+
+def on_demand_ratio(n: Numbers) -> jnp.ndarray:
+    """(G,) on-demand / reserved rent, at least 1 (a dearer reserved GPU is never reserved, which
+    a ratio of 1 expresses) and at most :data:`NO_ON_DEMAND` (none offered; a free GPU)."""
+    ratio = n.on_demand_usd_per_gpu_hour / jnp.maximum(n.usd_per_gpu_hour, 1e-30)
+    return jnp.clip(ratio, 1.0, NO_ON_DEMAND)
+
+
+def idle_ratio(n: Numbers) -> jnp.ndarray:
+    """(G,) value of an idle reserved GPU-hour / reserved rent, in [0, 1) (a value at or above the
+    rent would make reserving without limit pay; the config refuses it, sweeps clip it)."""
+    return jnp.clip(n.idle_value_usd_per_gpu_hour / jnp.maximum(n.usd_per_gpu_hour, 1e-30), 0.0, 1.0 - 1e-9)
+
+
+def _rents(fl, hws) -> tuple[list, list]:
+    """Reserved and on-demand USD per GPU-hour of each fleet GPU (NO_CAP: no on-demand), with the
+    fleet's rules checked: on-demand not cheaper than reserved, an idle GPU-hour worth less than its rent."""
+    rents, on_demand = [], []
+    for hw in hws:
+        r = gpu_rent(hw, fl.cost, fl.price_usd_per_gpu_hour.get(hw.key))
+        od = fl.on_demand_usd_per_gpu_hour.get(hw.key)
+        od = hw.on_demand_usd_per_gpu_hour if od is None else od
+        if fl.on_demand and od is not None:
+            if od < r:
+                raise ConfigError(f"fleet.on_demand_usd_per_gpu_hour.{hw.key} = {od} is below its reserved rent {r} "
+                                  f"(fleet.price_usd_per_gpu_hour.{hw.key} / the catalog): accepted a rent >= {r}, "
+                                  f"or fleet.on_demand=false")
+        if fl.idle_value_usd_per_gpu_hour > 0 and fl.idle_value_usd_per_gpu_hour >= r:
+            raise ConfigError(f"fleet.idle_value_usd_per_gpu_hour = {fl.idle_value_usd_per_gpu_hour} is not below the "
+                              f"reserved rent of '{hw.key}' ({r} USD/GPU-hour): accepted 0 <= value < {r}")
+        rents.append(r)
+        on_demand.append(od if (fl.on_demand and od is not None) else NO_CAP)
+    return rents, on_demand
 
 
 def token_mix(n: Numbers) -> jnp.ndarray:

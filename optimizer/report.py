@@ -32,7 +32,8 @@ def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segments: pd.DataFrame) -> str:
+def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segments: pd.DataFrame,
+                    reserved: pd.DataFrame | None = None) -> str:
     """The `plan.md` report a pricing or finance colleague reads."""
     t = summary["totals"]
     s = summary["solver"]
@@ -43,6 +44,11 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            f"{t['gpus']:,.0f} GPUs ({', '.join(f'{k} {v:,.0f}' for k, v in summary['gpus_by_type'].items())}).", "",
            *[f"> **Warning:** price at its search bound (the optimum may lie beyond it): {n}" for n in
              summary.get("prices_at_bound", [])], "",
+           *(["## Capacity to reserve", "",
+              f"GPUs paid around the clock (reserved), against the peak and mean GPUs run over "
+              f"{summary['periods']['count']} periods of {summary['periods']['hours_each']:g} h; the rest "
+              f"is on-demand, paid per hour used.", "",
+              reserved.to_markdown(index=False, floatfmt=",.4g"), ""] if reserved is not None and len(reserved) else []),
            "## Prices, mix and margin per segment and model", "",
            plan.drop(columns=["gpus_by_type"]).to_markdown(index=False, floatfmt=",.4g"), "",
            "## Per segment (USD/day)", "", segments.to_markdown(index=False, floatfmt=",.2f"), "",
@@ -118,8 +124,9 @@ def _solver_line(stage: dict, summary: dict) -> str:
     return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
 
 
-def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list[Path]:
-    """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet mix."""
+def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None) -> list[Path]:
+    """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet
+    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +199,36 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame) -> list
     ax.tick_params(axis="x", labelrotation=0)
     _margins(fig, left=0.7, right=0.2, bottom=0.45, top=0.35)
     paths.append(_save(fig, outdir / "fleet.png"))
+    if hourly is not None and len(hourly) and hourly["period"].nunique() > 1:
+        paths.append(_hourly_plot(outdir, hourly, plt))
     return paths
+
+
+def _hourly_plot(outdir: Path, hourly: pd.DataFrame, plt) -> Path:
+    """4. GPUs per period per GPU type, reserved (solid) vs on-demand (hatched), and utilisation."""
+    types = list(dict.fromkeys(hourly["gpu"]))
+    fig, axes = plt.subplots(1, len(types), figsize=(5.2 * len(types), 3.6), squeeze=False)
+    for i, g in enumerate(types):
+        d = hourly[hourly["gpu"] == g].groupby("start_hour")[["reserved_gpus", "on_demand_gpus", "busy_gpus",
+                                                               "gpus"]].sum()
+        ax = axes[0, i]
+        x = d.index.to_numpy(float)
+        width = float(np.diff(x).min()) if len(x) > 1 else 1.0
+        ax.bar(x, d["reserved_gpus"], width=width * 0.9, align="edge", color="tab:blue", label="reserved")
+        ax.bar(x, d["on_demand_gpus"], width=width * 0.9, align="edge", bottom=d["reserved_gpus"],
+               color="tab:orange", hatch="//", label="on-demand")
+        ax.set_xlabel("hour of the cycle")
+        ax.set_ylabel("GPUs")
+        ax.set_title(g, fontsize=9)
+        ax2 = ax.twinx()
+        util = np.where(d["gpus"] > 0, d["busy_gpus"] / d["gpus"].where(d["gpus"] > 0, 1.0), 0.0)
+        ax2.plot(x + width / 2, 100 * util, color="black", lw=1, marker=".", label="utilisation")
+        ax2.set_ylim(0, 100)
+        ax2.set_ylabel("utilisation (%)")
+        if i == 0:
+            ax.legend(loc="upper left", fontsize=7)
+    _margins(fig, left=0.75, right=0.75, bottom=0.6, top=0.35, wspace=1.2)
+    return _save(fig, outdir / "fleet_hourly.png")
 
 
 def _margins(fig, left: float, right: float, bottom: float, top: float, wspace: float = 0.0) -> None:

@@ -15,17 +15,17 @@ from optimizer import progress as progress_mod
 from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
 from optimizer.errors import SolverFailure
-from optimizer.plan import fleet_table, plan_table, segment_summary
+from optimizer.plan import fleet_hourly_table, fleet_table, plan_table, reserved_commitment, segment_summary
 from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
 from optimizer.report import console_summary, markdown_report, plots
 from optimizer.schema import RunConfig
 
 log = logging.getLogger("tokenmargin")
 
-PLAN_FILES = ("plan.csv", "plan.parquet", "plan.json", "plan.md", "fleet.csv")
+PLAN_FILES = ("plan.csv", "plan.parquet", "plan.json", "plan.md", "fleet.csv", "fleet_hourly.csv", "reserved.csv")
 
 
-def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
+def build_summary(res: Result, cfg: RunConfig, plan, fleet, reserved=None) -> dict:
     """The `summary.json` content: totals, per segment, solver status and diagnostics."""
     b = res.final_breakdown
     last = list(res.stages.values())[-1]
@@ -52,6 +52,9 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet) -> dict:
     }
     summary["gpus_by_type"] = {g: round(float(gpus[i].sum()), 3) for i, g in enumerate(res.labels.gpus)
                                if gpus[i].sum() > 1e-6}
+    if reserved is not None:  # the headline capacity decision: GPUs committed around the clock
+        summary["reserved_commitment"] = reserved.to_dict(orient="records")
+        summary["periods"] = {"count": cfg.time.periods, "hours_each": cfg.time.hours_per_period}
     if plan is not None:
         summary["segments"] = segment_summary(plan).to_dict(orient="records")
         at = plan[plan["price_at_bound"] != ""]
@@ -126,13 +129,16 @@ def run(cfg, outdir: Path) -> dict:
     res = optimize(c, show_bar=show, also_compile=report.prepare if c.output.plots else None)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
+    hourly = fleet_hourly_table(res.prob, res.labels, res.final_breakdown, c.time.hours_per_period)
+    reserved = reserved_commitment(res.prob, res.labels, res.final_breakdown)
     sheet = price_sheet_table(res.prob, res.labels, res.final_breakdown)
-    summary = build_summary(res, c, plan if res.ok else None, fleet)
+    summary = build_summary(res, c, plan if res.ok else None, fleet, reserved)
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
 
     if res.ok:  # a NaN or inf is reported, never exported as a plan
         io.check_finite(plan, "the plan")
         io.check_finite(fleet, "the fleet table")
+        io.check_finite(hourly, "the hourly fleet table")
         io.check_finite(sheet[PRICE_COLUMNS], "the price sheet")
 
     def write(stage: Path) -> None:
@@ -141,12 +147,14 @@ def run(cfg, outdir: Path) -> dict:
             for name in ("plan.csv", "plan.parquet", "plan.json"):
                 io.write_frame(stage / name, plan)
             io.write_frame(stage / "fleet.csv", fleet)
+            io.write_frame(stage / "fleet_hourly.csv", hourly)
+            io.write_frame(stage / "reserved.csv", reserved)
             io.write_frame(stage / "price_sheet.csv", sheet)
             io.write_frame(stage / "price_sheet.json", sheet)
             io.write_text(stage / "price_sheet.md", price_sheet_markdown(sheet, res.labels.scenario))
-            io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan)))
+            io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan), reserved))
             if c.output.plots:
-                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet)]
+                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly)]
         io.write_json(stage / "summary.json", summary)
 
     io.publish(outdir, write, status=res.status)

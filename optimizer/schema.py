@@ -131,9 +131,11 @@ class HardwareConfig:
     pcie_bw_gb_s: float = accepts(0.0, **NON_NEGATIVE)  # host PCIe bandwidth per GPU per direction, GB/s (TP over PCIe when no scale-up link)
     scaleout_bw_gb_s: float = accepts(0.0, **NON_NEGATIVE)  # scale-out (InfiniBand / RoCE NIC) bandwidth per GPU per direction, GB/s
     interconnect_source: str = ""  # where the PCIe / scale-out figures come from
-    price_usd_per_gpu_hour: float = accepts(**NON_NEGATIVE)  # default rental price, USD per GPU-hour
+    price_usd_per_gpu_hour: float = accepts(**NON_NEGATIVE)  # default rent of a GPU paid around the clock (reserved / committed), USD per GPU-hour
     price_date: str = MISSING  # date of that price
     price_source: str = MISSING  # where that price comes from
+    on_demand_usd_per_gpu_hour: Optional[float] = accepts(None, **NON_NEGATIVE)  # rent of a GPU paid per hour used (None = not sourced: no on-demand)
+    on_demand_source: str = ""  # where that price comes from, with date
     capex_usd_per_gpu: Optional[float] = accepts(None, **NON_NEGATIVE)  # purchase price per GPU incl. server share, USD (None = unknown)
     capex_source: str = ""
     spec_source: str = MISSING  # where the specs come from
@@ -403,6 +405,9 @@ class SegmentConfig:
     tpot_ms: Optional[float] = accepts(None, **POSITIVE)  # SLO: mean time per output token (None = no SLO)
     ttft_ms: Optional[float] = accepts(None, **POSITIVE)  # SLO: mean time to first token (None = no SLO)
     peak_to_mean: float = accepts(1.0, ge=1.0)  # peak / mean request rate of this segment's traffic
+    # shape of its load over the period grid (mean 1): "flat", a workload of load_profiles.csv
+    # (benchmarks/data copy of shared/data), or a CSV path with columns hour, load_vs_mean
+    profile: str = "flat"
     min_quality: Optional[float] = accepts(None, **FRACTION)  # floor on served quality retention (fraction of BF16)
     price_floor_ratio: Optional[float] = accepts(None, **POSITIVE)  # lowest price as a multiple of the reference price
     price_ceiling_ratio: Optional[float] = accepts(None, **POSITIVE)  # highest price as a multiple of the reference price
@@ -440,6 +445,19 @@ class FleetConfig:
     speculation: bool = True  # consider MTP speculative decoding where the model has sourced acceptance
     peak_utilization: float = accepts(0.8, **FRACTION)  # utilisation cap at peak for interactive traffic
     daily_utilization: float = accepts(0.9, **FRACTION)  # cap on average daily utilisation incl. batch
+    # on-demand GPUs, paid per hour used, on top of the reserved ones (paid in every period)
+    on_demand: bool = True  # use the catalog's on-demand rents (where a GPU has one)
+    on_demand_usd_per_gpu_hour: dict[str, Optional[float]] = accepts(
+        default_factory=lambda: dict.fromkeys(catalog_keys("hardware")), **NON_NEGATIVE)  # USD/GPU-hour (null = catalog)
+    idle_value_usd_per_gpu_hour: float = accepts(0.0, **NON_NEGATIVE)  # value of an idle reserved GPU-hour put to other use (research, training)
+
+
+@dataclass
+class TimeConfig:
+    """The period grid of one load cycle (a day by default): loads, fleets and costs per period."""
+
+    periods: int = accepts(24, **COUNT)  # periods per cycle
+    hours_per_period: float = accepts(1.0, **POSITIVE)  # length of one period, hours (cycle = periods x hours)
 
 
 @dataclass
@@ -513,6 +531,7 @@ class RunConfig:
 
     demand: DemandConfig = MISSING
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     efficiency: EfficiencyConfig = MISSING
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -534,6 +553,7 @@ def register_configs() -> None:
     cs.store(group="fleet", name="base_fleet", node=FleetConfig)
     cs.store(group="solver", name="base_solver", node=SolverConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)
+    cs.store(group="time", name="base_time", node=TimeConfig)
     cs.store(name="base_run", node=RunConfig)
 
 

@@ -37,11 +37,14 @@ def dual_of(settings, steps: int | None = None, temperature: float | None = None
 
 
 def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
-           dual_temperature: float | None = None, shared: bool = False) -> AugLag | Dual:
+           dual_temperature: float | None = None, shared: bool = False, hourly: bool = False) -> AugLag | Dual:
     """The solver for a relaxed task with constraint activity ``active`` (C,) and ``n_gpus`` GPU types.
 
     The dual prices GPU caps and budgets but not quality floors; ``auto`` sends a task with a floor
-    to the augmented Lagrangian, and ``dual`` refuses it with an error naming the fields.
+    to the augmented Lagrangian, and ``dual`` refuses it with an error naming the fields. ``hourly``
+    (some segment's load varies over the periods): ``auto`` uses the augmented Lagrangian, whose
+    plans on a varying load curve are the better ones today (the dual's period weights do not yet
+    converge where batch flattens the curve; ``solver.method=dual`` still runs it).
     """
     method = settings.method
     if method not in METHODS:
@@ -51,15 +54,17 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
         raise ConfigError("solver.method = 'dual' prices GPU caps and budgets but not quality floors "
                           "(demand.segments.*.min_quality), which this scenario (or a sweep axis) sets; "
                           "use solver.method=auto or auglag")
-    if method == "auglag" or (method == "auto" and floors):
+    if method == "auglag" or (method == "auto" and (floors or hourly)):
         return auglag_of(settings)
     return dual_of(settings, dual_steps, dual_temperature, shared)
 
 
-def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False) -> AugLag | FleetDual:
+def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False, hourly: bool = False) -> AugLag | FleetDual:
     """The inner solver of the integer repair (fixed fleets), by the same rule: the fixed-fleet dual
     unless a quality floor is active (``active``: the relaxed task's constraint activity) or
-    ``solver.method=auglag``."""
+    ``solver.method=auglag``. With a load that varies over the periods (``hourly``) the fixed-fleet
+    dual's gap is measured at the plan's own fleet cost (on-demand GPUs follow the load), so it
+    certifies the revenue of the fleet rather than bounding its margin."""
     if settings.method == "auglag" or has_quality_floors(active, n_gpus):
         return auglag_of(settings)
     return FleetDual(tol_gap=settings.dual_tol_gap, sheet_steps=SHEET_STEPS if shared else 0)

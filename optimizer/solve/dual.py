@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from kernels.demand import demand, nested_shares, outside_log
+from kernels.capacity import smooth_charge_weights
 from optimizer import economics as econ
 from optimizer.decision import MASKED, encode, flow_prices, log_multiplier, price_box, sheet_log_mu, sheet_params
 from optimizer.objective import evaluate
@@ -56,6 +57,8 @@ FINAL_SHEET_FACTOR = 4
 SHEET_GAIN_TOL = 1e-4
 """Relative profit the last Newton step on shared sheets may have promised for a converged plan (the
 step then leaves about its square: Newton converges quadratically near a maximum)."""
+WEIGHT_WIDTH = 0.01
+"""Band of needs (a share of each pool's peak need) over which the period weights are smoothed."""
 CLIP_ITERS = 1
 """Newton steps on the clipped markup fixed point (exact after 0 steps when no price bound binds)."""
 N_LIMITS = 2
@@ -72,6 +75,39 @@ def omega(x: jnp.ndarray, iters: int = 8) -> jnp.ndarray:
     return w
 
 
+class Charges(NamedTuple):
+    """What each unit of a pool's need costs in the Lagrangian, per period, in units of the pool's
+    rent per GPU-day: ``peak`` on the GPUs its interactive peak needs, ``daily`` on those its mean
+    load needs. In :func:`solve_dual` ``peak = π s`` and ``daily = π (1 − s)`` with the period weights
+    ``π`` (a subgradient of the reserved/on-demand cost: ``ν/T ≤ π_t ≤ κ/T``, ``Σ_t π_t = 1``) and
+    the split ``s ∈ [0, 1]``; in the fixed-fleet dual they are the capacity prices themselves."""
+
+    peak: jnp.ndarray  # (G, J, K, T) ≥ 0
+    daily: jnp.ndarray  # (G, J, K, T) ≥ 0
+
+
+def split_charges(split: jnp.ndarray, weight: jnp.ndarray) -> Charges:
+    """:class:`Charges` of a split ``s`` and period weights ``π`` (both (G, J, K, T))."""
+    return Charges(weight * split, weight * (1.0 - split))
+
+
+def uniform_weight(shape, dtype=float, xp=jnp):
+    """(G, J, K, T) period weights 1/T (inside the weight set whenever ν ≤ 1 ≤ κ)."""
+    return xp.full(shape, 1.0 / shape[-1], dtype)
+
+
+def charge_share(ch: Charges, prob: Problem) -> jnp.ndarray:
+    """(S, J, K, G) reserved GPU-days per day charged per unit of each flow's mean load (busy GPUs):
+    interactive flows pay every period's peak and daily charges on their load there; deferrable
+    flows are placed in their pool's cheapest period (``T · min_t daily_t / ρ_day``)."""
+    peak_f, mean_f = econ.period_weights(prob)
+    T = ch.peak.shape[-1]
+    inter = (jnp.einsum("st,gjkt->sjkg", peak_f, ch.peak) / prob.peak_utilization
+             + jnp.einsum("st,gjkt->sjkg", mean_f, ch.daily) / prob.daily_utilization)
+    batch = jnp.transpose(T * ch.daily.min(-1), (1, 2, 0))[None] / prob.daily_utilization  # (1, J, K, G)
+    return inter + jnp.asarray(prob.is_batch).astype(inter.dtype)[:, None, None, None] * batch
+
+
 class Primal(NamedTuple):
     """Primal solution for given capacity prices (one scenario)."""
 
@@ -80,21 +116,21 @@ class Primal(NamedTuple):
     mix: jnp.ndarray  # (S, J, K)
     route: jnp.ndarray  # (S, J, K, G)
     requests: jnp.ndarray  # (S, J) per day
-    peak_need: jnp.ndarray  # (G, J, K) GPUs needed at peak
-    daily_need: jnp.ndarray  # (G, J, K) GPUs needed over the day
+    peak_need: jnp.ndarray  # (G, J, K, T) GPUs each period's interactive peak needs
+    daily_need: jnp.ndarray  # (G, J, K, T) GPUs each period's mean load needs (batch water-filled)
     lagrangian: jnp.ndarray  # () USD/day: the dual function, with per-segment prices (an upper bound when sheets are shared)
-    margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet max(peak, daily) this solution needs
+    margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet (per period max(peak, daily)) this solution needs
     local_lagrangian: jnp.ndarray  # () USD/day: the Lagrangian at the shared sheets found (= lagrangian for contracts)
     sheet_gain: jnp.ndarray  # () relative profit the last Newton step on the sheets predicted (0 for contracts)
 
 
-def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
+def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
            sheet_steps: int = 0, sheet_init: jnp.ndarray | None = None, sheet_iters=None) -> Primal:
-    """Optimal prices, mix and routing when pool ``(g, j, k)`` charges a share ``split[g, j, k]`` of
-    its GPU cost to peak load and the rest to daily load.
+    """Optimal prices, mix and routing when pool ``(g, j, k)`` charges ``charges`` (rent-days per GPU
+    of need, per period) on the GPUs its peak and its mean load need.
 
     Args:
-      split: (G, J, K) in [0, 1]. prob: one scenario's :class:`Problem`.
+      charges: :class:`Charges`. prob: one scenario's :class:`Problem`.
       temperature: softmax temperature of the option choice, in utils (logit) and in log-profit (CE).
       rate: (G,) USD per GPU-hour the requests are charged (default: the rent; :func:`solve_dual`
         adds the prices of GPU caps and budgets). ``margin`` always uses the rent.
@@ -103,9 +139,7 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
         overrides the count; ``sheet_init`` (R, 3) warm-starts the sheets.
     """
     d = prob.demand
-    split_sjkg = jnp.transpose(split, (1, 2, 0))[None]  # (1, J, K, G)
-    share = (split_sjkg * econ.peak_weight(prob)[:, None, None, None] / prob.peak_utilization
-             + (1.0 - split_sjkg) / prob.daily_utilization)
+    share = charge_share(charges, prob)
     rate = prob.usd_per_gpu_hour if rate is None else rate
     cost = econ.usd_per_gpu_second(rate) * prob.gpu_s_per_request * share  # (S, J, K, G) USD/request
     allowed = prob.route_mask > 0
@@ -178,10 +212,9 @@ def primal(split: jnp.ndarray, prob: Problem, temperature: float = 1e-2, rate: j
         price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
         reqs = demand(price, quality, prob.served_latency_ms, d)
     local = ((price - c) * reqs).sum()
-    peak, daily = econ.pool_loads(econ.work_of(reqs, mix, route, prob), prob)
-    peak_need, daily_need = econ.pool_needs(peak, daily, prob)
+    peak_need, daily_need = econ.period_needs(econ.work_of(reqs, mix, route, prob), prob)
     revenue = (price * reqs).sum()
-    margin = revenue - econ.fleet_cost(jnp.maximum(peak_need, daily_need), prob)
+    margin = revenue - econ.cycle_fleet_cost(jnp.maximum(peak_need, daily_need), prob)
     return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, lagrangian, margin, local, gain)
 
 
@@ -289,33 +322,37 @@ def limit_value(limit_price: jnp.ndarray, prob: Problem, mask: jnp.ndarray) -> j
 def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
     """(G + 2,) relative excess of the fleet over each active limit (−1 where inactive), with
     pools sized by the same smooth max as :func:`optimizer.objective.evaluate`."""
-    per_type = econ.gpus_per_type(econ.pool_gpus(x.peak_need, x.daily_need))
-    spend = jnp.sum(per_type * econ.usd_per_gpu_day(prob))
+    need = econ.pool_gpus(x.peak_need, x.daily_need)
+    per_type = econ.gpus_per_type(need.max(-1))
+    spend = econ.cycle_fleet_cost(need, prob)
     used = jnp.concatenate([per_type, spend[None], econ.fleet_capex(per_type, prob)[None]])
     limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
     return jnp.where(mask > 0, (used - limit) / limit, -1.0)
 
 
 def dual_bound(split: jnp.ndarray, prob: Problem, limit_price: jnp.ndarray | None = None,
-               active: jnp.ndarray | None = None) -> jnp.ndarray:
-    """The dual function at ``(split, limit_price)``: exact best option per offer (argmax), closed-form prices.
+               active: jnp.ndarray | None = None, weight: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The dual function at ``(split, limit_price, weight)``: exact best option per offer (argmax),
+    closed-form prices.
 
-    By weak duality it bounds the relaxed optimum from above for every split in [0, 1] and every
-    limit price ≥ 0 on the active caps and budgets (the inner problem is solved globally:
+    By weak duality it bounds the relaxed optimum from above for every split in [0, 1] (G, J, K, T),
+    period weights in their set (default 1/T) and every limit price ≥ 0 on the active caps and budgets (the inner problem is solved globally:
     vertex-optimal option, unimodal price [ECONOMICS.md §2.2, §2.3]; exact when no price floor or
     ceiling binds).
     """
     mask = limit_mask(prob, active)
     lam = jnp.zeros_like(mask) if limit_price is None else limit_price * mask
-    return primal(split, prob, 1e-9, charged_rate(lam, prob)).lagrangian + limit_value(lam, prob, mask)
+    weight = uniform_weight(split.shape, split.dtype) if weight is None else weight
+    return primal(split_charges(split, weight), prob, 1e-9, charged_rate(lam, prob)).lagrangian + limit_value(lam, prob, mask)
 
 
 class DualStart(NamedTuple):
     """Where the dual solver starts: a cost split per pool and a price per limit."""
 
-    split: jnp.ndarray  # (G, J, K) in [0, 1]: share of each pool's GPU cost charged to its peak load
+    split: jnp.ndarray  # (G, J, K, T) in [0, 1]: share of each period's charge on its peak load
     limit_price: jnp.ndarray  # (G + 2,) ≥ 0: prices of the GPU caps, the daily budget, the capex budget
     sheet: jnp.ndarray | None = None  # (R, 3) log multipliers of shared sheets to start from (None: reference)
+    weight: jnp.ndarray | None = None  # (G, J, K, T) period weights π (None: 1/T)
 
 
 class DualState(NamedTuple):
@@ -348,6 +385,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     dtype = y0.split.dtype
     mask = limit_mask(prob, active)
     params0 = (y0.split, y0.limit_price * mask)
+    weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else y0.weight
+    kappa, nu = econ.pool_ratios(prob)
 
     class Carry(NamedTuple):
         params: tuple  # current (split, limit prices)
@@ -361,6 +400,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         local_bound: jnp.ndarray  # the same with the shared sheets found (= bound for contracts)
         sheet: jnp.ndarray  # (R, 3) the last iterate's sheets (warm start of the next)
         best_sheet: jnp.ndarray  # (R, 3) the best iterate's sheets
+        weight: jnp.ndarray  # (G, J, K, T) the period weights (Frank–Wolfe iterate)
+        best_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
 
     def step(c: Carry, k):
         # k < n: Rprop update; n: last iterate at the final temperature; n+1: best at its temperature
@@ -368,10 +409,11 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         # ``k`` is never batched, so the branch stays a real conditional under vmap.
         use_best = (k == n + 1) | (k == n + 3)
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
+        weight = jnp.where(use_best, c.best_weight, c.weight)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
         iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
-        x = primal(split, prob, t, charged_rate(lam, prob), solver.sheet_steps,
+        x = primal(split_charges(split, weight), prob, t, charged_rate(lam, prob), solver.sheet_steps,
                    jnp.where(use_best, c.best_sheet, c.sheet), iters)
         excess = limit_excess(x, prob, mask)
         feasible = jnp.max(excess) <= solver.tol_feasibility
@@ -381,14 +423,21 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             return c._replace(best_margin=jnp.where(better, x.margin, c.best_margin),
                               best=jax.tree.map(lambda a, b: jnp.where(better, a, b), (split, lam), c.best),
                               best_t=jnp.where(better, t, c.best_t),
-                              best_sheet=jnp.where(better, x.log_mu, c.best_sheet))
+                              best_sheet=jnp.where(better, x.log_mu, c.best_sheet),
+                              best_weight=jnp.where(better, weight, c.best_weight))
 
         def update(c):
             e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
             upd, st = opt.update((-e, -excess * mask), c.opt_state, c.params)
             split_new, lam_new = optax.apply_updates(c.params, upd)
             params = (jnp.clip(split_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
-            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu)
+            # period weights: a Frank–Wolfe step towards the cost's subgradient at this solution's
+            # needs (the linear minimiser of the dual over the weight set)
+            need = jnp.maximum(x.peak_need, x.daily_need)
+            target = smooth_charge_weights(need, kappa, nu, WEIGHT_WIDTH * need.max(-1))
+            eta = 2.0 / (k + 4.0)
+            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu,
+                                    weight=weight + eta * (target - weight))
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
@@ -404,18 +453,25 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
 
         return jax.lax.cond(k < n, update, finish, c), None
 
-    x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype), jax.eval_shape(lambda: primal(y0.split, prob, 1.0)))
+    x0 = jax.tree.map(lambda a: jnp.zeros(a.shape, dtype),
+                      jax.eval_shape(lambda: primal(split_charges(y0.split, weight0), prob, 1.0)))
     sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype) if y0.sheet is None else y0.sheet
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
-                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0)
+                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
     violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
     out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
     sheet = jnp.where(c.best_margin > -jnp.inf, c.best_sheet, c.sheet)
-    return DualState(DualStart(*out, sheet), best, c.bound, gap, violation, c.local_bound)
+    weight = jnp.where(c.best_margin > -jnp.inf, c.best_weight, c.weight)
+    return DualState(DualStart(*out, sheet, weight), best, c.bound, gap, violation, c.local_bound)
+
+
+def pool_period_shape(prob: Problem) -> tuple[int, int, int, int]:
+    """(G, J, K, T): one entry per pool and period."""
+    return tuple(np.shape(prob.tp)) + (np.shape(prob.profile)[-1],)
 
 
 def plan_decision(x: Primal, prob: Problem):
@@ -446,7 +502,8 @@ class Dual:
         """An even cost split and unpriced limits (a solve from scratch)."""
         G = task.problem.usd_per_gpu_hour.shape[0]
         R = np.shape(task.problem.sheet_ref)[0]
-        return DualStart(np.full(np.shape(task.problem.tp), 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)))
+        shape = pool_period_shape(task.problem)
+        return DualStart(np.full(shape, 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)), uniform_weight(shape, xp=np))
 
     def start_from(self, task: Task, sol: Solution) -> DualStart:
         """An even split and the limit prices implied by a solution's multipliers of the GPU caps
@@ -456,7 +513,8 @@ class Dual:
         per_unit = np.asarray(limit_terms(jnp.ones(G + N_LIMITS), prob)) / float(prob.scale)
         lam = np.asarray(sol.multipliers)[:G + N_LIMITS] / np.maximum(per_unit, 1e-300)
         sheet = np.asarray(log_multiplier(np.asarray(sol.decision.price_raw), prob))
-        return DualStart(np.full(np.shape(prob.tp), 0.5), np.maximum(lam, 0.0), sheet)
+        shape = pool_period_shape(prob)
+        return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np))
 
     def solve(self, task: Task, y0: DualStart) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver

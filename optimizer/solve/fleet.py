@@ -20,14 +20,14 @@ import optax
 from optimizer import economics as econ
 from optimizer.problem import Problem
 from optimizer.solve.base import Solution, Task
-from optimizer.solve.dual import FINAL_SHEET_FACTOR, DualState, Primal, certified, primal
+from optimizer.solve.dual import FINAL_SHEET_FACTOR, Charges, DualState, Primal, certified, pool_period_shape, primal
 
 
 class FleetStart(NamedTuple):
     """Where the fixed-fleet dual starts: a price per pool on its peak and on its daily capacity."""
 
-    peak_price: jnp.ndarray  # (G, J, K) ≥ 0, in units of the pool's GPU rent
-    daily_price: jnp.ndarray  # (G, J, K) ≥ 0, in units of the pool's GPU rent
+    peak_price: jnp.ndarray  # (G, J, K, T) ≥ 0 per period, in units of the pool's GPU rent
+    daily_price: jnp.ndarray  # (G, J, K, T) ≥ 0 per period, in units of the pool's GPU rent
 
 
 def _fleet_problem(prob: Problem, fleet: jnp.ndarray) -> Problem:
@@ -40,11 +40,9 @@ def _fleet_problem(prob: Problem, fleet: jnp.ndarray) -> Problem:
 def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperature, sheet_steps: int = 0,
                  sheet_init=None, sheet_iters=None) -> Primal:
     """Optimal prices, mix and routing when pool ``p`` charges ``rent × (peak price × peak GPUs +
-    daily price × daily GPUs)`` of its load (``prob`` restricted by :func:`_fleet_problem`)."""
-    total = prices.peak_price + prices.daily_price
-    split = prices.peak_price / jnp.maximum(total, 1e-12)
-    rate = jnp.transpose(prob.usd_per_gpu_hour[:, None, None] * total, (1, 2, 0))  # (J, K, G) USD/GPU-hour
-    return primal(split, prob, temperature, rate, sheet_steps, sheet_init, sheet_iters)
+    daily price × daily GPUs)`` of its load in every period (``prob`` restricted by :func:`_fleet_problem`)."""
+    return primal(Charges(prices.peak_price, prices.daily_price), prob, temperature, None, sheet_steps,
+                  sheet_init, sheet_iters)
 
 
 def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: "FleetDual") -> DualState:
@@ -64,17 +62,18 @@ def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: 
     n = solver.steps
     t0 = max(solver.temperature_start, solver.temperature)
     ratio = (solver.temperature / t0) ** (1.0 / max(n - 1, 1))
-    has = fleet > 0
-    denom = jnp.maximum(fleet, 1.0)
-    rent_day = econ.usd_per_gpu_day(prob)[:, None, None]
+    has = (fleet > 0)[..., None]
+    denom = jnp.maximum(fleet, 1.0)[..., None]
+    cap = fleet[..., None]
+    rent_day = econ.usd_per_gpu_day(prob)[:, None, None, None]
     params0 = (y0.peak_price * has, y0.daily_price * has)
 
     def evaluate_at(params, t, sheet, iters):
         a, b = params
         x = fleet_primal(FleetStart(a, b), prob, fleet, t, solver.sheet_steps, sheet, iters)
-        ep = jnp.where(has, (x.peak_need - fleet) / denom, -1.0)
-        ed = jnp.where(has, (x.daily_need - fleet) / denom, -1.0)
-        capacity = jnp.sum(rent_day * (a + b) * fleet)
+        ep = jnp.where(has, (x.peak_need - cap) / denom, -1.0)
+        ed = jnp.where(has, (x.daily_need - cap) / denom, -1.0)
+        capacity = jnp.sum(rent_day * (a + b) * cap)
         return x, ep, ed, x.lagrangian + capacity, x.local_lagrangian + capacity
 
     def step(c, k):
@@ -105,7 +104,10 @@ def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: 
     found = best_rev > -jnp.inf
     x_last, ep, ed, _, _ = evaluate_at(last, solver.temperature, sheet, solver.sheet_steps * FINAL_SHEET_FACTOR)
     x = jax.tree.map(lambda u, v: jnp.where(found, u, v), best_x, x_last)
-    fleet_cost = jnp.sum(rent_day * fleet)
+    # the fleet's cost at the plan's hourly needs (all of it in the busiest period, whole replicas
+    # elsewhere): the fleet cost of a one-period or reserved-only fleet exactly, else at this plan
+    fleet_cost = econ.cycle_fleet_cost(
+        econ.provisioned(econ.pool_gpus(x.peak_need, x.daily_need), fleet, prob.tp), prob)
     margin_bound = bound - fleet_cost
     margin = (x.price * x.requests).sum() - fleet_cost
     gap = (margin_bound - margin) / jnp.maximum(jnp.abs(margin_bound), 1e-9)
@@ -138,8 +140,9 @@ class FleetDual:
     name = "dual"
 
     def init(self, task: Task) -> FleetStart:
-        """Rent-level prices on both capacities of every pool."""
-        z = np.ones(np.shape(task.problem.tp))
+        """Rent-level prices on both capacities of every pool, spread evenly over the periods."""
+        shape = pool_period_shape(task.problem)
+        z = np.full(shape, 1.0 / shape[-1])
         return FleetStart(0.5 * z, 0.5 * z)
 
     def start_from(self, task: Task, sol: Solution) -> FleetStart:
@@ -153,8 +156,9 @@ class FleetDual:
         mult = np.asarray(sol.multipliers)
         a, b = mult[-2 * P:-P].reshape(shape) / per_row, mult[-P:].reshape(shape) / per_row
         if a.sum() + b.sum() <= 0:
-            return FleetStart(np.full(shape, 0.5), np.full(shape, 0.5))
-        return FleetStart(a, b)
+            return self.init(task)
+        T = pool_period_shape(prob)[-1]
+        return FleetStart(np.repeat(a[..., None] / T, T, -1), np.repeat(b[..., None] / T, T, -1))
 
     def solve(self, task: Task, y0: FleetStart) -> tuple[Solution, DualState]:
         """``(Solution, DualState)`` of the fixed-fleet task ``task`` (``task.fleet`` GPUs). Pure."""
@@ -163,7 +167,8 @@ class FleetDual:
         # multipliers of the normalised capacity rows g = (need − N) / max(N, 1), in objective units
         P = fleet.size
         per_row = _per_row(prob, fleet)
-        heads = jnp.concatenate([(st.start.peak_price * per_row).ravel(), (st.start.daily_price * per_row).ravel()])
+        heads = jnp.concatenate([(st.start.peak_price.sum(-1) * per_row).ravel(),
+                                 (st.start.daily_price.sum(-1) * per_row).ravel()])
         mult = jnp.zeros(task.active.shape, heads.dtype).at[-2 * P:].set(heads)
         return certified(self, task, st, fleet, mult), st
 

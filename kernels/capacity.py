@@ -1,0 +1,131 @@
+"""Capacity over a cycle of periods: where deferrable load goes, and what a load curve costs.
+
+Pure JAX functions over arrays whose last axis is the period (T periods of equal length); every
+leading axis is a pool. Loads and needs are in GPUs (busy GPU-seconds per second).
+
+* :func:`water_fill` places a deferrable (batch) load in the periods of lowest need, which minimises
+  every symmetric convex cost of the needs at once (it gives the majorisation-least need vector),
+  so it is the optimal schedule for the reserved/on-demand cost below and for peak sizing alike.
+* :func:`reserve_level` is the load-duration rule: the k-th GPU of a pool is reserved iff it is busy
+  in more than the fraction ``θ = (1 − ν) / (κ − ν)`` of the periods (``κ``: on-demand / reserved
+  rent, ``ν``: value of an idle reserved GPU-hour / reserved rent) [ECONOMICS.md §2.7: the
+  peak-load problem with two technologies; with ``κ → ∞`` every GPU is reserved and the pool costs
+  its peak].
+* :func:`cycle_cost` is the pool's cost in reserved GPU-days per day at that reserve:
+  ``R + mean_t max(κ (n_t − R), ν (n_t − R))``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+FILL_BISECTION_STEPS = 60
+"""Bisection steps of the water level (then one exact Newton step on the piecewise-linear fill)."""
+
+
+def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
+    """(…, T) deferrable load placed in each period, mean ``batch`` (…,) over the periods.
+
+    A period's need is ``max(P_t, (D_t + B_t) / ρd)`` (``P_t``: GPUs its interactive peak needs,
+    ``D_t``: its interactive mean load, ``B_t``: the deferrable load placed there, ``ρd``:
+    ``daily_util``). The batch first fills the free room ``(P_t ρd − D_t)⁺`` pro rata; what does not
+    fit raises the lowest needs to a common water level ``λ``: ``B_t = (max(λ, P_t) ρd − D_t)⁺``.
+    Differentiable (the level by bisection, then one Newton step that carries the gradient).
+    """
+    T = peak_need.shape[-1]
+    total = T * batch  # (…,) GPU-periods to place
+    free = jnp.maximum(peak_need * daily_util - daily, 0.0)
+    room = free.sum(-1)
+    fits = total <= room
+
+    def filled(lam):
+        return jnp.maximum(jnp.maximum(lam[..., None], peak_need) * daily_util - daily, 0.0)
+
+    hi0 = jnp.max(jnp.maximum(peak_need, daily / daily_util), -1) + total / daily_util + 1e-30
+    lo0 = jnp.zeros_like(hi0)
+
+    def bisect(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        over = filled(mid).sum(-1) >= total
+        return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, FILL_BISECTION_STEPS, bisect,
+                               (jax.lax.stop_gradient(lo0), jax.lax.stop_gradient(hi0)))
+    lam0 = jax.lax.stop_gradient(hi)
+    slope = (daily_util * ((lam0[..., None] > peak_need) & (lam0[..., None] * daily_util > daily))).sum(-1)
+    lam = lam0 + (total - filled(lam0).sum(-1)) / jnp.where(slope > 0, slope, 1.0) * (slope > 0)
+    safe_room = jnp.where(room > 0, room, 1.0)  # (a 0/0 gradient would leak through the where)
+    spread = free * jnp.where(fits & (room > 0), total / safe_room, 0.0)[..., None]
+    return jnp.where(fits[..., None], spread, filled(jnp.where(fits, 0.0, lam)))
+
+
+def reserve_level(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
+    """(…,) reserved GPUs of a pool with needs ``need`` (…, T): its k-th largest need, ``k = ⌊θT⌋ + 1``
+    with ``θ = (1 − ν)/(κ − ν)`` (0 GPUs when ``k > T``: nothing is busy often enough).
+
+    ``on_demand_ratio`` κ ≥ 1 and ``idle_ratio`` ν ∈ [0, 1) broadcast against the leading axes.
+    """
+    T = need.shape[-1]
+    kappa, nu = jnp.asarray(on_demand_ratio), jnp.asarray(idle_ratio)
+    theta = (1.0 - nu) / jnp.maximum(kappa - nu, 1e-12)
+    k = jnp.floor(theta * T + 1e-9).astype(jnp.int32) + 1  # (…,)
+    desc = -jnp.sort(-need, axis=-1)
+    idx = jnp.broadcast_to(jnp.clip(k - 1, 0, T - 1), need.shape[:-1])
+    level = jnp.take_along_axis(desc, idx[..., None], axis=-1)[..., 0]
+    return jnp.where(k <= T, level, 0.0)
+
+
+def cycle_cost(need: jnp.ndarray, reserved: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
+    """(…,) cost of a pool in reserved GPU-days per day: ``R + mean_t max(κ (n_t − R), ν (n_t − R))``
+    (on-demand GPUs above the reserve at κ, idle reserved GPUs below it credited at ν)."""
+    kappa = jnp.asarray(on_demand_ratio)[..., None]
+    nu = jnp.asarray(idle_ratio)[..., None]
+    d = need - reserved[..., None]
+    return reserved + jnp.mean(jnp.maximum(kappa * d, nu * d), axis=-1)
+
+
+def charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
+    """(…, T) a subgradient of the cycle cost (at its optimal reserve) w.r.t. each period's need:
+    ``κ/T`` above the reserve, ``ν/T`` below it, the rest shared by the periods at the reserve so
+    the weights sum to 1 (the price of one reserved GPU-day). The extreme points of the set of
+    such weights are the linear pieces of the cost [the dual of the load-duration LP]."""
+    T = need.shape[-1]
+    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), need.shape[:-1])[..., None]
+    nu = jnp.broadcast_to(jnp.asarray(idle_ratio), need.shape[:-1])[..., None]
+    level = reserve_level(need, kappa[..., 0], nu[..., 0])[..., None]
+    tol = 1e-9 * jnp.maximum(jnp.max(jnp.abs(need), -1, keepdims=True), 1e-30)
+    above, below = need > level + tol, need < level - tol
+    at = ~(above | below)
+    fixed = jnp.where(above, kappa / T, jnp.where(below, nu / T, 0.0))
+    rest = (1.0 - fixed.sum(-1, keepdims=True)) / jnp.maximum(at.sum(-1, keepdims=True), 1)
+    return jnp.where(at, jnp.clip(rest, nu / T, kappa / T), fixed)
+
+
+def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width) -> jnp.ndarray:
+    """(…, T) :func:`charge_weights` smoothed over a band ``width`` (…,) of needs: ``π_t = (ν + (κ − ν)
+    σ((n_t − c)/width)) / T`` with the level ``c`` set so that ``Σ_t π_t = 1`` (the gradient of an
+    entropy-smoothed cycle cost; with ``κ → ∞`` it is a softmax of the needs). Continuous in the
+    needs, so averaging it converges where the exact subgradient jumps between tied periods."""
+    T = need.shape[-1]
+    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), need.shape[:-1])[..., None]
+    nu = jnp.broadcast_to(jnp.asarray(idle_ratio), need.shape[:-1])[..., None]
+    w = jnp.maximum(jnp.asarray(width), 1e-30)[..., None]
+
+    def total(c):
+        return (nu + (kappa - nu) * jax.nn.sigmoid((need - c[..., None]) / w)).sum(-1)
+
+    lo = jnp.min(need, -1) - 60.0 * w[..., 0]
+    hi = jnp.max(need, -1) + 60.0 * w[..., 0]
+
+    def bisect(_, lohi):
+        a, b = lohi
+        mid = 0.5 * (a + b)
+        high = total(mid) > T  # weights too large: raise the level
+        return jnp.where(high, mid, a), jnp.where(high, b, mid)
+
+    a, b = jax.lax.fori_loop(0, FILL_BISECTION_STEPS, bisect, (lo, hi))
+    c = 0.5 * (a + b)
+    sig = (nu + (kappa - nu) * jax.nn.sigmoid((need - c[..., None]) / w))
+    return sig / jnp.maximum(sig.sum(-1, keepdims=True), 1e-300)
