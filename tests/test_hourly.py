@@ -1,0 +1,150 @@
+"""The day in periods: water-filled batch, the load-duration reserve rule, peak-load pricing.
+
+Oracles: a greedy brute-force schedule, brute-force reserve levels, the two-period Steiner/Boiteux
+closed forms (ECONOMICS.md §2.7: firm peak and shifting peak), and the one-period model.
+"""
+
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.capacity import charge_weights, cycle_cost, reserve_level, smooth_charge_weights, water_fill
+from optimizer import economics as econ
+from optimizer.decision import reference_decision
+from optimizer.engine import optimize
+from optimizer.objective import evaluate
+from optimizer.problem import build_problem
+from optimizer.schema import TimeConfig
+from tests.scenarios import run_config, segment
+
+
+def greedy_fill(peak, daily, batch, rd, steps=20000):
+    """Brute force: place the batch in small lots, each where it raises the period's need least."""
+    placed = np.zeros_like(peak)
+    lot = batch * len(peak) / steps
+    for _ in range(steps):
+        need = np.maximum(peak, (daily + placed + lot) / rd)
+        placed[np.argmin(need - np.maximum(peak, (daily + placed) / rd) + 1e-12 * need)] += lot
+    return placed
+
+
+@pytest.mark.parametrize("batch", [0.5, 3.0, 40.0])
+def test_water_fill_matches_a_greedy_schedule(batch):
+    rng = np.random.default_rng(int(batch * 10))
+    peak = rng.uniform(2, 20, 12)
+    daily = peak * rng.uniform(0.5, 0.8, 12)
+    got = np.asarray(water_fill(jnp.asarray(peak), jnp.asarray(daily), jnp.asarray(batch), 0.9))
+    assert got.sum() == pytest.approx(12 * batch, rel=1e-9)
+    ref = greedy_fill(peak, daily, batch, 0.9)
+    need = lambda b: np.maximum(peak, (daily + b) / 0.9)  # noqa: E731
+    assert need(got).max() == pytest.approx(need(ref).max(), rel=2e-3)
+    np.testing.assert_allclose(np.sort(need(got)), np.sort(need(ref)), rtol=3e-3, atol=3e-3)
+
+
+@pytest.mark.parametrize("kappa,nu", [(1.77, 0.0), (2.57, 0.0), (3.0, 0.4), (1e6, 0.0), (1.0, 0.0)])
+def test_reserve_rule_is_the_brute_force_optimum(kappa, nu):
+    """Reserve the k-th GPU iff it is busy in more than (1 − ν)/(κ − ν) of the periods; the cost at
+    that reserve is the minimum over every whole reserve."""
+    rng = np.random.default_rng(3)
+    need = rng.integers(0, 40, (5, 24)).astype(float)
+    got = np.asarray(reserve_level(jnp.asarray(need), kappa, nu))
+    theta = (1 - nu) / (kappa - nu)
+    for i in range(5):
+        busy = np.asarray([(need[i] >= k).mean() for k in range(1, 41)])
+        assert got[i] == (busy > theta + 1e-12).sum()
+        grid = np.arange(0, 41, dtype=float)
+        costs = grid + np.maximum(kappa * (need[i][None] - grid[:, None]), nu * (need[i][None] - grid[:, None])).mean(-1)
+        best = float(cycle_cost(jnp.asarray(need[i]), jnp.asarray(got[i]), kappa, nu))
+        assert best == pytest.approx(costs.min(), rel=1e-12, abs=1e-12)
+        # the cost is the maximum of the charge weights' linear pieces (they sum to one GPU-day)
+        w = np.asarray(charge_weights(jnp.asarray(need[i]), kappa, nu))
+        assert w.sum() == pytest.approx(1.0, abs=1e-9) and float(w @ need[i]) == pytest.approx(best, rel=1e-9)
+
+
+def test_capacity_kernels_under_jit_vmap_and_grad():
+    rng = np.random.default_rng(1)
+    peak = jnp.asarray(rng.uniform(2, 20, (3, 24)))
+    daily = peak * 0.6
+
+    def cost(b):
+        placed = water_fill(peak, daily, b, 0.9)
+        need = jnp.maximum(peak, (daily + placed) / 0.9)
+        return cycle_cost(need, reserve_level(need, 1.77, 0.1), 1.77, 0.1).sum()
+
+    b = jnp.asarray([1.0, 4.0, 9.0])
+    g = jax.jit(jax.grad(cost))(b)
+    for i in range(3):
+        h = 1e-6 * float(b[i])
+        fd = (float(cost(b.at[i].add(h))) - float(cost(b.at[i].add(-h)))) / (2 * h)
+        assert float(g[i]) == pytest.approx(fd, rel=1e-4)
+    one = jax.vmap(lambda p, d, x: water_fill(p, d, x, 0.9))(peak, daily, b)
+    np.testing.assert_allclose(one, water_fill(peak, daily, b, 0.9), rtol=1e-12)
+    w = smooth_charge_weights(peak, 1e6, 0.0, 1e-3 * peak.max(-1))
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(w, jax.nn.softmax(peak / (1e-3 * peak.max(-1, keepdims=True)), -1), atol=1e-6)
+
+
+def test_one_period_is_the_two_number_model():
+    cfg = run_config({"chat": segment(demand="logit", elasticity=1.5, peak_to_mean=1.9),
+                      "batch": segment(tier="batch", elasticity=2.0, volume=5e9)},
+                     gpus=("h100-sxm", "h200-sxm"), on_demand=False)
+    prob, _ = build_problem(replace(cfg, time=TimeConfig(periods=1, hours_per_period=24.0)))
+    b = evaluate(reference_decision(prob), prob)
+    peak, daily = econ.pool_loads(b.work, prob)
+    need_peak, need_daily = econ.pool_needs(peak, daily, prob)
+    two_number = econ.fleet_cost(econ.pool_gpus(need_peak, need_daily), prob)
+    assert float(b.gpu_cost) == pytest.approx(float(two_number), rel=1e-12)
+
+
+def test_a_flat_profile_needs_no_on_demand_gpus():
+    segs = {"chat": segment(demand="logit", elasticity=1.5, peak_to_mean=1.9)}
+    hourly = optimize(run_config(segs))  # 24 periods, on-demand H100s offered at 4.76 vs 2.69 reserved
+    single = optimize(replace(run_config(segs, on_demand=False), time=TimeConfig(periods=1, hours_per_period=24.0)))
+    b = hourly.relaxed_breakdown
+    np.testing.assert_allclose(np.asarray(b.reserved), np.asarray(b.gpus), rtol=1e-9)
+    assert float(np.asarray(b.period_gpus).max(-1).sum()) == pytest.approx(float(np.asarray(b.gpus).sum()), rel=1e-9)
+    assert float(b.margin) == pytest.approx(float(single.relaxed_breakdown.margin), rel=1e-9)
+
+
+def _two_period(tmp_path, volumes, idle, method="auto"):
+    rows = {"peak": "hour,load_vs_mean\n0,2\n1,0\n", "off": "hour,load_vs_mean\n0,0\n1,2\n"}
+    segs = {}
+    for name, vol in zip(rows, volumes):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(rows[name])
+        segs[name] = segment(elasticity=2.0, peak_to_mean=2.0, volume=vol, profile=str(path))
+    cfg = run_config(segs, on_demand=False, idle_value_usd_per_gpu_hour=idle, method=method)
+    res = optimize(replace(cfg, time=TimeConfig(periods=2, hours_per_period=12.0)))
+    prob, b = res.prob, res.relaxed_breakdown
+    # reserved GPU-days per request of capacity in a period: its load there is 2x its mean, at ρ_peak
+    unit = float(prob.usd_per_gpu_hour[0]) / 3600 * np.asarray(prob.gpu_s_per_request)[:, 0, 0, 0] * 2 / float(
+        prob.peak_utilization)
+    return res, np.asarray(b.price_per_request)[:, 0], unit
+
+
+def test_firm_peak_pays_the_capacity_and_off_peak_the_running_cost(tmp_path):
+    """Steiner/Boiteux, CE e = 2: p_peak = (b + β) e/(e − 1), p_off = b e/(e − 1); here the running cost
+    b is the idle value ν forgone and β the rest of the reserved rent (ECONOMICS.md §2.7)."""
+    res, price, unit = _two_period(tmp_path, (2e11, 1e10), idle=0.6 * 2.69)
+    nu = 0.6
+    e = 2.0
+    assert res.relaxed.result == 0
+    need = np.asarray(res.relaxed_breakdown.period_gpus).sum((0, 1, 2))
+    assert need[0] > need[1]  # the firm-peak case
+    assert price[0] == pytest.approx(unit[0] * (1 - nu / 2) * e / (e - 1), rel=2e-3)
+    assert price[1] == pytest.approx(unit[1] * (nu / 2) * e / (e - 1), rel=2e-3)
+
+
+def test_shifting_peak_splits_the_capacity_charge(tmp_path):
+    """Equal demand in both periods, no running cost: both periods bind and share the capacity
+    charge, Σ_t p_t (1 − 1/e) = β, so p_t = β/2 · e/(e − 1). The dual solver: its period weights
+    settle at (½, ½) where a gradient method zigzags across the kink of max(n_0, n_1)."""
+    res, price, unit = _two_period(tmp_path, (1e10, 1e10), idle=0.0, method="dual")
+    assert res.relaxed.result == 0
+    need = np.asarray(res.relaxed_breakdown.period_gpus).sum((0, 1, 2))
+    assert need[0] == pytest.approx(need[1], rel=5e-3)
+    assert price[0] == pytest.approx(unit[0] * 0.5 * 2.0, rel=5e-3)
+    assert price[1] == pytest.approx(unit[1] * 0.5 * 2.0, rel=5e-3)
