@@ -16,14 +16,18 @@ from optimizer.solve.dual import dual_bound, limit_excess, limit_mask, omega, pl
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
 from optimizer.problem import build_problem, scenario_inputs
+from optimizer.schema import TimeConfig
+from optimizer.solve.dual import pool_period_shape, split_charges, uniform_weight
 from tests.scenarios import run_config, segment
 
 
 def peak_batch_cfg():
-    """Interactive logit chat and constant-elasticity batch sharing H100/H200 FP8 pools."""
-    return run_config({"chat": segment(demand="logit", elasticity=1.5),
-                       "batch": segment(tier="batch", elasticity=2.0, volume=5e9)},
-                      gpus=("h100-sxm", "h200-sxm"), precisions=("fp8",))
+    """Interactive logit chat and constant-elasticity batch sharing H100/H200 FP8 pools (the day as
+    one period: the peak/daily split of the two-number model)."""
+    return replace(run_config({"chat": segment(demand="logit", elasticity=1.5),
+                               "batch": segment(tier="batch", elasticity=2.0, volume=5e9)},
+                              gpus=("h100-sxm", "h200-sxm"), precisions=("fp8",)),
+                   time=TimeConfig(periods=1, hours_per_period=24.0))
 
 
 def test_omega_matches_scipy_lambert_w():
@@ -58,7 +62,7 @@ def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
     best = float(res.relaxed_breakdown.margin)  # augmented Lagrangian, 8 starts
     prob = res.prob
     rng = np.random.default_rng(0)
-    mus = jnp.asarray(rng.uniform(0, 1, (32,) + prob.tp.shape))
+    mus = jnp.asarray(rng.uniform(0, 1, (32,) + pool_period_shape(prob)))
     bounds = np.asarray(jax.jit(jax.vmap(lambda m: dual_bound(m, prob)))(mus))
     assert (bounds >= best).all()  # weak duality, whatever the split
     sol = jax.jit(solve_dual, static_argnums=2)(prob, start(prob), Dual(steps=400))
@@ -74,9 +78,9 @@ def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
 def test_envelope_gradient_of_the_dual_function():
     # ∂g/∂μ_p = −24·c_g·(peak need − daily need): finite differences and jax.grad agree
     prob = build_problem(peak_batch_cfg())[0]
-    mu = jnp.full(prob.tp.shape, 0.3)
-    x = primal(mu, prob, 1e-9)
-    envelope = -24.0 * np.asarray(prob.usd_per_gpu_hour)[:, None, None] * np.asarray(x.peak_need - x.daily_need)
+    mu = jnp.full(pool_period_shape(prob), 0.3)
+    x = primal(split_charges(mu, uniform_weight(mu.shape)), prob, 1e-9)
+    envelope = -24.0 * np.asarray(prob.usd_per_gpu_hour)[:, None, None, None] * np.asarray(x.peak_need - x.daily_need)
     grad = np.asarray(jax.grad(lambda m: dual_bound(m, prob))(mu))
     np.testing.assert_allclose(grad, envelope, rtol=1e-6, atol=1e-6 * np.abs(envelope).max())
     for idx in zip(*np.nonzero(np.abs(envelope) > 0)):
@@ -88,7 +92,7 @@ def test_envelope_gradient_of_the_dual_function():
 
 def test_vmapped_solve_equals_looped():
     prob = build_problem(peak_batch_cfg())[0]
-    mus = jnp.stack([jnp.full(prob.tp.shape, v) for v in (0.2, 0.5, 0.9)])
+    mus = jnp.stack([jnp.full(pool_period_shape(prob), v) for v in (0.2, 0.5, 0.9)])
     st = Dual(steps=30)
     batched = jax.jit(jax.vmap(lambda m: solve_dual(prob, start(prob, m), st)))(mus)
     for i in range(3):
@@ -100,7 +104,7 @@ def test_vmapped_solve_equals_looped():
 def start(prob, split=None):
     """An even split (or ``split``) and unpriced limits."""
     G = prob.usd_per_gpu_hour.shape[0]
-    return DualStart(jnp.full(prob.tp.shape, 0.5) if split is None else split, jnp.zeros(G + 2))
+    return DualStart(jnp.full(pool_period_shape(prob), 0.5) if split is None else split, jnp.zeros(G + 2))
 
 
 def _solve_limited(cfg, steps=600):
@@ -134,7 +138,7 @@ def test_gpu_cap_is_priced_until_demand_fills_the_capped_fleet():
     # plans may exceed a cap by the 1e-4 feasibility tolerance, and so the exact problem's bound by λ·1e-4
     assert best <= float(sol.bound) * (1 + 1e-4) and -1e-4 <= float(sol.gap) < 5e-3
     rng = np.random.default_rng(1)
-    mus = jnp.asarray(rng.uniform(0, 1, (16,) + prob.tp.shape))
+    mus = jnp.asarray(rng.uniform(0, 1, (16,) + pool_period_shape(prob)))
     lams = jnp.asarray(rng.uniform(0, 3, (16, 3)))
     bounds = np.asarray(jax.vmap(lambda m, l: dual_bound(m, prob, l, active))(mus, lams))
     assert (bounds >= best).all()
