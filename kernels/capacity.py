@@ -56,8 +56,9 @@ def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, d
     lam0 = jax.lax.stop_gradient(hi)
     slope = (daily_util * ((lam0[..., None] > peak_need) & (lam0[..., None] * daily_util > daily))).sum(-1)
     lam = lam0 + (total - filled(lam0).sum(-1)) / jnp.where(slope > 0, slope, 1.0) * (slope > 0)
-    safe_room = jnp.where(room > 0, room, 1.0)  # (a 0/0 gradient would leak through the where)
-    spread = free * jnp.where(fits & (room > 0), total / safe_room, 0.0)[..., None]
+    has_room = room > 1e-30  # GPUs; below it the 1/room² of the gradient would overflow (and leak through the where)
+    safe_room = jnp.where(has_room, room, 1.0)
+    spread = free * jnp.where(fits & has_room, total / safe_room, 0.0)[..., None]
     return jnp.where(fits[..., None], spread, filled(jnp.where(fits, 0.0, lam)))
 
 

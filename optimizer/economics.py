@@ -45,10 +45,6 @@ def work_of(requests_per_day, mix, route, prob):
     return (requests_per_day / SECONDS_PER_DAY)[..., None, None] * mix[..., None] * route * prob.gpu_s_per_request
 
 
-def peak_weight(prob, xp=jnp):
-    """(S,) how much of a segment's mean load its peak adds to a pool's peak: peak-to-mean for
-    interactive segments, 0 for batch (which rides in the off-peak valley)."""
-    return (~xp.asarray(prob.is_batch)).astype(float) * xp.asarray(prob.peak_to_mean)
 
 
 def period_weights(prob):
@@ -91,16 +87,18 @@ def reserved_gpus(need, prob):
     return reserve_level(need, *pool_ratios(prob))
 
 
-def cycle_fleet_cost_per_pool(need, prob):
-    """(G, J, K) USD/day of pools needing ``need`` (G, J, K, T) GPUs per period: reserved at the
-    load-duration optimum, on-demand above it (and idle reserved GPU-hours credited at their value)."""
+def cycle_fleet_cost_per_pool(need, prob, reserved=None):
+    """(G, J, K) USD/day of pools needing ``need`` (G, J, K, T) GPUs per period: ``reserved`` (G, J, K;
+    default the load-duration optimum, :func:`reserved_gpus`), on-demand above it (and idle
+    reserved GPU-hours credited at their value)."""
     kappa, nu = pool_ratios(prob)
-    return cycle_cost(need, reserve_level(need, kappa, nu), kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
+    reserved = reserve_level(need, kappa, nu) if reserved is None else reserved
+    return cycle_cost(need, reserved, kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
 
 
-def cycle_fleet_cost(need, prob):
+def cycle_fleet_cost(need, prob, reserved=None):
     """USD/day of pools needing ``need`` (G, J, K, T) GPUs per period (:func:`cycle_fleet_cost_per_pool`)."""
-    return jnp.sum(cycle_fleet_cost_per_pool(need, prob))
+    return jnp.sum(cycle_fleet_cost_per_pool(need, prob, reserved))
 
 
 def provisioned(need, fleet, tp):
@@ -114,17 +112,8 @@ def provisioned(need, fleet, tp):
     return jnp.where(busiest, fleet[..., None], whole)
 
 
-def pool_loads(work, prob, xp=jnp):
-    """``(peak, daily)`` (G, J, K) busy GPUs of each pool: the sum of interactive segments' peaks,
-    and the mean over the day of all traffic."""
-    w = xp.asarray(work)
-    peak = xp.einsum("sjkg->gjk", w * peak_weight(prob, xp)[:, None, None, None])
-    return peak, xp.einsum("sjkg->gjk", w)
 
 
-def pool_needs(peak, daily, prob):
-    """``(GPUs the peak needs, GPUs the day needs)`` (G, J, K) at the utilisation caps."""
-    return peak / prob.peak_utilization, daily / prob.daily_utilization
 
 
 def pool_gpus(need_peak, need_daily, sharpness=POOL_SHARPNESS):
@@ -132,9 +121,6 @@ def pool_gpus(need_peak, need_daily, sharpness=POOL_SHARPNESS):
     return smooth_max_pos(need_peak, need_daily, sharpness)
 
 
-def fleet_cost(gpus, prob, xp=jnp):
-    """USD/day of a fleet (G, J, K) GPUs per pool."""
-    return xp.sum(xp.asarray(gpus) * usd_per_gpu_day(prob, xp)[:, None, None])
 
 
 def gpus_per_type(gpus, xp=jnp):

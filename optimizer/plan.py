@@ -45,7 +45,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     pre = np.asarray(prob.prefill_share, float)
     per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob), float)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
     hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
     on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
     od_rate = price * np.asarray(prob.on_demand_ratio, float)
@@ -116,7 +116,7 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     peak and mean GPUs run, on-demand GPU-hours per day and the cost per day."""
     per_period = np.asarray(b.period_gpus, float)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob), float)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
     rows = []
@@ -145,8 +145,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     dp = prob.demand
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
-    alloc_cost = flow_costs(prob, b)  # (S, J, K, G) USD/day
-    alloc_gpus = flow_gpus(prob, b)  # (S, J, K, G) peak GPUs attributed
+    alloc_cost, alloc_gpus = flow_allocation(prob, b)  # (S, J, K, G) USD/day, peak GPUs attributed
     peak_f = np.asarray(econ.period_weights(prob)[0], float)  # (S, T)
     mu = np.asarray(b.price_multiplier, float)
     reqs = np.asarray(b.requests_per_day, float)
@@ -217,25 +216,20 @@ def _need_shares(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(share, float), np.asarray(b.period_gpus, float)
 
 
-def flow_costs(prob: Problem, b: Breakdown) -> np.ndarray:
-    """(S, J, K, G) USD/day of GPU cost attributed to each flow (they sum to the fleet's cost)."""
+def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
+    """``(cost, gpus)`` (S, J, K, G): USD/day of GPU cost attributed to each flow (they sum to the
+    fleet's cost), and each flow's share of its pools' GPUs in their busiest period."""
     share, need = _need_shares(prob, b)
     kappa, nu = econ.pool_ratios(prob)
     weight = np.asarray(charge_weights(jnp.asarray(need), kappa, nu), float)  # (G, J, K, T)
     value = weight * need  # reserved GPU-days per day carried by each period
     total = value.sum(-1, keepdims=True)
     from_pool = np.where(total > 0, value / np.maximum(total, 1e-300), 0.0)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(need), prob), float)  # (G, J, K)
-    per = share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]
-    return per.sum(-1)
-
-
-def flow_gpus(prob: Problem, b: Breakdown) -> np.ndarray:
-    """(S, J, K, G) each flow's share of its pools' GPUs in their busiest period."""
-    share, need = _need_shares(prob, b)
+    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(need), prob, jnp.asarray(b.reserved)), float)
+    cost = (share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]).sum(-1)
     top = need.argmax(-1)  # (G, J, K)
     at_top = np.take_along_axis(share, np.transpose(top, (1, 2, 0))[None, ..., None], -1)[..., 0]
-    return at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None]
+    return cost, at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None]
 
 
 def price_bound_note(mu: float, log_lo: float, log_hi: float) -> str:

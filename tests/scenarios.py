@@ -2,7 +2,7 @@
 
 from optimizer import catalog
 from optimizer.schema import (DemandConfig, FleetConfig, OfferConfig, RunConfig, SegmentConfig,
-                              SolverConfig)
+                              SolverConfig, TimeConfig)
 
 
 def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3p1-8b",), tier="interactive",
@@ -15,9 +15,12 @@ def segment(demand="constant_elasticity", elasticity=2.0, models=("llama-3p1-8b"
 
 
 def run_config(segments: dict, gpus=("h100-sxm",), precisions=("fp8",), integer=False, method="auto",
-               **fleet_kw) -> RunConfig:
+               periods=1, **fleet_kw) -> RunConfig:
+    """A scenario of ``segments``; the day as one period unless ``periods`` (flat profiles give the
+    same plan at any number of periods: tests/test_hourly.py)."""
     return RunConfig(
         demand=DemandConfig(name="test", segments=segments),
         fleet=FleetConfig(gpus=list(gpus), precisions=list(precisions), **fleet_kw),
+        time=TimeConfig(periods=periods, hours_per_period=24.0 / periods),
         solver=SolverConfig(integer_fleet=integer, method=method),
         efficiency=catalog.load_efficiency("calibrated"))

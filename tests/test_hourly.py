@@ -93,16 +93,20 @@ def test_one_period_is_the_two_number_model():
                      gpus=("h100-sxm", "h200-sxm"), on_demand=False)
     prob, _ = build_problem(replace(cfg, time=TimeConfig(periods=1, hours_per_period=24.0)))
     b = evaluate(reference_decision(prob), prob)
-    peak, daily = econ.pool_loads(b.work, prob)
-    need_peak, need_daily = econ.pool_needs(peak, daily, prob)
-    two_number = econ.fleet_cost(econ.pool_gpus(need_peak, need_daily), prob)
+    # the two-number model: every pool holds the sum of its interactive segments' peaks at ρ_peak and
+    # its mean load over the day (batch included) at ρ_day, and is paid all day
+    w = np.asarray(b.work)
+    peak_w = np.where(np.asarray(prob.is_batch), 0.0, np.asarray(prob.peak_to_mean))
+    peak = np.einsum("sjkg->gjk", w * peak_w[:, None, None, None]) / float(prob.peak_utilization)
+    daily = np.einsum("sjkg->gjk", w) / float(prob.daily_utilization)
+    two_number = (np.asarray(econ.pool_gpus(peak, daily)) * 24 * np.asarray(prob.usd_per_gpu_hour)[:, None, None]).sum()
     assert float(b.gpu_cost) == pytest.approx(float(two_number), rel=1e-12)
 
 
 def test_a_flat_profile_needs_no_on_demand_gpus():
     segs = {"chat": segment(demand="logit", elasticity=1.5, peak_to_mean=1.9)}
-    hourly = optimize(run_config(segs))  # 24 periods, on-demand H100s offered at 4.76 vs 2.69 reserved
-    single = optimize(replace(run_config(segs, on_demand=False), time=TimeConfig(periods=1, hours_per_period=24.0)))
+    hourly = optimize(run_config(segs, periods=24))  # on-demand H100s offered at 4.76 vs 2.69 reserved
+    single = optimize(run_config(segs, on_demand=False))
     b = hourly.relaxed_breakdown
     np.testing.assert_allclose(np.asarray(b.reserved), np.asarray(b.gpus), rtol=1e-9)
     assert float(np.asarray(b.period_gpus).max(-1).sum()) == pytest.approx(float(np.asarray(b.gpus).sum()), rel=1e-9)

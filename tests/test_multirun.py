@@ -22,7 +22,7 @@ def multirun(tmp_path: Path, *args: str, timeout=600, cache: str | None = None) 
 def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path, cli_jax_cache):
     # $0.01/day cannot pay for the demand left even at the price ceilings (about $0.9/day of GPUs;
     # $1/day is feasible in the continuous relaxation, which the dual solver finds)
-    r = multirun(tmp_path, "fleet.budget_usd_per_day=0.01,200000", cache=cli_jax_cache)
+    r = multirun(tmp_path, "fleet.budget_usd_per_day=0.01,200000", "time=single", cache=cli_jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert list(table["status"]) == ["infeasible", "converged"]

@@ -98,7 +98,8 @@ def test_presets_solve_and_write_the_plan(tmp_path, experiment):
 def test_infeasible_result_is_reported_and_no_plan_written(tmp_path):
     # a $0.01/day GPU budget cannot be met even at the highest allowed prices (50x reference), where
     # the demand left needs about $0.9/day of GPUs ($1/day is feasible in the continuous relaxation)
-    cfg = compose_run(["output.plots=false", "fleet.budget_usd_per_day=0.01", "solver.integer_fleet=false"])
+    cfg = compose_run(["output.plots=false", "fleet.budget_usd_per_day=0.01", "solver.integer_fleet=false",
+                       "time=single"])
     with pytest.raises(SolverFailure, match="daily GPU budget"):
         run(cfg, tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -106,7 +107,7 @@ def test_infeasible_result_is_reported_and_no_plan_written(tmp_path):
     for name in PLAN_FILES:
         assert not (tmp_path / name).exists()
     cfg = compose_run(["output.plots=false", "solver.outer_steps=2", "solver.inner_steps=5",
-                       "solver.integer_fleet=false", "solver.method=auglag"])
+                       "solver.integer_fleet=false", "solver.method=auglag", "time=single"])
     with pytest.raises(SolverFailure, match="status 'step_limit'"):
         run(cfg, tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -137,7 +138,8 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     from optimizer.solve import relaxed_task
     from optimizer.solve.choose import dual_of
 
-    c = to_schema(compose_run(["fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2"]), RunConfig)
+    c = to_schema(compose_run(["fleet.gpu_caps.b200=4", "solver.integer_fleet=false", "solver.starts=2",
+                               "time=single"]), RunConfig)  # the dual (auto picks it for one period)
     res = optimize(c)
     assert res.status == "converged"
     b = res.relaxed_breakdown

@@ -77,7 +77,8 @@ def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
     per_type = econ.gpus_per_type(up)
     slack = 1.0 + 1e-9
     up_ok = (jnp.all(per_type <= prob.gpu_cap * slack + 1e-9)
-             & (econ.cycle_fleet_cost(jnp.ceil(b.period_gpus / rep[..., None] - 1e-6) * rep[..., None], prob)
+             & (econ.cycle_fleet_cost(jnp.where(used[..., None], jnp.ceil(b.period_gpus / rep[..., None] - 1e-6),
+                                                0.0) * rep[..., None], prob)
                 <= prob.budget_usd_per_day * slack)
              & (econ.fleet_capex(per_type, prob) <= prob.capex_budget_usd * slack))
     down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
