@@ -20,8 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-FILL_BISECTION_STEPS = 60
-"""Bisection steps of the water level (then one exact Newton step on the piecewise-linear fill)."""
+WEIGHT_BISECTION_STEPS = 60
+"""Bisection steps of the level of the smoothed period weights."""
 
 
 def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
@@ -31,35 +31,33 @@ def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, d
     ``D_t``: its interactive mean load, ``B_t``: the deferrable load placed there, ``ρd``:
     ``daily_util``). The batch first fills the free room ``(P_t ρd − D_t)⁺`` pro rata; what does not
     fit raises the lowest needs to a common water level ``λ``: ``B_t = (max(λ, P_t) ρd − D_t)⁺``.
-    Differentiable (the level by bisection, then one Newton step that carries the gradient).
+    The placed load ``F(λ)`` is piecewise linear in ``λ`` with kinks at ``P_t`` and ``D_t / ρd``, so
+    the level is exact: the kink below it, then the linear piece (differentiable; no iteration).
     """
     T = peak_need.shape[-1]
     total = T * batch  # (…,) GPU-periods to place
+    if T == 1:  # one period: all of it there
+        return batch[..., None] * jnp.ones_like(peak_need)
     free = jnp.maximum(peak_need * daily_util - daily, 0.0)
     room = free.sum(-1)
     fits = total <= room
 
-    def filled(lam):
-        return jnp.maximum(jnp.maximum(lam[..., None], peak_need) * daily_util - daily, 0.0)
+    def filled(lam):  # (…, M) levels -> (…, M, T) load placed per period
+        return jnp.maximum(jnp.maximum(lam[..., None], peak_need[..., None, :]) * daily_util - daily[..., None, :], 0.0)
 
-    hi0 = jnp.max(jnp.maximum(peak_need, daily / daily_util), -1) + total / daily_util + 1e-30
-    lo0 = jnp.zeros_like(hi0)
-
-    def bisect(_, lohi):
-        lo, hi = lohi
-        mid = 0.5 * (lo + hi)
-        over = filled(mid).sum(-1) >= total
-        return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, FILL_BISECTION_STEPS, bisect,
-                               (jax.lax.stop_gradient(lo0), jax.lax.stop_gradient(hi0)))
-    lam0 = jax.lax.stop_gradient(hi)
-    slope = (daily_util * ((lam0[..., None] > peak_need) & (lam0[..., None] * daily_util > daily))).sum(-1)
-    lam = lam0 + (total - filled(lam0).sum(-1)) / jnp.where(slope > 0, slope, 1.0) * (slope > 0)
+    kinks = jnp.sort(jnp.concatenate([jnp.zeros_like(peak_need[..., :1]), peak_need, daily / daily_util], -1), -1)
+    at = filled(kinks).sum(-1)  # (…, 2T + 1) placed load at each kink, non-decreasing
+    i = jnp.clip((at <= total[..., None]).sum(-1) - 1, 0, 2 * T)  # the last kink at or below the total
+    take = lambda x, k: jnp.take_along_axis(x, k[..., None], -1)[..., 0]  # noqa: E731
+    lo, f_lo = take(kinks, i), take(at, i)
+    nxt = jnp.minimum(i + 1, 2 * T)
+    span = take(kinks, nxt) - lo
+    slope = jnp.where((nxt > i) & (span > 0), (take(at, nxt) - f_lo) / jnp.where(span > 0, span, 1.0), daily_util * T)
+    lam = lo + (total - f_lo) / jnp.where(slope > 0, slope, 1.0) * (slope > 0)
     has_room = room > 1e-30  # GPUs; below it the 1/room² of the gradient would overflow (and leak through the where)
     safe_room = jnp.where(has_room, room, 1.0)
     spread = free * jnp.where(fits & has_room, total / safe_room, 0.0)[..., None]
-    return jnp.where(fits[..., None], spread, filled(jnp.where(fits, 0.0, lam)))
+    return jnp.where(fits[..., None], spread, filled(jnp.where(fits, 0.0, lam)[..., None])[..., 0, :])
 
 
 def reserve_level(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
@@ -110,6 +108,8 @@ def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width)
     entropy-smoothed cycle cost; with ``κ → ∞`` it is a softmax of the needs). Continuous in the
     needs, so averaging it converges where the exact subgradient jumps between tied periods."""
     T = need.shape[-1]
+    if T == 1:  # one period carries the whole GPU-day
+        return jnp.ones_like(need)
     kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), need.shape[:-1])[..., None]
     nu = jnp.broadcast_to(jnp.asarray(idle_ratio), need.shape[:-1])[..., None]
     w = jnp.maximum(jnp.asarray(width), 1e-30)[..., None]
@@ -126,7 +126,7 @@ def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width)
         high = total(mid) > T  # weights too large: raise the level
         return jnp.where(high, mid, a), jnp.where(high, b, mid)
 
-    a, b = jax.lax.fori_loop(0, FILL_BISECTION_STEPS, bisect, (lo, hi))
+    a, b = jax.lax.fori_loop(0, WEIGHT_BISECTION_STEPS, bisect, (lo, hi))
     c = 0.5 * (a + b)
     sig = (nu + (kappa - nu) * jax.nn.sigmoid((need - c[..., None]) / w))
     return sig / jnp.maximum(sig.sum(-1, keepdims=True), 1e-300)

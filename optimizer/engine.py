@@ -188,14 +188,13 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     names = constraint_names(labels)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
     act_fixed = active_mask(labels, prob, fixed_fleet=True)
-    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products,
-                                labels.time_varying)
+    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products)
     repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
     fixed = fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
 
     def later():
         out = {"evaluate": evaluate_program(prob)}
-        if cfg.solver.integer_fleet:
+        if cfg.solver.integer_fleet and not labels.time_varying:  # (an hourly plan is rounded, not re-priced)
             out["fleet"] = _fleet_program(inner, fixed, inner.init(fixed), repair.width)
         if also_compile is not None:
             also_compile(prob, labels)
@@ -221,7 +220,8 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
             final, fleet, fb = hourly
             how = "rounded"
         else:
-            res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress, programs["fleet"])
+            res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress,
+                             programs.get("fleet"))
             final, fleet = res.solution, res.fleet
             fb = evaluate(final.decision, prob, fleet, np.asarray(True))
             how = inner.name

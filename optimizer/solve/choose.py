@@ -59,12 +59,12 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
     return dual_of(settings, dual_steps, dual_temperature, shared)
 
 
-def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False, hourly: bool = False) -> AugLag | FleetDual:
+def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False) -> AugLag | FleetDual:
     """The inner solver of the integer repair (fixed fleets), by the same rule: the fixed-fleet dual
     unless a quality floor is active (``active``: the relaxed task's constraint activity) or
-    ``solver.method=auglag``. With a load that varies over the periods (``hourly``) the fixed-fleet
-    dual's gap is measured at the plan's own fleet cost (on-demand GPUs follow the load), so it
-    certifies the revenue of the fleet rather than bounding its margin."""
+    ``solver.method=auglag``. With a load that varies over the periods the fixed-fleet dual's gap is
+    measured at the plan's own fleet cost (on-demand GPUs follow the load), so it certifies the
+    revenue of the fleet rather than bounding its margin."""
     if settings.method == "auglag" or has_quality_floors(active, n_gpus):
         return auglag_of(settings)
     return FleetDual(tol_gap=settings.dual_tol_gap, sheet_steps=SHEET_STEPS if shared else 0)
