@@ -56,6 +56,7 @@ def test_single_logit_offer_is_the_lambert_w_price():
     assert float(sol.bound) == pytest.approx(float(sol.primal.margin), rel=1e-9)
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
     cfg = peak_batch_cfg()
     res = optimize(replace(cfg, solver=replace(cfg.solver, method="auglag")))
@@ -162,6 +163,7 @@ def test_daily_budget_on_shared_pools_matches_adam():
     assert float(jnp.max(limit_excess(sol.primal, prob, limit_mask(prob, active)))) <= 1e-4
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_fixed_fleet_dual_prices_the_fleet_like_the_closed_form_and_the_augmented_lagrangian():
     """A fixed fleet of half the GPUs the free optimum needs: the fixed-fleet dual's price is the
     one at which demand fills the fleet, D(p) = N · ρ · 86400 / (κ · g); its bound holds; the
@@ -193,6 +195,7 @@ def test_fixed_fleet_dual_prices_the_fleet_like_the_closed_form_and_the_augmente
     assert float(ref.margin) <= float(sol.bound) * (1 + 2e-4)  # weak duality for the other solver's plan
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_every_solver_restarts_from_a_solution_of_its_own():
     """``start_from(task, solution)`` inverts each solver's multipliers: the dual's limit prices and
     the fixed-fleet dual's capacity prices come back from the Solution they produced."""

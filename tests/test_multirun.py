@@ -19,6 +19,7 @@ def multirun(tmp_path: Path, *args: str, timeout=600, cache: str | None = None) 
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path, cli_jax_cache):
     # $0.01/day cannot pay for the demand left even at the price ceilings (about $0.9/day of GPUs;
     # $1/day is feasible in the continuous relaxation, which the dual solver finds)
@@ -32,8 +33,7 @@ def test_basic_multirun_records_a_failed_job_and_goes_on(tmp_path, cli_jax_cache
     assert "Multirun summary" in (tmp_path / "sweep" / "summary.md").read_text()
 
 
-# both launchers run in the nightly command only (README, 35 s each on 2 cores); the basic multirun
-# above runs every default CI
+# both launchers run in the nightly command only (README, 35 s each on 2 cores); so does the basic multirun above
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local", "slurm-local"])
 def test_launchers_run_jobs_in_separate_processes(tmp_path, launcher, cli_jax_cache):

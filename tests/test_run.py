@@ -127,6 +127,7 @@ def test_cli_default_run_writes_plots(tmp_path, cli_jax_cache):
     assert "Pricing plan" in (tmp_path / "plan.md").read_text()
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     """Four B200s where the free optimum uses about 260: the structured dual prices the cap; the run
     converges within the cap, below the certified upper bound (the augmented Lagrangian alone, from

@@ -66,7 +66,8 @@ def test_bad_axis_paths_name_the_path():
 
 
 # the augmented-Lagrangian variant in the nightly command (README); the dual is the sweep's default
-@pytest.mark.parametrize("method", ["dual", pytest.param("auglag", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", [pytest.param("dual", marks=pytest.mark.slow),  # CI time; nightly
+                                    pytest.param("auglag", marks=pytest.mark.slow)])
 def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method):
     """Both sweep solvers against single runs of the augmented Lagrangian (8 starts): its own sweep
     to 2e-4; the dual sweep to 0.1 %, never above its own certified bound, and the bound never
@@ -102,6 +103,7 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
     assert (tmp_path / "b" / "sweep.parquet").exists()
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
     """A GPU cap as an axis: the dual solver prices it (auto picks dual), rows stay within the cap
     and equal single augmented-Lagrangian runs to 0.1 %; a quality floor goes to the augmented
@@ -155,6 +157,7 @@ run_sweep(sweep_cfg(chunk_size=6), Path({str(tmp_path / 'two')!r}), Path({str(tm
     np.testing.assert_allclose(sharded[num].to_numpy(float), local[num].to_numpy(float), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_cli_sweep_writes_table_plots_and_summary(tmp_path, cli_jax_cache):
     """`tokenmargin sweep=what-if` with smaller axes, end to end: the Parquet table, both plots and
     a summary with the certified optimality gap, and the sweep's exported programs in the cache."""
