@@ -76,6 +76,7 @@ def test_bound_is_valid_for_every_split_and_tight_at_the_optimum():
     assert shared.any()
 
 
+@pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_envelope_gradient_of_the_dual_function():
     # ∂g/∂μ_p = −24·c_g·(peak need − daily need): finite differences and jax.grad agree
     prob = build_problem(peak_batch_cfg())[0]
