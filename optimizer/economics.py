@@ -68,13 +68,20 @@ def period_needs(work, prob):
     """``(peak_need, daily_need)`` (G, J, K, T) GPUs each pool needs in each period: its interactive
     peak / ρ_peak, and its mean load with the deferrable load water-filled into the periods of
     lowest need (:func:`kernels.capacity.water_fill`), / ρ_day."""
+    peak, interactive, batch = period_need_parts(work, prob)
+    return peak, interactive + batch
+
+
+def period_need_parts(work, prob):
+    """``(peak_need, interactive_daily_need, batch_need)`` (G, J, K, T): :func:`period_needs` with
+    the daily need split into its interactive part and the deferrable load placed in each period."""
     w = jnp.asarray(work)
     peak_f, mean_f = period_weights(prob)
     peak = jnp.einsum("sjkg,st->gjkt", w, peak_f) / prob.peak_utilization
     daily = jnp.einsum("sjkg,st->gjkt", w, mean_f)
     batch = jnp.einsum("sjkg->gjk", w * jnp.asarray(prob.is_batch).astype(w.dtype)[:, None, None, None])
     placed = water_fill(peak, daily, batch, prob.daily_utilization)
-    return peak, (daily + placed) / prob.daily_utilization
+    return peak, daily / prob.daily_utilization, placed / prob.daily_utilization
 
 
 def pool_ratios(prob):

@@ -84,12 +84,12 @@ def _stage(sol: Solution, b: Breakdown, names: list[str], active: np.ndarray, wa
 
 
 def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: bool = False,
-                  shared: bool = False, hourly: bool = False) -> tuple[Solution, str]:
+                  shared: bool = False) -> tuple[Solution, str]:
     """The relaxed task solved by the chosen solver: ``(solution, solver name)``."""
     from optimizer import progress as bar
 
     task = relaxed_task(prob, active)
-    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared, hourly=hourly)
+    solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared)
     if isinstance(solver, Dual):
         y0 = solver.init(task)
         sol, _ = aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))(task, y0)
@@ -203,8 +203,7 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     with ThreadPoolExecutor(1) as pool:
         programs = pool.submit(later)
         t0 = time.perf_counter()
-        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products,
-                                        labels.time_varying)
+        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
         programs = programs.result()
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))

@@ -37,14 +37,11 @@ def dual_of(settings, steps: int | None = None, temperature: float | None = None
 
 
 def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
-           dual_temperature: float | None = None, shared: bool = False, hourly: bool = False) -> AugLag | Dual:
+           dual_temperature: float | None = None, shared: bool = False) -> AugLag | Dual:
     """The solver for a relaxed task with constraint activity ``active`` (C,) and ``n_gpus`` GPU types.
 
     The dual prices GPU caps and budgets but not quality floors; ``auto`` sends a task with a floor
-    to the augmented Lagrangian, and ``dual`` refuses it with an error naming the fields. ``hourly``
-    (some segment's load varies over the periods): ``auto`` uses the augmented Lagrangian, whose
-    plans on a varying load curve are the better ones today (the dual's period weights do not yet
-    converge where batch flattens the curve; ``solver.method=dual`` still runs it).
+    to the augmented Lagrangian, and ``dual`` refuses it with an error naming the fields.
     """
     method = settings.method
     if method not in METHODS:
@@ -54,7 +51,7 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
         raise ConfigError("solver.method = 'dual' prices GPU caps and budgets but not quality floors "
                           "(demand.segments.*.min_quality), which this scenario (or a sweep axis) sets; "
                           "use solver.method=auto or auglag")
-    if method == "auglag" or (method == "auto" and (floors or hourly)):
+    if method == "auglag" or (method == "auto" and floors):
         return auglag_of(settings)
     return dual_of(settings, dual_steps, dual_temperature, shared)
 

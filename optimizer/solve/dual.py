@@ -59,6 +59,8 @@ SHEET_GAIN_TOL = 1e-4
 step then leaves about its square: Newton converges quadratically near a maximum)."""
 WEIGHT_WIDTH = 0.01
 """Band of needs (a share of each pool's peak need) over which the period weights are smoothed."""
+FILLED_TOL = 1e-9
+"""Relative tolerance of "the batch filled this period's free room" (:func:`charge_target`)."""
 CLIP_ITERS = 1
 """Newton steps on the clipped markup fixed point (exact after 0 steps when no price bound binds)."""
 N_LIMITS = 2
@@ -96,6 +98,28 @@ def uniform_weight(shape, dtype=float, xp=jnp):
     return xp.full(shape, 1.0 / shape[-1], dtype)
 
 
+def charge_target(x: "Primal", kappa, nu) -> Charges:
+    """The charges the plan ``x`` should pay: a subgradient of the fleet's cost at its needs (period
+    weights smoothed over :data:`WEIGHT_WIDTH` of each pool's peak need, the split over that share
+    of each period's need), chosen in the face of ties the way the optimality conditions of the
+    water-filled batch ask [ECONOMICS.md §2.7]: every period whose free room the batch has filled
+    (daily need = peak need, or the valley above it) charges the daily load the same ``β``, the
+    weight of the valley (the lowest of those periods' weights), the rest going to the peak.
+
+    Without that rule the split of an exactly filled period is ½, which charges the batch there
+    more than the valley it is priced at, and the dual stalls about 1 % above the plan on the default
+    scenario."""
+    need = jnp.maximum(x.peak_need, x.daily_need)
+    top = need.max(-1, keepdims=True)
+    weight = smooth_charge_weights(need, kappa, nu, WEIGHT_WIDTH * top[..., 0])
+    width = jnp.maximum(WEIGHT_WIDTH * need, 1e-30)
+    daily = weight * jax.nn.sigmoid((x.daily_need - x.peak_need) / width)
+    filled = (x.batch_need > FILLED_TOL * top) & (x.daily_need >= x.peak_need - FILLED_TOL * need)
+    beta = jnp.min(jnp.where(filled, weight, jnp.inf), -1, keepdims=True)
+    daily = jnp.where(filled, jnp.minimum(beta, weight), daily)
+    return Charges(weight - daily, daily)
+
+
 def charge_share(ch: Charges, prob: Problem) -> jnp.ndarray:
     """(S, J, K, G) reserved GPU-days per day charged per unit of each flow's mean load (busy GPUs):
     interactive flows pay every period's peak and daily charges on their load there; deferrable
@@ -118,6 +142,7 @@ class Primal(NamedTuple):
     requests: jnp.ndarray  # (S, J) per day
     peak_need: jnp.ndarray  # (G, J, K, T) GPUs each period's interactive peak needs
     daily_need: jnp.ndarray  # (G, J, K, T) GPUs each period's mean load needs (batch water-filled)
+    batch_need: jnp.ndarray  # (G, J, K, T) the part of ``daily_need`` the deferrable load placed there needs
     lagrangian: jnp.ndarray  # () USD/day: the dual function, with per-segment prices (an upper bound when sheets are shared)
     margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet (per period max(peak, daily)) this solution needs
     local_lagrangian: jnp.ndarray  # () USD/day: the Lagrangian at the shared sheets found (= lagrangian for contracts)
@@ -212,10 +237,11 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
         price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
         reqs = demand(price, quality, prob.served_latency_ms, d)
     local = ((price - c) * reqs).sum()
-    peak_need, daily_need = econ.period_needs(econ.work_of(reqs, mix, route, prob), prob)
+    peak_need, interactive_need, batch_need = econ.period_need_parts(econ.work_of(reqs, mix, route, prob), prob)
+    daily_need = interactive_need + batch_need
     revenue = (price * reqs).sum()
     margin = revenue - econ.cycle_fleet_cost(jnp.maximum(peak_need, daily_need), prob)
-    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, lagrangian, margin, local, gain)
+    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, batch_need, lagrangian, margin, local, gain)
 
 
 def sheet_start(price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
@@ -387,6 +413,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     params0 = (y0.split, y0.limit_price * mask)
     weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else y0.weight
     kappa, nu = econ.pool_ratios(prob)
+    periods = y0.split.shape[-1]
 
     class Carry(NamedTuple):
         params: tuple  # current (split, limit prices)
@@ -431,13 +458,17 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             upd, st = opt.update((-e, -excess * mask), c.opt_state, c.params)
             split_new, lam_new = optax.apply_updates(c.params, upd)
             params = (jnp.clip(split_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
-            # period weights: a Frank–Wolfe step towards the cost's subgradient at this solution's
-            # needs (the linear minimiser of the dual over the weight set)
-            need = jnp.maximum(x.peak_need, x.daily_need)
-            target = smooth_charge_weights(need, kappa, nu, WEIGHT_WIDTH * need.max(-1))
-            eta = 2.0 / (k + 4.0)
-            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu,
-                                    weight=weight + eta * (target - weight))
+            if periods > 1:  # a Frank–Wolfe step of the charges (π s, π (1 − s)) towards the ones
+                # this solution should pay (the linear minimiser of the dual over the charge set)
+                goal = charge_target(x, kappa, nu)
+                eta = 2.0 / (k + 4.0 + solver.charge_offset)
+                peak = weight * split + eta * (goal.peak - weight * split)
+                daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
+                moved = peak + daily
+                params = (peak / jnp.maximum(moved, 1e-300), params[1])
+            else:
+                moved = weight
+            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
@@ -495,6 +526,7 @@ class Dual:
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
     tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
     sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)
+    charge_offset: float = 0.0  # several periods: the charges' Frank–Wolfe step is 2 / (k + 4 + offset)
 
     name = "dual"
 

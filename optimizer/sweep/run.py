@@ -63,7 +63,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     base_prob = aot.exported("assemble", assemble_jit, (numbers, pools))(numbers, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
     solver = choose(active, len(labels.gpus), cfg.solver, dual_steps=sw.dual_steps, dual_temperature=sw.dual_temperature,
-                    shared=labels.has_shared_products, hourly=labels.time_varying)
+                    shared=labels.has_shared_products)
     log(f"sweep '{sw.name}': solver {solver.name}")
     base_task = relaxed_task(base_prob, active)
     if isinstance(solver, Dual):
