@@ -20,8 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-WEIGHT_BISECTION_STEPS = 60
-"""Bisection steps of the level of the smoothed period weights."""
+WEIGHT_BISECTION_STEPS = 24
+"""Bisection steps of the level of the smoothed period weights (2⁻²⁴ of the bracket: about 1e-5 of
+the smoothing band for a day of needs; the weights are normalised to sum to 1 exactly)."""
 
 
 def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
@@ -30,9 +31,10 @@ def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, d
     A period's need is ``max(P_t, (D_t + B_t) / ρd)`` (``P_t``: GPUs its interactive peak needs,
     ``D_t``: its interactive mean load, ``B_t``: the deferrable load placed there, ``ρd``:
     ``daily_util``). The batch first fills the free room ``(P_t ρd − D_t)⁺`` pro rata; what does not
-    fit raises the lowest needs to a common water level ``λ``: ``B_t = (max(λ, P_t) ρd − D_t)⁺``.
-    The placed load ``F(λ)`` is piecewise linear in ``λ`` with kinks at ``P_t`` and ``D_t / ρd``, so
-    the level is exact: the kink below it, then the linear piece (differentiable; no iteration).
+    fit raises the lowest needs ``u_t = max(P_t, D_t / ρd)`` to a common water level ``λ``:
+    ``B_t = free_t + ρd (λ − u_t)⁺``. The load placed beyond the room is piecewise linear in ``λ``
+    with kinks at the ``u_t``, so the level is exact: the highest kink below it, then the linear
+    piece through the periods at or below that kink (differentiable; no iteration, no sort).
     """
     T = peak_need.shape[-1]
     total = T * batch  # (…,) GPU-periods to place
@@ -41,23 +43,20 @@ def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, d
     free = jnp.maximum(peak_need * daily_util - daily, 0.0)
     room = free.sum(-1)
     fits = total <= room
-
-    def filled(lam):  # (…, M) levels -> (…, M, T) load placed per period
-        return jnp.maximum(jnp.maximum(lam[..., None], peak_need[..., None, :]) * daily_util - daily[..., None, :], 0.0)
-
-    kinks = jnp.sort(jnp.concatenate([jnp.zeros_like(peak_need[..., :1]), peak_need, daily / daily_util], -1), -1)
-    at = filled(kinks).sum(-1)  # (…, 2T + 1) placed load at each kink, non-decreasing
-    i = jnp.clip((at <= total[..., None]).sum(-1) - 1, 0, 2 * T)  # the last kink at or below the total
-    take = lambda x, k: jnp.take_along_axis(x, k[..., None], -1)[..., 0]  # noqa: E731
-    lo, f_lo = take(kinks, i), take(at, i)
-    nxt = jnp.minimum(i + 1, 2 * T)
-    span = take(kinks, nxt) - lo
-    slope = jnp.where((nxt > i) & (span > 0), (take(at, nxt) - f_lo) / jnp.where(span > 0, span, 1.0), daily_util * T)
-    lam = lo + (total - f_lo) / jnp.where(slope > 0, slope, 1.0) * (slope > 0)
+    floor = jnp.maximum(peak_need, daily / daily_util)  # (…, T) each period's need without batch
+    # the load placed beyond the room at λ = each kink u_j: ρd Σ_t (u_j − u_t)⁺ (pairwise, T × T:
+    # XLA's sort on CPU costs ten times as much at T = 24)
+    beyond = daily_util * jnp.maximum(floor[..., :, None] - floor[..., None, :], 0.0).sum(-1)  # (…, T)
+    extra = jnp.maximum(total - room, 0.0)
+    kink = jnp.max(jnp.where(beyond <= extra[..., None], floor, -jnp.inf), -1)  # the highest kink at or below
+    under = floor <= kink[..., None]  # the periods at or below it (at least the lowest)
+    count = jnp.maximum(under.sum(-1), 1)
+    level = (extra / daily_util + jnp.where(under, floor, 0.0).sum(-1)) / count
     has_room = room > 1e-30  # GPUs; below it the 1/room² of the gradient would overflow (and leak through the where)
     safe_room = jnp.where(has_room, room, 1.0)
     spread = free * jnp.where(fits & has_room, total / safe_room, 0.0)[..., None]
-    return jnp.where(fits[..., None], spread, filled(jnp.where(fits, 0.0, lam)[..., None])[..., 0, :])
+    over = free + daily_util * jnp.maximum(jnp.where(fits, 0.0, level)[..., None] - floor, 0.0)
+    return jnp.where(fits[..., None], spread, over)
 
 
 def reserve_level(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
@@ -69,11 +68,13 @@ def reserve_level(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray
     T = need.shape[-1]
     kappa, nu = jnp.asarray(on_demand_ratio), jnp.asarray(idle_ratio)
     theta = (1.0 - nu) / jnp.maximum(kappa - nu, 1e-12)
-    k = jnp.floor(theta * T + 1e-9).astype(jnp.int32) + 1  # (…,)
-    desc = -jnp.sort(-need, axis=-1)
-    idx = jnp.broadcast_to(jnp.clip(k - 1, 0, T - 1), need.shape[:-1])
-    level = jnp.take_along_axis(desc, idx[..., None], axis=-1)[..., 0]
-    return jnp.where(k <= T, level, 0.0)
+    k = jnp.floor(theta * T + 1e-9) + 1.0  # (…,)
+    # the k-th largest by ranks (pairwise, T × T; no sort): n_t is it iff #{n_s > n_t} < k ≤ #{n_s ≥ n_t}
+    greater = (need[..., None, :] > need[..., :, None]).sum(-1)
+    at_least = (need[..., None, :] >= need[..., :, None]).sum(-1)
+    kk = jnp.broadcast_to(k, need.shape[:-1])[..., None]
+    level = jnp.max(jnp.where((greater < kk) & (kk <= at_least), need, -jnp.inf), -1)
+    return jnp.where(kk[..., 0] <= T, level, 0.0)
 
 
 def cycle_cost(need: jnp.ndarray, reserved: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from optimizer import aot
 from optimizer.constraints import active_mask, constraint_names
-from optimizer.decision import initial_decisions, reference_decision
+from optimizer.decision import decode, encode, initial_decisions, reference_decision
 from optimizer.objective import Breakdown, evaluate_plan_jit
 from optimizer.problem import Labels, Problem, assemble_jit, build_problem
 from optimizer.schema import RunConfig
@@ -128,6 +128,8 @@ def evaluate_program(prob: Problem):
     return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)))
 
 
+_decode, _encode = jax.jit(decode), jax.jit(encode)  # compiled: eager operations would each compile on a first run
+
 KEEP_POOL = 0.5
 """A relaxed pool below this share of one replica (at its peak) hands its load to the flow's other pools."""
 
@@ -135,9 +137,7 @@ KEEP_POOL = 0.5
 def consolidated(dec, prob: Problem, keep: np.ndarray):
     """``dec`` with each flow's routing restricted to the pools in ``keep`` (G, J, K) (renormalised;
     a flow with no kept pool keeps its largest), so small softmax tails do not each cost a replica."""
-    from optimizer.decision import decode, encode
-
-    log_mu, mix, route = (np.asarray(x, float) for x in decode(dec, prob))
+    log_mu, mix, route = (np.asarray(x, float) for x in _decode(dec, prob))
     kept = np.transpose(keep, (1, 2, 0))[None]  # (1, J, K, G)
     top = route >= route.max(-1, keepdims=True)
     r = np.where(kept | (~kept.any(-1, keepdims=True) & top), route, 0.0)
@@ -145,7 +145,7 @@ def consolidated(dec, prob: Problem, keep: np.ndarray):
     pool_ok = (np.where(kept, route, 0.0).sum(-1) > 0)  # (S, J, K): precision k still has a kept pool
     m = np.where(pool_ok | ~pool_ok.any(-1, keepdims=True), mix, 0.0)
     m = m / np.maximum(m.sum(-1, keepdims=True), 1e-300)
-    return encode(log_mu, m, r, prob)
+    return _encode(log_mu, m, r, prob)
 
 
 def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate):

@@ -6,6 +6,7 @@ noise reaches an export.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -16,6 +17,14 @@ from optimizer import economics as econ
 from optimizer.economics import HOURS_PER_DAY
 from optimizer.objective import Breakdown
 from optimizer.problem import PRICE_BOUND_TOL, Labels, Problem
+
+
+# the pool arithmetic of :mod:`optimizer.economics`, compiled (each eager JAX operation would compile
+# on its own in a new process: seconds for the tables of an hourly plan)
+_pool_cost = jax.jit(econ.cycle_fleet_cost_per_pool)
+_period_needs = jax.jit(econ.period_needs)
+_period_weights = jax.jit(econ.period_weights)
+_pool_ratios = jax.jit(econ.pool_ratios)
 
 
 def _r(x, nd=4):
@@ -45,7 +54,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     pre = np.asarray(prob.prefill_share, float)
     per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
+    pool_cost = np.asarray(_pool_cost(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
     hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
     on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
     od_rate = price * np.asarray(prob.on_demand_ratio, float)
@@ -87,10 +96,10 @@ def fleet_hourly_table(prob: Problem, labels: Labels, b: Breakdown, hours_per_pe
     per_period = np.asarray(b.period_gpus, float)
     T = per_period.shape[-1]
     reserved = np.asarray(b.reserved, float)
-    _, daily_need = econ.period_needs(jnp.asarray(b.work), prob)
+    _, daily_need = _period_needs(jnp.asarray(b.work), prob)
     busy = np.asarray(daily_need, float) * float(prob.daily_utilization)
-    rent_day = np.asarray(econ.usd_per_gpu_day(prob), float)
-    kappa, nu = (np.asarray(x, float) for x in econ.pool_ratios(prob))
+    rent_day = np.asarray(econ.usd_per_gpu_day(prob, np), float)
+    kappa, nu = (np.asarray(x, float) for x in _pool_ratios(prob))
     d = per_period - reserved[..., None]
     cost = rent_day[:, None, None, None] / T * (reserved[..., None] + np.maximum(kappa[..., None] * d, nu[..., None] * d))
     rows = []
@@ -116,7 +125,7 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     peak and mean GPUs run, on-demand GPU-hours per day and the cost per day."""
     per_period = np.asarray(b.period_gpus, float)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
+    pool_cost = np.asarray(_pool_cost(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
     rows = []
@@ -146,7 +155,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
     alloc_cost, alloc_gpus = flow_allocation(prob, b)  # (S, J, K, G) USD/day, peak GPUs attributed
-    peak_f = np.asarray(econ.period_weights(prob)[0], float)  # (S, T)
+    peak_f = np.asarray(_period_weights(prob)[0], float)  # (S, T)
     mu = np.asarray(b.price_multiplier, float)
     reqs = np.asarray(b.requests_per_day, float)
     rev = np.asarray(b.revenue, float)
@@ -195,10 +204,12 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _need_shares(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
-    """``(share (S, J, K, G, T), need (G, J, K, T))``: each flow's share of each pool's GPUs in each
-    period (the binding load's shares, see :func:`plan_table`), and the GPUs the pool runs there."""
-    work = jnp.asarray(b.work)
+
+@jax.jit
+def _allocation_arrays(prob: Problem, work, period_gpus, reserved):
+    """Traced core of :func:`flow_allocation` (one compiled program; eager JAX operations would each
+    compile on a first run): ``(share, weight, pool_cost)`` — each flow's share of each pool's GPUs
+    per period (S, J, K, G, T), the pools' charge weights (G, J, K, T) and USD/day (G, J, K)."""
     peak_f, mean_f = econ.period_weights(prob)
     peak_need, daily_need = econ.period_needs(work, prob)
     is_batch = jnp.asarray(prob.is_batch)
@@ -213,19 +224,25 @@ def _need_shares(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
     total = contrib.sum(0, keepdims=True)
     by_work = work / jnp.maximum(work.sum(0, keepdims=True), 1e-300)  # periods without load: by mean load
     share = jnp.where(total > 0, contrib / jnp.maximum(total, 1e-300), by_work[..., None])
-    return np.asarray(share, float), np.asarray(b.period_gpus, float)
+    kappa, nu = econ.pool_ratios(prob)
+    weight = charge_weights(period_gpus, kappa, nu)
+    pool_cost = econ.cycle_fleet_cost_per_pool(period_gpus, prob, reserved)
+    return share, weight, pool_cost
 
 
 def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
     """``(cost, gpus)`` (S, J, K, G): USD/day of GPU cost attributed to each flow (they sum to the
-    fleet's cost), and each flow's share of its pools' GPUs in their busiest period."""
-    share, need = _need_shares(prob, b)
-    kappa, nu = econ.pool_ratios(prob)
-    weight = np.asarray(charge_weights(jnp.asarray(need), kappa, nu), float)  # (G, J, K, T)
+    fleet's cost), and each flow's share of its pools' GPUs in their busiest period.
+
+    Each flow's share of a pool's GPUs in a period is its share of the binding load there (peak or
+    daily, the batch by where it was placed); a period carries the pool's cost in proportion to
+    its charge weight × GPUs (the subgradient of the load-duration cost)."""
+    share, weight, pool_cost = (np.asarray(x, float) for x in _allocation_arrays(
+        prob, jnp.asarray(b.work), jnp.asarray(b.period_gpus), jnp.asarray(b.reserved)))
+    need = np.asarray(b.period_gpus, float)
     value = weight * need  # reserved GPU-days per day carried by each period
     total = value.sum(-1, keepdims=True)
     from_pool = np.where(total > 0, value / np.maximum(total, 1e-300), 0.0)
-    pool_cost = np.asarray(econ.cycle_fleet_cost_per_pool(jnp.asarray(need), prob, jnp.asarray(b.reserved)), float)
     cost = (share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]).sum(-1)
     top = need.argmax(-1)  # (G, J, K)
     at_top = np.take_along_axis(share, np.transpose(top, (1, 2, 0))[None, ..., None], -1)[..., 0]

@@ -65,6 +65,30 @@ def test_bad_axis_paths_name_the_path():
         assert why in str(e.value) and bad in str(e.value)
 
 
+def test_rent_axes_keep_on_demand_above_reserved_and_idle_below():
+    """Axes on the reserved rent, the on-demand rent and the idle value: a scenario that breaks their
+    order is refused before solving, naming the axes, the GPU and the values (as a single run's config)."""
+    from optimizer.sweep.axes import check_rents
+
+    numbers, _, labels = scenario_inputs(sweep_cfg())  # H100 2.69 / 4.76, H200 3.59 / 6.35 USD per GPU-hour
+    names = ["od", "rent", "idle"]
+    targets = [resolve_path("fleet.on_demand_usd_per_gpu_hour.h200-sxm", labels),
+               resolve_path("fleet.price_usd_per_gpu_hour.h200-sxm", labels),
+               resolve_path("fleet.idle_value_usd_per_gpu_hour", labels)]
+    assert targets[0].field == "on_demand_usd_per_gpu_hour" and targets[2].index == ()
+    ok = pd.DataFrame({"od": [1.0, 2.0], "rent": [3.0, 5.0], "idle": [0.0, 2.0]})
+    check_rents(numbers, targets, [True, False, False], ok, names, list(labels.gpus))
+    bad = pd.DataFrame({"od": [1.0, 0.7], "rent": [3.0, 5.0], "idle": [0.0, 1.0]})  # 0.7 x 6.35 < 5.0
+    with pytest.raises(ConfigError, match=r"sweep.axes.od, sweep.axes.rent, sweep.axes.idle: 1 scenario\(s\) put "
+                                          r"the on-demand rent of h200-sxm below its reserved rent \(scenario 1: 4.445 < 5"):
+        check_rents(numbers, targets, [True, False, False], bad, names, list(labels.gpus))
+    idle = pd.DataFrame({"od": [1.0, 1.0], "rent": [3.0, 3.0], "idle": [0.0, 2.8]})  # 2.8 >= the H100's 2.69
+    with pytest.raises(ConfigError, match="idle value of h100-sxm at or above its reserved rent"):
+        check_rents(numbers, targets, [True, False, False], idle, names, list(labels.gpus))
+    # a reserved-rent axis alone keeps the documented clipping (sweep=what-if takes B200 to 13 > 10.57)
+    check_rents(numbers, targets[1:2], [False], pd.DataFrame({"rent": [3.0, 9.0]}), ["rent"], list(labels.gpus))
+
+
 # the augmented-Lagrangian variant in the nightly command (README); the dual is the sweep's default
 @pytest.mark.parametrize("method", [pytest.param("dual", marks=pytest.mark.slow),  # CI time; nightly
                                     pytest.param("auglag", marks=pytest.mark.slow)])

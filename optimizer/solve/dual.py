@@ -22,8 +22,16 @@ every request then has a *linear* cost, and for a given split the problem separa
 The outer problem finds the split: at the optimum a pool's cost goes to its peak (``s = 1``) when
 its peak load binds, to its daily load (``s = 0``) when batch traffic more than fills the off-peak
 valley, and is split exactly where batch traffic fills the valley to the brim (``P/ρp = D/ρd``).
-It is found by sign-adaptive projected steps (Optax Rprop) on ``e_p = P_p/ρp − D_p/ρd`` (the
-gradient of the dual, normalised per pool), warm-started from a neighbouring scenario's split.
+With one period it is found by sign-adaptive projected steps (Optax Rprop) on
+``e_p = P_p/ρp − D_p/ρd`` (the gradient of the dual, normalised per pool), warm-started from a
+neighbouring scenario's split.
+
+Over T periods the cost is the load-duration optimum of reserved and on-demand GPUs
+(:mod:`kernels.capacity`), whose subgradients are the period weights ``π`` (``ν/T ≤ π_t ≤ κ/T``,
+``Σ π_t = 1``), so the charges are ``(π_t s_t, π_t (1 − s_t))`` per period: a polytope. They take
+Frank–Wolfe steps (``2/(k + 4 + offset)``, offset > 0 from a warm start) towards :func:`charge_target`, the
+subgradient of the cost at the current solution's needs chosen as the water-filled batch's
+optimality conditions ask — the linear minimiser of the dual over the charge set.
 
 GPU caps, the daily GPU budget and the capex budget are limits on the fleet, linear in the pool
 sizes, so their Lagrange multipliers (*limit prices* ``λ ≥ 0``, dimensionless) just raise the GPU
@@ -394,8 +402,9 @@ class DualState(NamedTuple):
 
 def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray | None = None) -> DualState:
     """Find the peak/daily cost split (and, with active GPU caps or budgets, their prices) with
-    sign-adaptive projected steps (Optax Rprop) on the dual gradient, keeping the feasible primal
-    solution of highest true margin; pure, jittable and vmappable over scenarios.
+    sign-adaptive projected steps (Optax Rprop) on the dual gradient — over several periods the
+    charges by Frank–Wolfe steps instead (module docstring) — keeping the feasible primal solution
+    of highest true margin; pure, jittable and vmappable over scenarios.
 
     The dual gradient is ``e_p = (P_p/ρp − D_p/ρd) / (P_p/ρp + D_p/ρd)`` for the split ``s_p``
     (normalised per pool) and minus the relative excess over each active limit for its price [a

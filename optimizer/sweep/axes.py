@@ -16,7 +16,7 @@ import pandas as pd
 
 from optimizer.catalog import MODEL_ALIASES, canonical_model
 from optimizer.errors import ConfigError
-from optimizer.problem import Labels, Numbers
+from optimizer.problem import NO_CAP, Labels, Numbers
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
 
 SEGMENT_FIELDS = {  # config field -> Numbers field (per segment)
@@ -36,8 +36,10 @@ COMPETITOR_FIELDS = {"input_usd_per_mtok": "competitor_input", "cached_input_usd
                      "cached_input_price_ratio": "competitor_cached_ratio",
                      "output_price_ratio": "competitor_output_ratio"}
 TIER_FIELDS = {"tpot_ms": "tier_tpot_ms", "ttft_ms": "tier_ttft_ms"}
-FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization"}
-FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap"}
+FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization",
+                 "idle_value_usd_per_gpu_hour"}
+FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap",
+                 "on_demand_usd_per_gpu_hour": "on_demand_usd_per_gpu_hour"}
 EFF_PER_FAMILY = {"bw_eff", "flops_eff", "prefill_flops_eff"}
 EFF_SCALARS = {"moe_eff", "step_overhead_ms", "mem_util"}
 PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<segment>.offers.<model>."
@@ -46,6 +48,7 @@ PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<seg
               f"demand.products.<product>.{{{','.join(PRODUCT_FIELDS)}}}",
               f"demand.competitors.<competitor>.{{{','.join(COMPETITOR_FIELDS)}}}",
               f"demand.tiers.<tier>.{{{','.join(TIER_FIELDS)}}}", "fleet.price_usd_per_gpu_hour.<gpu>",
+              "fleet.on_demand_usd_per_gpu_hour.<gpu>",
               "fleet.gpu_caps.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
               "efficiency.{bw_eff,flops_eff,prefill_flops_eff}.<gpu family>",
               f"efficiency.{{{','.join(sorted(EFF_SCALARS))}}}", "quality.<model>.<precision>")
@@ -231,9 +234,48 @@ def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) 
 
     quality = field_rule(QualityRetention, "fp8")  # quality.<model>.<precision> paths: a retention fraction
     for n, ax in axes.items():
+        if ax.path.startswith("fleet.on_demand_usd_per_gpu_hour.") and not cfg.fleet.on_demand:
+            raise ConfigError(f"sweep.axes.{n} (path {ax.path}) sweeps an on-demand rent, but fleet.on_demand is "
+                              f"false; set fleet.on_demand=true (on-demand GPUs offered) or drop the axis")
         dist = ax.uniform or ax.loguniform
         values = list(dist) if dist else sorted(set(plan[n].tolist()))
         check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=quality)
+
+
+RENT_FIELDS = ("usd_per_gpu_hour", "on_demand_usd_per_gpu_hour", "idle_value_usd_per_gpu_hour")
+
+
+def check_rents(numbers: Numbers, targets: list[Target], relative: list[bool], plan: pd.DataFrame,
+                names: list[str], gpus: list[str]) -> None:
+    """With an axis on an on-demand rent or on the idle value, every scenario must keep each GPU's
+    on-demand rent at or above its reserved rent and its idle value below it, as a single run's
+    config must (the reserved-rent axes count too). Without one, a reserved rent swept above the
+    on-demand rent is clipped to it, as :func:`optimizer.problem.on_demand_ratio` says."""
+    axes = [(n, t, rel) for n, t, rel in zip(names, targets, relative) if t.field in RENT_FIELDS]
+    if not any(t.field != "usd_per_gpu_hour" for _, t, _ in axes):
+        return
+    rows = {f: np.tile(np.broadcast_to(np.asarray(getattr(numbers, f), float), (len(gpus),)), (len(plan), 1))
+            for f in RENT_FIELDS}  # (scenarios, G) USD per GPU-hour
+    offered = rows["on_demand_usd_per_gpu_hour"][0] < NO_CAP / 10
+    for n, t, rel in axes:
+        v = plan[n].to_numpy(float)[:, None]
+        cols = list(t.index) if t.index else slice(None)  # a per-GPU rent, or the idle value of every GPU
+        rows[t.field][:, cols] = rows[t.field][:, cols] * v if rel else v
+    swept = ", ".join(f"sweep.axes.{n}" for n, _, _ in axes)
+    reserved, on_demand, idle = (rows[f] for f in RENT_FIELDS)
+    for g, gpu in enumerate(gpus):
+        bad = np.flatnonzero(offered[g] & (on_demand[:, g] < reserved[:, g] * (1 - 1e-9)))
+        if bad.size:
+            i = bad[0]
+            raise ConfigError(f"{swept}: {bad.size} scenario(s) put the on-demand rent of {gpu} below its reserved "
+                              f"rent (scenario {i}: {on_demand[i, g]:.4g} < {reserved[i, g]:.4g} USD/GPU-hour); "
+                              f"accepted: on-demand at or above reserved")
+        bad = np.flatnonzero((idle[:, g] > 0) & (idle[:, g] >= reserved[:, g]))
+        if bad.size:
+            i = bad[0]
+            raise ConfigError(f"{swept}: {bad.size} scenario(s) put the idle value of {gpu} at or above its reserved "
+                              f"rent (scenario {i}: {idle[i, g]:.4g} >= {reserved[i, g]:.4g} USD/GPU-hour); "
+                              f"accepted: below the rent")
 
 
 ACTIVATES = {"budget_usd_per_day": "has_budget", "capex_budget_usd": "has_capex_budget",
@@ -262,5 +304,5 @@ def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], value
     for t, rel, v in zip(targets, relative, values):
         leaf = jnp.asarray(fields[t.field])  # host-side NumPy numbers become arrays here
         new = leaf[t.index] * v if rel else v
-        fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.asarray(new, leaf.dtype)
+        fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.broadcast_to(jnp.asarray(new, leaf.dtype), leaf.shape)
     return Numbers(**fields)

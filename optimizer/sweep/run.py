@@ -28,7 +28,7 @@ from optimizer.solve import Dual, choose, relaxed_task
 from optimizer.solve.auglag import multistart
 from optimizer.solve.choose import dual_of
 from optimizer.solve.dual import dual_program
-from optimizer.sweep.axes import activated, axes_of, check_axes, design, resolve_path
+from optimizer.sweep.axes import activated, axes_of, check_axes, check_rents, design, resolve_path
 from optimizer.sweep.batch import chunk_program, result_frame, sweep_key
 from optimizer.sweep.store import chunk_folder, chunk_lock, chunk_path, read_chunk, remove_stale_temporaries, try_lock
 
@@ -58,11 +58,13 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     plan = design(sw)
     check_axes(cfg, axes, plan)
     relative = [bool(axes[n].relative) for n in names]
+    check_rents(numbers, targets, relative, plan, names, list(labels.gpus))
     lab = activated(labels, targets)
     n_total = len(plan)
     base_prob = aot.exported("assemble", assemble_jit, (numbers, pools))(numbers, pools)
     active = jnp.asarray(active_mask(lab, base_prob, fixed_fleet=False))
-    solver = choose(active, len(labels.gpus), cfg.solver, dual_steps=sw.dual_steps, dual_temperature=sw.dual_temperature,
+    steps = sw.dual_steps_periods if np.shape(base_prob.profile)[-1] > 1 else sw.dual_steps
+    solver = choose(active, len(labels.gpus), cfg.solver, dual_steps=steps, dual_temperature=sw.dual_temperature,
                     shared=labels.has_shared_products)
     log(f"sweep '{sw.name}': solver {solver.name}")
     base_task = relaxed_task(base_prob, active)
