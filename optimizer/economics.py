@@ -47,21 +47,41 @@ def work_of(requests_per_day, mix, route, prob):
 
 
 
-def period_weights(prob):
-    """``(peak, mean)`` (S, T): per unit of a segment's mean load, its peak load within period t
-    and its mean load in t. The profile ``f`` (mean 1, peak ``F``) is shaped to the segment's
-    ``peak_to_mean`` ``κ``: flattened towards 1 when ``κ < F`` (``f' = 1 + α (f − 1)``, α = (κ−1)/(F−1)),
-    and when ``κ > F`` the rest of the peak is burstiness within a period (the peak factor
-    ``κ / F`` applies to the peak but cannot be moved). Deferrable segments: 0 (placed by
-    :func:`period_needs`). One period: ``(κ, 1)`` — the two-number model."""
-    f = jnp.asarray(prob.profile)
-    ptm = jnp.asarray(prob.peak_to_mean)[:, None]
+def shaped_profile(profile, peak_to_mean):
+    """``(shaped, burst)``: the profile ``f`` (S, T; mean 1, peak ``F``) shaped to each segment's
+    ``peak_to_mean`` ``κ`` (S,): flattened towards 1 when ``κ < F`` (``f' = 1 + α (f − 1)``,
+    α = (κ−1)/(F−1)), mean still 1; and ``burst`` (S, 1) = ``κ / max f'``, the rest of the peak
+    when ``κ > F``: burstiness within a period, sized for but not movable."""
+    f = jnp.asarray(profile)
+    ptm = jnp.asarray(peak_to_mean)[:, None]
     top = jnp.max(f, -1, keepdims=True)
     alpha = jnp.clip((ptm - 1.0) / jnp.maximum(top - 1.0, 1e-12), 0.0, 1.0)
     shaped = 1.0 + alpha * (f - 1.0)
-    burst = ptm / jnp.max(shaped, -1, keepdims=True)
-    interactive = (~jnp.asarray(prob.is_batch)).astype(f.dtype)[:, None]
-    return shaped * burst * interactive, shaped * interactive
+    return shaped, ptm / jnp.max(shaped, -1, keepdims=True)
+
+
+def block_share(profile, peak_to_mean, window):
+    """(S,) share of its configured segment's daily load a block carries: the mean over the cycle
+    of the shaped profile × the block's ``window`` (S, T) share of each period. Exactly 1 for a
+    segment that is not split by the clock (window 1 everywhere)."""
+    shaped, _ = shaped_profile(profile, peak_to_mean)
+    w = jnp.asarray(window)
+    whole = jnp.all(w >= 1.0, -1)
+    return jnp.where(whole, 1.0, jnp.mean(shaped * w, -1))
+
+
+def period_weights(prob):
+    """``(peak, mean)`` (S, T): per unit of a segment's mean load, its peak load within period t
+    and its mean load in t, from its profile shaped to its ``peak_to_mean``
+    (:func:`shaped_profile`). A block of a segment split by the clock (an off-peak price sheet,
+    :mod:`optimizer.windows`) carries its ``window`` share of each period of the segment's load,
+    per unit of its own mean. Deferrable segments: 0 (placed by :func:`period_needs`). One
+    period, one block: ``(κ, 1)`` — the two-number model."""
+    shaped, burst = shaped_profile(prob.profile, prob.peak_to_mean)
+    w = jnp.asarray(prob.window)
+    per_block = w / jnp.maximum(block_share(prob.profile, prob.peak_to_mean, w), 1e-12)[:, None]
+    interactive = (~jnp.asarray(prob.is_batch)).astype(shaped.dtype)[:, None]
+    return shaped * burst * per_block * interactive, shaped * per_block * interactive
 
 
 def period_needs(work, prob):

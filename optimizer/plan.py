@@ -186,6 +186,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
                     deps.append(f"{labels.gpus[g]}/{labels.precisions[k]}: {lay.label()}")
             rows.append({
                 "segment": seg, "tier": labels.tiers[s], "model": m, "product": labels.products[r],
+                "hours": (labels.segment_hours[s] if labels.segment_hours else "") or "all day",
                 "input_usd_per_mtok": _r(sheet[r, 0]), "cached_input_usd_per_mtok": _r(sheet[r, 1]),
                 "output_usd_per_mtok": _r(sheet[r, 2]), "price_vs_reference": _r(mu[s, j], 4),
                 "requests_per_day": _r(reqs[s, j], 1), "input_tokens_per_day": _r(tok_in, 0),

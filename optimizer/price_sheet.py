@@ -37,6 +37,13 @@ def _terms(labels: Labels, tier: str) -> tuple[str, float | None, float | None, 
     return "", None, None, False
 
 
+def product_hours(labels: Labels, buying: list[int]) -> str:
+    """When a product's sheet is valid: "all day", or the hours of the blocks of the day buying it
+    (an off-peak sheet's windows; "outside ..." for the all-day product it replaces there)."""
+    hours = sorted({labels.segment_hours[s] for s in buying if labels.segment_hours and labels.segment_hours[s]})
+    return "; ".join(hours) or "all day"
+
+
 def main_buyer(prob: Problem, labels: Labels, r: int) -> int | None:
     """The segment buying most of product ``r`` at reference (None without buyers or competitors)."""
     weight = np.asarray(prob.demand.ref_demand) * (np.asarray(labels.flow_product) == r)
@@ -81,9 +88,11 @@ def price_sheet_table(prob: Problem, labels: Labels, b) -> pd.DataFrame:
     rows = []
     for r, key in enumerate(labels.products):
         text, tpot, ttft, deferrable = _terms(labels, labels.product_tier[r])
-        buyers = [labels.segments[s] for s in range(len(labels.segments)) if (flow[s] == r).any()]
+        buying = [s for s in range(len(labels.segments)) if (flow[s] == r).any()]
+        buyers = [labels.segments[s] for s in buying]
         row = {"product": key, "model": labels.models[labels.product_model[r]], "tier": labels.product_tier[r],
-               "terms": text, "tpot_ms": tpot, "ttft_ms": ttft, "deferrable": deferrable,
+               "hours": product_hours(labels, buying), "terms": text, "tpot_ms": tpot, "ttft_ms": ttft,
+               "deferrable": deferrable,
                "kind": "contract" if labels.product_contract[r] >= 0 else "public",
                "buyers": ", ".join(buyers)}
         for t, kind in enumerate(KINDS):
@@ -128,11 +137,11 @@ def price_sheet_markdown(table: pd.DataFrame, scenario: str) -> str:
         if not len(part):
             continue
         out += [f"## {title}", "",
-                "| Model | Tier | Service terms | Input | Cached input | Output | vs list (in / out) | "
+                "| Model | Tier | Hours | Service terms | Input | Cached input | Output | vs list (in / out) | "
                 "Cheapest competitor | vs competitor (in / out) | Buyers |",
-                "|---|---|---|---:|---:|---:|---|---|---|---|"]
+                "|---|---|---|---|---:|---:|---:|---|---|---|---|"]
         for _, r in part.iterrows():
-            out.append(f"| {r['model']} | {r['tier']} | {r['terms']} | {usd(r['input_usd_per_mtok'])} | "
+            out.append(f"| {r['model']} | {r['tier']} | {r['hours']} | {r['terms']} | {usd(r['input_usd_per_mtok'])} | "
                        f"{usd(r['cached_input_usd_per_mtok'])} | {usd(r['output_usd_per_mtok'])} | "
                        f"{vs(r['input_vs_reference'])} / {vs(r['output_vs_reference'])} | "
                        f"{r['cheapest_competitor'] or '-'} | {vs(r['input_vs_competitor'])} / "

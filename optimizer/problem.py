@@ -9,6 +9,7 @@ request shape and SLO (:func:`serving_table`).
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,12 +24,14 @@ from optimizer import catalog
 from optimizer.errors import ConfigError
 from optimizer.decision import request_prices
 from optimizer.deployments import candidate_layouts
+from optimizer.economics import block_share
 from optimizer.profiles import segment_profiles
 from optimizer.params import (EfficiencyTable, Layout, build_deployment, build_mtp, efficiency_at, efficiency_table,
                               gpu_rent, peak_tflops, stack_trees)
 from optimizer.schema import PRECISION_KEYS, RunConfig
 from optimizer.runtime import require_float64
 from optimizer.validate import validate
+from optimizer.windows import describe, window_share
 
 NO_CAP = 1e30
 """Stand-in for an absent cap (kept finite so gradients and JSON stay clean)."""
@@ -54,6 +57,7 @@ class Problem(NamedTuple):
     is_batch: jnp.ndarray  # (S,) bool
     peak_to_mean: jnp.ndarray  # (S,)
     profile: jnp.ndarray  # (S, T) load / mean of each segment in each period of the cycle (mean 1)
+    window: jnp.ndarray  # (S, T) share of each period's load a segment block sends (1 unless the segment is split by the clock)
     on_demand_ratio: jnp.ndarray  # (G,) on-demand / reserved rent (≥ 1; NO_ON_DEMAND where none)
     idle_ratio: jnp.ndarray  # (G,) value of an idle reserved GPU-hour / reserved rent (in [0, 1))
     served_latency_ms: jnp.ndarray  # (S,) TPOT the segment is served at (its SLO, or its reference)
@@ -112,6 +116,8 @@ class Labels:
     tier_terms: tuple[tuple[str, float, float, bool], ...] = ()  # (T,) (tier, tpot ms, ttft ms, deferrable)
 
     time_varying: bool = False  # some segment's load varies over the periods (an hourly profile)
+    segment_parent: tuple[str, ...] = ()  # (S,) configured segment of each block (= segments unless split by the clock)
+    segment_hours: tuple[str, ...] = ()  # (S,) hours of the day of each block ("" = all day)
 
     @property
     def has_shared_products(self) -> bool:
@@ -210,7 +216,8 @@ class Numbers(NamedTuple):
     ttft_ms: jnp.ndarray  # (S,) inf = no SLO
     ref_tpot_ms: jnp.ndarray  # (S,)
     peak_to_mean: jnp.ndarray  # (S,)
-    profile: jnp.ndarray  # (S, T) load / mean per period
+    profile: jnp.ndarray  # (S, T) load / mean per period (of the configured segment a block belongs to)
+    window: jnp.ndarray  # (S, T) share of each period's load in the block (1: the whole segment, all day)
     min_quality: jnp.ndarray  # (S,) 0 = none
     nest_parameter: jnp.ndarray  # (S,)
     competitor_share: jnp.ndarray  # (S, C) 0 where the segment does not consider the competitor
@@ -399,6 +406,94 @@ def _products(cfg: RunConfig, seg_names, segs, offers) -> Products:
     return Products(keys, model, tier, contract, configs, buys, segment_tier)
 
 
+class Blocks(NamedTuple):
+    """The segments as the model sees them: each configured segment, or, where it buys a product
+    that has an off-peak sheet, its two blocks of the day (host-side, from the config)."""
+
+    names: tuple  # (S,) "<segment>", or "<segment>@peak" / "<segment>@off-peak"
+    parents: tuple  # (S,) the configured segment of each block
+    configs: list  # (S,) SegmentConfig (an off-peak block buys the off-peak products)
+    window: np.ndarray  # (S, T) share of each period's load in the block
+    hours: tuple  # (S,) the block's hours of the day ("" = all day)
+
+
+def _off_peak_products(cfg: RunConfig) -> dict[str, str]:
+    """{all-day product: its off-peak product}; raise on an inconsistent off-peak product."""
+    d = cfg.demand
+    variants: dict[str, str] = {}
+    for key, pc in d.products.items():
+        where = f"demand.products.{key}"
+        if pc.off_peak_of is None:
+            if pc.hours:
+                raise ConfigError(f"{where}.hours = {list(pc.hours)} needs {where}.off_peak_of: the all-day product "
+                                  f"whose sheet this one replaces in those hours")
+            continue
+        base = d.products.get(pc.off_peak_of)
+        if base is None:
+            raise ConfigError(f"{where}.off_peak_of = '{pc.off_peak_of}' is not in demand.products "
+                              f"(available: {', '.join(k for k in d.products if k != key)})")
+        if base.off_peak_of is not None:
+            raise ConfigError(f"{where}.off_peak_of = '{pc.off_peak_of}' is itself an off-peak product; accepted "
+                              f"an all-day product (one without off_peak_of)")
+        if catalog.canonical_model(pc.model, where=f"{where}.model") != catalog.canonical_model(base.model,
+                                                                                                where=f"{where}.model"):
+            raise ConfigError(f"{where}.model = '{pc.model}' differs from the model of '{pc.off_peak_of}' "
+                              f"('{base.model}'); an off-peak product sells the same model")
+        if pc.tier != base.tier:
+            raise ConfigError(f"{where}.tier = '{pc.tier}' differs from the tier of '{pc.off_peak_of}' "
+                              f"('{base.tier}'); an off-peak product has its all-day product's service terms")
+        if pc.tier in d.tiers and d.tiers[pc.tier].deferrable:
+            raise ConfigError(f"{where}.tier = '{pc.tier}' is deferrable (served whenever there is room), so it has "
+                              f"no clock; accepted an off-peak product of a tier with a latency SLO")
+        if pc.off_peak_of in variants:
+            raise ConfigError(f"{where} and demand.products.{variants[pc.off_peak_of]} are both off-peak products "
+                              f"of '{pc.off_peak_of}'; keep one (it may have several windows in hours)")
+        variants[pc.off_peak_of] = key
+        for name, seg in d.segments.items():
+            if key in seg.products:
+                raise ConfigError(f"demand.segments.{name}.products names the off-peak product '{key}'; a segment "
+                                  f"buys it through its all-day product '{pc.off_peak_of}' (list that one)")
+    return variants
+
+
+def _blocks(cfg: RunConfig, seg_names: tuple, segs: list, profiles: np.ndarray) -> Blocks:
+    """Split each segment that buys an all-day product with an off-peak product into its peak and
+    off-peak blocks: the same customers, independent demand in each block (ASSUMPTION: nobody moves
+    a request to the other block's hours), calibrated to the block's share of the reference volume."""
+    d, tc = cfg.demand, cfg.time
+    variants = _off_peak_products(cfg)
+    names, parents, configs, window, hours = [], [], [], [], []
+    whole_day = np.ones(tc.periods)
+    for name, seg, prof in zip(seg_names, segs, profiles):
+        timed = {p: variants[p] for p in seg.products if p in variants}
+        if not timed:
+            names.append(name), parents.append(name), configs.append(seg), window.append(whole_day), hours.append("")
+            continue
+        where = f"demand.segments.{name}"
+        if seg.offers:
+            raise ConfigError(f"{where} has offers (contracts) and buys '{next(iter(timed))}', which has an off-peak "
+                              f"product; a contract has one price all day: give the segment products only, or "
+                              f"drop the off-peak product")
+        spans = {tuple(sorted(d.products[v].hours)) for v in timed.values()}
+        if len(spans) > 1:
+            raise ConfigError(f"{where} buys off-peak products with different hours "
+                              f"({'; '.join(f'{v}: {list(d.products[v].hours)}' for v in timed.values())}); "
+                              f"accepted off-peak products of one segment sharing their hours")
+        v = next(iter(timed.values()))
+        share = window_share(list(d.products[v].hours), tc.periods, tc.hours_per_period, f"demand.products.{v}.hours")
+        load = float(np.mean(prof * share))
+        if not 1e-9 < load < 1.0 - 1e-9 or not share.max() > 0 or not share.min() < 1:
+            raise ConfigError(f"demand.products.{v}.hours = {list(d.products[v].hours)} leaves segment '{name}' "
+                              f"{'no' if load <= 1e-9 else 'all its'} load in those hours (its profile "
+                              f"'{seg.profile}'); accepted hours covering part of its day")
+        text = describe(list(d.products[v].hours))
+        off = dataclasses.replace(seg, products={timed.get(p, p): x for p, x in seg.products.items()})
+        for block, cfg_b, w, h in (("peak", seg, 1.0 - share, f"outside {text}"), ("off-peak", off, share, text)):
+            names.append(f"{name}@{block}"), parents.append(name), configs.append(cfg_b), window.append(w)
+            hours.append(h)
+    return Blocks(tuple(names), tuple(parents), configs, np.stack(window), tuple(hours))
+
+
 def _product_prices(pc, default_lo: float, default_hi: float) -> tuple[float, float, float, float, float]:
     """(input, cached, output, floor ratio, ceiling ratio) of a product or a contract (cached: see Numbers)."""
     if isinstance(pc, tuple):
@@ -420,8 +515,12 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
     validate(cfg)  # every field against its accepted values (a no-op for configs from to_schema)
     d, fl = cfg.demand, cfg.fleet
     _validate_fleet(fl)
-    seg_names = tuple(d.segments)
-    segs = [d.segments[n] for n in seg_names]
+    periods = cfg.time.periods
+    profiles = segment_profiles([d.segments[n].profile for n in d.segments], list(d.segments), periods,
+                                periods * cfg.time.hours_per_period)
+    blocks = _blocks(cfg, tuple(d.segments), [d.segments[n] for n in d.segments], profiles)
+    seg_names, segs = blocks.names, blocks.configs
+    profiles = profiles[[list(d.segments).index(p) for p in blocks.parents]]
     offers = [_canonical_offers(n, s) for n, s in zip(seg_names, segs)]  # old (dotted) model keys -> catalog keys
     prods = _products(cfg, seg_names, segs, offers)
     models = tuple(dict.fromkeys(m for b in prods.buys for m in b))
@@ -518,8 +617,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         tpot_ms=f64([opt(s.tpot_ms, inf) for s in segs]), ttft_ms=f64([opt(s.ttft_ms, inf) for s in segs]),
         ref_tpot_ms=f64([opt(s.ref_tpot_ms, opt(s.tpot_ms, 0.0)) for s in segs]),
         peak_to_mean=f64([s.peak_to_mean for s in segs]),
-        profile=f64(segment_profiles([s.profile for s in segs], list(seg_names), cfg.time.periods,
-                                     cfg.time.periods * cfg.time.hours_per_period)),
+        profile=f64(profiles), window=f64(blocks.window),
         min_quality=f64([opt(s.min_quality, 0.0) for s in segs]),
         nest_parameter=f64([s.nest_parameter for s in segs]), competitor_share=f64(comp_share),
         product_input=f64(sheets[:, 0]), product_cached=f64(sheets[:, 1]), product_output=f64(sheets[:, 2]),
@@ -547,7 +645,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         layer_overhead_us=f64(eff.layer_overhead_us), moe_layer_overhead_us=f64(eff.moe_layer_overhead_us),
         collective_latency_us=f64(eff.collective_latency_us),
         ep_imbalance=f64(eff.ep_imbalance))
-    labels = Labels(time_varying=bool(np.ptp(numbers.profile, axis=-1).max(initial=0.0) > 1e-12),
+    labels = Labels(time_varying=bool(np.ptp(profiles * blocks.window, axis=-1).max(initial=0.0) > 1e-12),
+                    segment_parent=blocks.parents, segment_hours=blocks.hours,
                     segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(prods.segment_tier), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,
@@ -678,7 +777,7 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
                                    n.competitor_output * n.competitor_output_ratio], 0)
     share = n.volume_share * offer
     share = share / jnp.maximum(share.sum(-1, keepdims=True), 1e-30)
-    ref_requests = n.volume / n.isl
+    ref_requests = n.volume * block_share(n.profile, n.peak_to_mean, n.window) / n.isl
     market, beta, alpha, comp_alpha = calibrate_logit(jnp.where(offer > 0, ref_price, 1.0), share, offer, ref_requests,
                                                       n.ref_market_share, n.elasticity, n.competitor_share,
                                                       n.nest_parameter)
@@ -695,7 +794,7 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
         demand=dp, quality=n.quality, mix_mask=mix_mask, route_mask=route, gpu_s_per_request=gpu_s_t,
         batch_at_slo=batch_t, tpot_ms=tpot_t, deployment=choice_t, prefill_share=prefill_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
         tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean,
-        profile=n.profile, on_demand_ratio=on_demand_ratio(n), idle_ratio=idle_ratio(n), served_latency_ms=served_lat,
+        profile=n.profile, window=n.window, on_demand_ratio=on_demand_ratio(n), idle_ratio=idle_ratio(n), served_latency_ms=served_lat,
         gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
         min_quality=n.min_quality, log_mu_lo=jnp.log(n.product_floor), log_mu_hi=jnp.log(n.product_ceiling),
         log_band=jnp.log(jnp.maximum(n.product_band, 1.0 + 1e-9)),
@@ -762,7 +861,7 @@ def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None
     route = np.asarray(prob.route_mask)
     offer = np.asarray(prob.demand.offer_mask)
     for si, s in enumerate(labels.segments):
-        seg = cfg.demand.segments[s]
+        seg = cfg.demand.segments[labels.segment_parent[si] if labels.segment_parent else s]
         for ji, m in enumerate(labels.models):
             if offer[si, ji] > 0 and not route[si, ji].any():
                 raise ConfigError(

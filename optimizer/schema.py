@@ -362,6 +362,13 @@ class ProductConfig:
     # (Together Llama 3.3 70B) to 8x (OpenAI gpt-5) in api_prices.csv
     price_ratio_band: float = accepts(2.0, ge=1.0)
     price_source: str = MISSING  # where the reference prices come from, with date
+    # an off-peak (time-of-day) product: the all-day product it replaces in its hours. Every segment
+    # buying that product pays this one's sheet for the load it sends in these hours (same model and
+    # tier); its hours' demand responds to this sheet, the rest of the day's to the all-day one
+    off_peak_of: Optional[str] = None
+    # hours of the day this sheet is valid, "HH:MM-HH:MM" windows on the clock of the load profiles
+    # (an end at or before the start wraps past midnight, e.g. "16:30-00:30"); repeats every day
+    hours: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -14,7 +14,7 @@ LAYERS = {  # module (or package prefix) -> layer; a module may import only its 
     "kernels": 0,
     "optimizer.errors": 1, "optimizer.schema": 1, "optimizer.validate": 1, "optimizer.catalog": 1,
     "optimizer.runtime": 1, "optimizer.io": 1, "optimizer.aot": 1, "optimizer.jax_cache": 1, "optimizer.progress": 1,
-    "optimizer.profiles": 1,
+    "optimizer.profiles": 1, "optimizer.windows": 1,
     "optimizer.params": 2, "optimizer.deployments": 2, "optimizer.economics": 2, "optimizer.decision": 2,
     "optimizer.problem": 3, "optimizer.constraints": 3, "optimizer.objective": 3, "optimizer.cases": 3,
     "optimizer.estimate": 3, "optimizer.calibration": 3,

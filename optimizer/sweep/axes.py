@@ -55,7 +55,8 @@ PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<seg
 
 
 class Target(NamedTuple):
-    """Where an axis writes: a Numbers field and an index into it (() for scalars)."""
+    """Where an axis writes: a Numbers field and an index into it (() for scalars; a tuple of
+    segment indices in first place for every block of a segment split by the clock)."""
 
     field: str
     index: tuple
@@ -91,23 +92,27 @@ def resolve_path(path: str, labels: Labels) -> Target:
         return options.index(name), remainder
 
     if path.startswith("demand.segments."):
-        s, rest = take(path[len("demand.segments."):], list(labels.segments), "segment")
+        parents = list(labels.segment_parent or labels.segments)
+        name_i, rest = take(path[len("demand.segments."):], list(dict.fromkeys(parents)), "segment")
+        name = list(dict.fromkeys(parents))[name_i]
+        blocks = tuple(i for i, p in enumerate(parents) if p == name)  # a segment split by the clock: every block
+        s = blocks[0] if len(blocks) == 1 else blocks
         if rest in SEGMENT_FIELDS:
             return Target(SEGMENT_FIELDS[rest], (s,))
         if rest.startswith("offers."):
             j, field = take(_canonical_model_prefix(rest[len("offers."):], f"sweep axis path '{path}'"),
                             list(labels.models), "model")
-            r = labels.flow_product[s][j]
-            if r < 0 or labels.product_contract[r] != s:
-                fail(f"names model '{labels.models[j]}', which segment '{labels.segments[s]}' has no offer of")
+            r = labels.flow_product[blocks[0]][j]
+            if len(blocks) > 1 or r < 0 or labels.product_contract[r] != blocks[0]:
+                fail(f"names model '{labels.models[j]}', which segment '{name}' has no offer of")
             if field not in OFFER_FIELDS:
                 fail(f"is not a numeric offer field ('{field}'; numeric: {', '.join(OFFER_FIELDS)})")
             return Target(OFFER_FIELDS[field], (s, j) if field == "volume_share" else (r,))
         if rest.startswith("products."):
             r, extra = take(rest[len("products."):], list(labels.products), "product")
             j = labels.product_model[r]
-            if extra or labels.flow_product[s][j] != r:
-                fail(f"names product '{labels.products[r]}', which segment '{labels.segments[s]}' does not buy")
+            if extra or all(labels.flow_product[b][j] != r for b in blocks):
+                fail(f"names product '{labels.products[r]}', which segment '{name}' does not buy")
             return Target("volume_share", (s, j))
         if rest.startswith("competitors."):
             c, extra = take(rest[len("competitors."):], list(labels.competitors), "competitor")
@@ -289,9 +294,10 @@ def activated(labels: Labels, targets: list[Target]) -> Labels:
         flag = ACTIVATES.get(t.field)
         if flag is None:
             continue
-        if t.index:  # per-GPU or per-segment flags
+        if t.index:  # per-GPU or per-segment flags (every block of a segment split by the clock)
             v = list(getattr(labels, flag))
-            v[t.index[0]] = True
+            for i in np.atleast_1d(t.index[0]):
+                v[int(i)] = True
             labels = dataclasses.replace(labels, **{flag: tuple(v)})
         else:
             labels = dataclasses.replace(labels, **{flag: True})
