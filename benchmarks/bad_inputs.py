@@ -85,6 +85,12 @@ def cases(d: Path) -> list[dict]:
         ("demand.segments.consumer_chat.price_floor_ratio=3 demand.segments.consumer_chat.price_ceiling_ratio=2",
          "price_floor_ratio"),
         (f"hydra.run.dir={d / 'afile' / 'run'}", "cannot be used"),
+        ("experiment=china-140t demand.products.deepseek-v3-off-peak.hours=[25:00-01:00]",
+         "demand.products.deepseek-v3-off-peak.hours"),
+        ("experiment=china-140t demand.products.deepseek-v3-off-peak.off_peak_of=deepseek-v3-batch",
+         "demand.products.deepseek-v3-off-peak.tier"),
+        ("experiment=china-140t demand.products.deepseek-v3-off-peak.hours=[00:00-24:00]",
+         "demand.products.deepseek-v3-off-peak.hours"),
     ]
     (d / "afile").write_text("")
     est = [
