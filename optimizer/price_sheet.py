@@ -37,11 +37,10 @@ def _terms(labels: Labels, tier: str) -> tuple[str, float | None, float | None, 
     return "", None, None, False
 
 
-def product_hours(labels: Labels, buying: list[int]) -> str:
-    """When a product's sheet is valid: "all day", or the hours of the blocks of the day buying it
-    (an off-peak sheet's windows; "outside ..." for the all-day product it replaces there)."""
-    hours = sorted({labels.segment_hours[s] for s in buying if labels.segment_hours and labels.segment_hours[s]})
-    return "; ".join(hours) or "all day"
+def product_hours(labels: Labels, r: int) -> str:
+    """When product ``r``'s sheet is valid: "all day", an off-peak sheet's windows, or "outside"
+    them for the all-day product it replaces there."""
+    return (labels.product_hours[r] if labels.product_hours else "") or "all day"
 
 
 def main_buyer(prob: Problem, labels: Labels, r: int) -> int | None:
@@ -88,10 +87,9 @@ def price_sheet_table(prob: Problem, labels: Labels, b) -> pd.DataFrame:
     rows = []
     for r, key in enumerate(labels.products):
         text, tpot, ttft, deferrable = _terms(labels, labels.product_tier[r])
-        buying = [s for s in range(len(labels.segments)) if (flow[s] == r).any()]
-        buyers = [labels.segments[s] for s in buying]
+        buyers = [labels.segments[s] for s in range(len(labels.segments)) if (flow[s] == r).any()]
         row = {"product": key, "model": labels.models[labels.product_model[r]], "tier": labels.product_tier[r],
-               "hours": product_hours(labels, buying), "terms": text, "tpot_ms": tpot, "ttft_ms": ttft,
+               "hours": product_hours(labels, r), "terms": text, "tpot_ms": tpot, "ttft_ms": ttft,
                "deferrable": deferrable,
                "kind": "contract" if labels.product_contract[r] >= 0 else "public",
                "buyers": ", ".join(buyers)}

@@ -105,6 +105,7 @@ class Labels:
     product_tier: tuple[str, ...] = ()  # (R,)
     product_contract: tuple[int, ...] = ()  # (R,) the one segment of a contract, -1 for a shared product
     product_source: tuple[str, ...] = ()  # (R,)
+    product_hours: tuple[str, ...] = ()  # (R,) hours of the day its sheet is valid ("" = all day)
     flow_product: tuple[tuple[int, ...], ...] = ()  # (S, J) product index (-1 where not offered)
     competitors: tuple[str, ...] = ()  # (C,)
     competitor_provider: tuple[str, ...] = ()  # (C,)
@@ -415,6 +416,7 @@ class Blocks(NamedTuple):
     configs: list  # (S,) SegmentConfig (an off-peak block buys the off-peak products)
     window: np.ndarray  # (S, T) share of each period's load in the block
     hours: tuple  # (S,) the block's hours of the day ("" = all day)
+    variants: dict  # {all-day product: its off-peak product}
 
 
 def _off_peak_products(cfg: RunConfig) -> dict[str, str]:
@@ -491,7 +493,22 @@ def _blocks(cfg: RunConfig, seg_names: tuple, segs: list, profiles: np.ndarray) 
         for block, cfg_b, w, h in (("peak", seg, 1.0 - share, f"outside {text}"), ("off-peak", off, share, text)):
             names.append(f"{name}@{block}"), parents.append(name), configs.append(cfg_b), window.append(w)
             hours.append(h)
-    return Blocks(tuple(names), tuple(parents), configs, np.stack(window), tuple(hours))
+    return Blocks(tuple(names), tuple(parents), configs, np.stack(window), tuple(hours), variants)
+
+
+def _product_hours(d, keys: list, variants: dict) -> tuple:
+    """(R,) when each product's sheet is valid: its off-peak hours, "outside" them for the all-day
+    product it replaces there, "" (all day) otherwise."""
+    base_of = {v: b for b, v in variants.items()}
+    out = []
+    for key in keys:
+        if key in base_of:
+            out.append(describe(list(d.products[key].hours)))
+        elif key in variants and variants[key] in keys:
+            out.append(f"outside {describe(list(d.products[variants[key]].hours))}")
+        else:
+            out.append("")
+    return tuple(out)
 
 
 def _product_prices(pc, default_lo: float, default_hi: float) -> tuple[float, float, float, float, float]:
@@ -647,6 +664,7 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         ep_imbalance=f64(eff.ep_imbalance))
     labels = Labels(time_varying=bool(np.ptp(profiles * blocks.window, axis=-1).max(initial=0.0) > 1e-12),
                     segment_parent=blocks.parents, segment_hours=blocks.hours,
+                    product_hours=_product_hours(d, prods.keys, blocks.variants),
                     segments=seg_names, models=models, precisions=tuple(fl.precisions), gpus=tuple(fl.gpus),
                     tiers=tuple(prods.segment_tier), has_gpu_cap=tuple(fl.gpu_caps.get(hw.key) is not None for hw in hws),
                     has_budget=fl.budget_usd_per_day is not None, has_capex_budget=fl.capex_budget_usd is not None,

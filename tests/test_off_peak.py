@@ -60,6 +60,7 @@ def test_a_segment_buying_an_off_peak_sheet_splits_into_two_blocks_of_its_day(tm
     assert labels.segment_parent == ("chat", "chat")
     assert labels.segment_hours == ("outside 20:00-08:00", "20:00-08:00")
     assert [labels.products[r] for r in np.asarray(labels.flow_product)[:, 0]] == ["day", "night"]
+    assert labels.product_hours == ("outside 20:00-08:00", "20:00-08:00")
     prob, _ = build_problem(cfg)
     ref = np.asarray(prob.demand.ref_demand)[:, 0] * 1000.0  # input tokens per day at reference prices
     np.testing.assert_allclose(ref, [0.75e10, 0.25e10], rtol=1e-12)  # 12 h at 1.5 and 12 h at 0.5
