@@ -97,14 +97,18 @@ def test_firm_peak_prices_from_one_segment_with_an_off_peak_sheet(tmp_path):
 
 
 def test_without_a_cost_difference_the_two_sheets_price_alike():
-    """One period: both blocks see the same cost per request, so the off-peak sheet earns its own
-    Lerner price, the same as the all-day sheet's, and the margin equals the unsplit segment's."""
+    """One period: both blocks see the same cost per request, so each sheet earns the Lerner price
+    of constant elasticity e = 2, p = c e/(e − 1), with c the reserved GPU-seconds a request takes
+    at the peak (peak_to_mean 1.5 / ρ_peak 0.8 binds over 1 / ρ_day)."""
     products = {"day": _product(), "night": _product(["16:30-00:30"], of="day")}
-    split = optimize(_config({"chat": _segment(1e10)}, products, 1))
-    whole = optimize(_config({"chat": _segment(1e10)}, {"day": _product()}, 1))
-    sheet = np.asarray(split.relaxed_breakdown.sheet)
+    res = optimize(_config({"chat": _segment(1e10)}, products, 1))
+    prob, b = res.prob, res.relaxed_breakdown
+    assert res.relaxed.result == 0
+    sheet = np.asarray(b.sheet)
     assert sheet[1] == pytest.approx(sheet[0], rel=1e-4)
-    assert float(split.relaxed_breakdown.margin) == pytest.approx(float(whole.relaxed_breakdown.margin), rel=1e-5)
+    cost = float(prob.usd_per_gpu_hour[0]) / 3600 * np.asarray(prob.gpu_s_per_request)[:, 0, 0, 0] * 1.5 / 0.8
+    np.testing.assert_allclose(np.asarray(b.price_per_request)[:, 0], 2.0 * cost, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(prob.demand.ref_demand)[:, 0] * 1000.0, [2e10 / 3, 1e10 / 3], rtol=1e-12)
 
 
 @pytest.mark.parametrize("change,match", [
