@@ -66,6 +66,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(_clean(obj), indent=2, default=_json_default) + "\n")
 
 
+def import_writers() -> None:
+    """Import the libraries pandas loads on its first parquet and Markdown write (pyarrow, tabulate),
+    so a caller can do it in the background while it computes."""
+    import pyarrow.parquet  # noqa: F401
+    import tabulate  # noqa: F401
+
+
 def write_frame(path: str | Path, df: pd.DataFrame) -> Path:
     """Atomically write a DataFrame; the format follows the suffix (.csv, .parquet, .json, .md)."""
     path = Path(path)

@@ -6,6 +6,8 @@ noise reaches an export.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,18 +15,37 @@ import pandas as pd
 
 from kernels.capacity import charge_weights
 
+from optimizer import aot
 from optimizer import economics as econ
 from optimizer.economics import HOURS_PER_DAY
 from optimizer.objective import Breakdown
 from optimizer.problem import PRICE_BOUND_TOL, Labels, Problem
 
 
-# the pool arithmetic of :mod:`optimizer.economics`, compiled (each eager JAX operation would compile
-# on its own in a new process: seconds for the tables of an hourly plan)
-_pool_cost = jax.jit(econ.cycle_fleet_cost_per_pool)
-_period_needs = jax.jit(econ.period_needs)
-_period_weights = jax.jit(econ.period_weights)
-_pool_ratios = jax.jit(econ.pool_ratios)
+class TableArrays(NamedTuple):
+    """The pool arithmetic every table of a plan needs (host-side NumPy, float64)."""
+
+    peak_f: np.ndarray  # (S, T) peak load per unit of mean load (econ.period_weights)
+    daily_need: np.ndarray  # (G, J, K, T) GPUs each period's mean load needs (batch water-filled)
+    kappa: np.ndarray  # (G, 1, 1) on-demand / reserved rent
+    nu: np.ndarray  # (G, 1, 1) idle value / reserved rent
+    share: np.ndarray  # (S, J, K, G, T) each flow's share of its pool's GPUs per period
+    weight: np.ndarray  # (G, J, K, T) the pools' charge weights (subgradient of the load-duration cost)
+    pool_cost: np.ndarray  # (G, J, K) USD/day
+
+
+_LAST: list = []  # [(prob, breakdown, TableArrays)] of the latest plan: its tables share one call
+
+
+def table_arrays(prob: Problem, b: Breakdown) -> TableArrays:
+    """:class:`TableArrays` of plan ``b``: one compiled program (stored by :mod:`optimizer.aot`, so
+    a new process neither traces nor compiles it; eager JAX operations would each compile)."""
+    if _LAST and _LAST[0][0] is prob and _LAST[0][1] is b:
+        return _LAST[0][2]
+    args = (prob, jnp.asarray(b.work), jnp.asarray(b.period_gpus), jnp.asarray(b.reserved))
+    out = TableArrays(*(np.asarray(x, float) for x in aot.exported("plan_tables", _table_arrays, args)(*args)))
+    _LAST[:] = [(prob, b, out)]
+    return out
 
 
 def _r(x, nd=4):
@@ -54,7 +75,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     pre = np.asarray(prob.prefill_share, float)
     per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(_pool_cost(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
+    pool_cost = table_arrays(prob, b).pool_cost
     hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
     on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
     od_rate = price * np.asarray(prob.on_demand_ratio, float)
@@ -96,10 +117,10 @@ def fleet_hourly_table(prob: Problem, labels: Labels, b: Breakdown, hours_per_pe
     per_period = np.asarray(b.period_gpus, float)
     T = per_period.shape[-1]
     reserved = np.asarray(b.reserved, float)
-    _, daily_need = _period_needs(jnp.asarray(b.work), prob)
-    busy = np.asarray(daily_need, float) * float(prob.daily_utilization)
+    arrays = table_arrays(prob, b)
+    busy = arrays.daily_need * float(prob.daily_utilization)
     rent_day = np.asarray(econ.usd_per_gpu_day(prob, np), float)
-    kappa, nu = (np.asarray(x, float) for x in _pool_ratios(prob))
+    kappa, nu = arrays.kappa, arrays.nu
     d = per_period - reserved[..., None]
     cost = rent_day[:, None, None, None] / T * (reserved[..., None] + np.maximum(kappa[..., None] * d, nu[..., None] * d))
     rows = []
@@ -125,7 +146,7 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     peak and mean GPUs run, on-demand GPU-hours per day and the cost per day."""
     per_period = np.asarray(b.period_gpus, float)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = np.asarray(_pool_cost(jnp.asarray(per_period), prob, jnp.asarray(b.reserved)), float)
+    pool_cost = table_arrays(prob, b).pool_cost
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
     rows = []
@@ -155,7 +176,7 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
     alloc_cost, alloc_gpus = flow_allocation(prob, b)  # (S, J, K, G) USD/day, peak GPUs attributed
-    peak_f = np.asarray(_period_weights(prob)[0], float)  # (S, T)
+    peak_f = table_arrays(prob, b).peak_f  # (S, T)
     mu = np.asarray(b.price_multiplier, float)
     reqs = np.asarray(b.requests_per_day, float)
     rev = np.asarray(b.revenue, float)
@@ -207,10 +228,8 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
 
 
 @jax.jit
-def _allocation_arrays(prob: Problem, work, period_gpus, reserved):
-    """Traced core of :func:`flow_allocation` (one compiled program; eager JAX operations would each
-    compile on a first run): ``(share, weight, pool_cost)`` — each flow's share of each pool's GPUs
-    per period (S, J, K, G, T), the pools' charge weights (G, J, K, T) and USD/day (G, J, K)."""
+def _table_arrays(prob: Problem, work, period_gpus, reserved):
+    """Traced core of :func:`table_arrays` (the fields of :class:`TableArrays`, in order)."""
     peak_f, mean_f = econ.period_weights(prob)
     peak_need, daily_need = econ.period_needs(work, prob)
     is_batch = jnp.asarray(prob.is_batch)
@@ -228,7 +247,7 @@ def _allocation_arrays(prob: Problem, work, period_gpus, reserved):
     kappa, nu = econ.pool_ratios(prob)
     weight = charge_weights(period_gpus, kappa, nu)
     pool_cost = econ.cycle_fleet_cost_per_pool(period_gpus, prob, reserved)
-    return share, weight, pool_cost
+    return peak_f, daily_need, kappa, nu, share, weight, pool_cost
 
 
 def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
@@ -238,8 +257,8 @@ def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray
     Each flow's share of a pool's GPUs in a period is its share of the binding load there (peak or
     daily, the batch by where it was placed); a period carries the pool's cost in proportion to
     its charge weight × GPUs (the subgradient of the load-duration cost)."""
-    share, weight, pool_cost = (np.asarray(x, float) for x in _allocation_arrays(
-        prob, jnp.asarray(b.work), jnp.asarray(b.period_gpus), jnp.asarray(b.reserved)))
+    arrays = table_arrays(prob, b)
+    share, weight, pool_cost = arrays.share, arrays.weight, arrays.pool_cost
     need = np.asarray(b.period_gpus, float)
     value = weight * need  # reserved GPU-days per day carried by each period
     total = value.sum(-1, keepdims=True)

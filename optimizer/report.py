@@ -110,10 +110,15 @@ def competitor_marks(prob, labels, price: np.ndarray, r: int) -> list[tuple[str,
 
 
 def prepare(prob, labels) -> None:
-    """Compile the plots' program ahead (``optimize(also_compile=...)``)."""
+    """Compile the plots' program and import matplotlib ahead, in the background while the solve
+    runs (``optimize(also_compile=...)``; XLA releases the GIL, so the import costs no wall time)."""
+    import matplotlib
+
     from optimizer.decision import reference_decision
 
     price_response_program(prob, reference_decision(prob))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def _solver_line(stage: dict, summary: dict) -> str:

@@ -126,7 +126,12 @@ def run(cfg, outdir: Path) -> dict:
     show = progress_mod.enabled(c.output.progress)
     from optimizer import report
 
-    res = optimize(c, show_bar=show, also_compile=report.prepare if c.output.plots else None)
+    def prepare(prob, labels) -> None:  # in the background, while the relaxed solve runs
+        io.import_writers()
+        if c.output.plots:
+            report.prepare(prob, labels)
+
+    res = optimize(c, show_bar=show, also_compile=prepare)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
     hourly = fleet_hourly_table(res.prob, res.labels, res.final_breakdown, c.time.hours_per_period)
