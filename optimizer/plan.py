@@ -37,12 +37,24 @@ class TableArrays(NamedTuple):
 _LAST: list = []  # [(prob, breakdown, TableArrays)] of the latest plan: its tables share one call
 
 
+def _table_args(prob: Problem, work, period_gpus, reserved) -> tuple:
+    return prob, jnp.asarray(work), jnp.asarray(period_gpus), jnp.asarray(reserved)
+
+
+def prepare_tables(prob: Problem) -> None:
+    """Compile (or load) the tables' program ahead, e.g. in the background while the solve runs."""
+    G, J, K = np.shape(prob.tp)
+    S, T = np.shape(prob.window)
+    args = _table_args(prob, np.zeros((S, J, K, G)), np.zeros((G, J, K, T)), np.zeros((G, J, K)))
+    aot.exported("plan_tables", _table_arrays, args)
+
+
 def table_arrays(prob: Problem, b: Breakdown) -> TableArrays:
     """:class:`TableArrays` of plan ``b``: one compiled program (stored by :mod:`optimizer.aot`, so
     a new process neither traces nor compiles it; eager JAX operations would each compile)."""
     if _LAST and _LAST[0][0] is prob and _LAST[0][1] is b:
         return _LAST[0][2]
-    args = (prob, jnp.asarray(b.work), jnp.asarray(b.period_gpus), jnp.asarray(b.reserved))
+    args = _table_args(prob, b.work, b.period_gpus, b.reserved)
     out = TableArrays(*(np.asarray(x, float) for x in aot.exported("plan_tables", _table_arrays, args)(*args)))
     _LAST[:] = [(prob, b, out)]
     return out

@@ -15,7 +15,8 @@ from optimizer import progress as progress_mod
 from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
 from optimizer.errors import SolverFailure
-from optimizer.plan import fleet_hourly_table, fleet_table, plan_table, reserved_commitment, segment_summary
+from optimizer.plan import (fleet_hourly_table, fleet_table, plan_table, prepare_tables, reserved_commitment,
+                            segment_summary)
 from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
 from optimizer.report import console_summary, markdown_report, plots
 from optimizer.schema import RunConfig
@@ -128,6 +129,7 @@ def run(cfg, outdir: Path) -> dict:
 
     def prepare(prob, labels) -> None:  # in the background, while the relaxed solve runs
         io.import_writers()
+        prepare_tables(prob)
         if c.output.plots:
             report.prepare(prob, labels)
 
