@@ -13,9 +13,9 @@ default scenario:
   are what the code controls.
 
 Goals (issue 11): cold ≤ 8 s and warm ≤ 4 s on the 2-core CI machine, margin unchanged within 0.01 %
-of ``--reference-margin`` (the margin before the solver refactor).
+of ``--reference-margin`` (the margin before the change measured).
 
-Usage: ``python benchmarks/single_run.py [--repeats 3] [--reference-margin 48199]``; writes
+Usage: ``python benchmarks/single_run.py [--repeats 3] [--reference-margin 51041.27]``; writes
 ``benchmarks/results/single_run.{md,json}``.
 """
 
@@ -39,9 +39,10 @@ from optimizer import io  # noqa: E402
 OUT = ROOT / "benchmarks" / "results"
 
 
-def command() -> list[str]:
+def command(code: Path | None = None) -> list[str]:
+    """The default run: the installed console script, or the package of another checkout ``code``."""
     exe = ROOT / ".venv" / "bin" / "tokenmargin"
-    if exe.exists():
+    if exe.exists() and code is None:
         return [str(exe)]
     return [sys.executable, "-c", "from optimizer.cli import main; main()"]
 
@@ -52,14 +53,18 @@ def timed(args: list[str], env: dict, cwd: Path) -> tuple[float, subprocess.Comp
     return time.perf_counter() - t, r
 
 
-def one_round(work: Path, k: int) -> dict:
-    """A cold run, a warm run and the import floor, side by side."""
-    cache = work / f"cache-{k}"
+def one_round(work: Path, k: int, code: Path | None = None) -> dict:
+    """A cold run, a warm run and the import floor, side by side (``code``: another checkout's
+    package, imported first through PYTHONPATH, e.g. the commit before a change)."""
+    tag = "before" if code is not None else "after"
+    cache = work / f"cache-{tag}-{k}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": str(cache)}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     row = {}
     for mode in ("cold", "warm"):
-        run_dir = work / f"run-{k}-{mode}"
-        secs, r = timed(command() + [f"hydra.run.dir={run_dir}", "output.progress=false"], env, ROOT)
+        run_dir = work / f"run-{tag}-{k}-{mode}"
+        secs, r = timed(command(code) + [f"hydra.run.dir={run_dir}", "output.progress=false"], env, code or ROOT)
         if r.returncode != 0:
             raise SystemExit(f"{mode} run failed ({r.returncode}):\n{r.stderr[-3000:]}")
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -74,11 +79,25 @@ def one_round(work: Path, k: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--reference-margin", type=float, default=48199.0,
-                    help="margin (USD/day) of the default run before the refactor (commit 83a3615)")
+    ap.add_argument("--reference-margin", type=float, default=51041.27,
+                    help="margin (USD/day) of the default run before the change measured (51,041.27: the hourly "
+                         "default of commit ef16148; 48,199 before the hourly model)")
+    ap.add_argument("--before", default=None,
+                    help="also time this git revision side by side (same machine, same packages), e.g. ef16148")
     args = ap.parse_args()
+    before: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [one_round(Path(tmp), k) for k in range(args.repeats)]
+        rows = []
+        for k in range(args.repeats):  # alternate, so machine noise hits both alike
+            if args.before:
+                tree = Path(tmp) / "before"
+                if not tree.exists():
+                    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.before], cwd=ROOT,
+                                   check=True)
+                before.append(one_round(Path(tmp), k, tree))
+            rows.append(one_round(Path(tmp), k))
+        if args.before:
+            subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / "before")], cwd=ROOT, check=False)
     med = {k: statistics.median(r[k] for r in rows) for k in ("cold_s", "warm_s", "floor_s")}
     margin = rows[0]["warm_margin_usd_per_day"]
     result = {
@@ -91,6 +110,10 @@ def main() -> None:
     }
     result["met"] = {"cold": med["cold_s"] <= 8.0, "warm": med["warm_s"] <= 4.0,
                      "margin": abs(result["margin_change_pct"]) <= 0.01}
+    if before:
+        med_b = {k: statistics.median(r[k] for r in before) for k in ("cold_s", "warm_s", "floor_s")}
+        result["before"] = {"revision": args.before, "rounds": before, "median": med_b,
+                            "after_over_before": {k: round(med[k] / med_b[k], 3) for k in med}}
     io.write_json(OUT / "single_run.json", result)
     lines = ["# Default `tokenmargin` run, wall time from the shell", "",
              f"{args.repeats} rounds on {os.cpu_count()} CPU cores; each round: a cold run (empty JAX cache), a warm "
@@ -103,6 +126,16 @@ def main() -> None:
               f"{result['cold_over_floor']}.", "",
               f"Margin ${margin:,.2f}/day vs ${args.reference_margin:,.2f}/day before: "
               f"{result['margin_change_pct']:+.4f} % (goal within ±0.01 %).", ""]
+    if before:
+        b = result["before"]
+        lines += [f"Side by side with `{args.before}` (its package through PYTHONPATH, same packages; rounds "
+                  "alternate):", "", "| round | before cold s | after cold s | before warm s | after warm s |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {x['cold_s']:.2f} | {y['cold_s']:.2f} | {x['warm_s']:.2f} | {y['warm_s']:.2f} |"
+                  for k, (x, y) in enumerate(zip(before, rows))]
+        r = b["after_over_before"]
+        lines += ["", f"Median before: cold {b['median']['cold_s']:.2f} s, warm {b['median']['warm_s']:.2f} s; "
+                  f"after / before: cold {r['cold_s']}, warm {r['warm_s']}.", ""]
     io.write_text(OUT / "single_run.md", "\n".join(lines))
     print("\n".join(lines))
 
