@@ -115,7 +115,7 @@ def cases(d: Path) -> list[dict]:
          and s["totals"]["gpu_cost_usd_per_day"] <= 30000 * (1 + 1e-4)),
         ("fleet.gpus=[h100-sxm,b200] fleet.price_usd_per_gpu_hour.b200=0",
          lambda s: s["recommended"]),
-        ("demand.segments.consumer_chat.offers.llama-3p3-70b.input_usd_per_mtok=0.5",
+        ("demand.products.llama-70b.input_usd_per_mtok=0.5",  # a product's list price (segments buy products)
          lambda s: s["recommended"]),
     ]
     good_est = [
