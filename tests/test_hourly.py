@@ -209,3 +209,20 @@ def test_hourly_dual_certifies_a_daily_cycle_with_batch():
     assert margin == pytest.approx(float(al.relaxed.margin), rel=5e-3)
     need = np.asarray(dual.relaxed_breakdown.period_gpus).sum((0, 1, 2))
     assert need.max() > 1.2 * need.min()  # a cycle remains: the batch fills a valley and the peaks' room
+
+
+def test_a_binding_gpu_cap_over_the_day_prices_the_peak():
+    """A cap counts a pool's GPUs at its peak, so over 24 periods the dual charges its price on the
+    pool's peak periods (not on the rent's weights, which spread it over the day): the capped
+    price is D⁻¹(K) at the peak, D(p) = cap · ρ_peak · 86400 / (peak_to_mean · GPU-s per request)."""
+    eps = 2.0
+    segs = {"chat": segment(elasticity=eps, peak_to_mean=1.5, profile="burstgpt-1-azure-openai-gpt")}
+    free = optimize(run_config(segs, periods=24, method="dual"))
+    cap = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    res = optimize(run_config(segs, periods=24, method="dual", gpu_caps={"h100-sxm": cap}))
+    assert res.relaxed.result == 0  # converged (with the cap priced on the rent's weights: the step limit)
+    b, prob = res.relaxed_breakdown, res.prob
+    assert float(np.asarray(b.gpus).sum()) == pytest.approx(cap, rel=2e-3)
+    d_cap = cap * float(prob.peak_utilization) * 86400 / (1.5 * float(prob.gpu_s_per_request[0, 0, 0, 0]))
+    p_ref, d_ref = float(prob.demand.ref_price[0, 0]), float(prob.demand.ref_demand[0, 0])
+    assert float(b.price_per_request[0, 0]) == pytest.approx(p_ref * (d_cap / d_ref) ** (-1 / eps), rel=3e-3)

@@ -33,13 +33,14 @@ def auglag_of(settings) -> AugLag:
 
 
 def dual_of(settings, steps: int | None = None, temperature: float | None = None, shared: bool = False,
-            warm: bool = False) -> Dual:
+            warm: bool = False, caps: bool = False) -> Dual:
     """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``, ``temperature``: e.g. a
     sweep's scenarios; ``shared``: some product's sheet is paid by several segments; ``warm``: it
-    starts from a neighbouring scenario's charges)."""
+    starts from a neighbouring scenario's charges; ``caps``: a GPU cap is active)."""
     return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap,
                 temperature=settings.dual_temperature if temperature is None else temperature,
-                sheet_steps=SHEET_STEPS if shared else 0, charge_offset=WARM_CHARGE_OFFSET if warm else 0.0)
+                sheet_steps=SHEET_STEPS if shared else 0, charge_offset=WARM_CHARGE_OFFSET if warm else 0.0,
+                cap_weights=caps)
 
 
 def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
@@ -59,7 +60,8 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
                           "use solver.method=auto or auglag")
     if method == "auglag" or (method == "auto" and floors):
         return auglag_of(settings)
-    return dual_of(settings, dual_steps, dual_temperature, shared, warm=dual_steps is not None)
+    caps = bool(np.asarray(active)[:n_gpus].sum() > 0)  # a GPU cap: its price gets its own period weights
+    return dual_of(settings, dual_steps, dual_temperature, shared, warm=dual_steps is not None, caps=caps)
 
 
 def choose_fleet_solver(active, n_gpus: int, settings, shared: bool = False) -> AugLag | FleetDual:

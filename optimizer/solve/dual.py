@@ -66,6 +66,9 @@ SHEET_GAIN_TOL = 1e-4
 """Relative profit the last Newton step on shared sheets may have promised for a converged plan (the
 step then leaves about its square: Newton converges quadratically near a maximum)."""
 WEIGHT_WIDTH = 0.01
+NO_IDLE_BOUND = 1e6
+"""On-demand ratio standing for "no upper bound on a period's weight": the caps' period weights are a
+smoothed argmax of each pool's needs (:func:`kernels.capacity.smooth_charge_weights` with κ → ∞)."""
 """Band of needs (a share of each pool's peak need) over which the period weights are smoothed."""
 FILLED_TOL = 1e-9
 """Relative tolerance of "the batch filled this period's free room" (:func:`charge_target`)."""
@@ -158,7 +161,8 @@ class Primal(NamedTuple):
 
 
 def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
-           sheet_steps: int = 0, sheet_init: jnp.ndarray | None = None, sheet_iters=None) -> Primal:
+           sheet_steps: int = 0, sheet_init: jnp.ndarray | None = None, sheet_iters=None,
+           cap_charges: Charges | None = None, cap_rate: jnp.ndarray | None = None) -> Primal:
     """Optimal prices, mix and routing when pool ``(g, j, k)`` charges ``charges`` (rent-days per GPU
     of need, per period) on the GPUs its peak and its mean load need.
 
@@ -170,11 +174,15 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
       sheet_steps: static; Newton steps on shared price sheets (0: every product is a contract, whose
         sheet reproduces the per-segment optimum exactly). ``sheet_iters`` (possibly traced)
         overrides the count; ``sheet_init`` (R, 3) warm-starts the sheets.
+      cap_charges, cap_rate: the GPU caps' prices (G,) USD per GPU-hour, charged on their own
+        period weights (a cap binds at each pool's peak, not over the day like the rent).
     """
     d = prob.demand
     share = charge_share(charges, prob)
     rate = prob.usd_per_gpu_hour if rate is None else rate
     cost = econ.usd_per_gpu_second(rate) * prob.gpu_s_per_request * share  # (S, J, K, G) USD/request
+    if cap_charges is not None:
+        cost = cost + econ.usd_per_gpu_second(cap_rate) * prob.gpu_s_per_request * charge_share(cap_charges, prob)
     allowed = prob.route_mask > 0
     q = prob.quality[None, :, :, None] - d.ref_quality[:, :, None, None]  # (S, J, K, 1)
     shift = -(d.latency_sens * (prob.served_latency_ms - d.ref_latency_ms))  # (S,)
@@ -438,6 +446,17 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         best_sheet: jnp.ndarray  # (R, 3) the best iterate's sheets
         weight: jnp.ndarray  # (G, J, K, T) the period weights (Frank–Wolfe iterate)
         best_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
+        cap_weight: jnp.ndarray  # (G, J, K, T) the caps' period weights (Frank–Wolfe iterate; periods > 1)
+        best_cap_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
+
+    def rates(lam, split, cap_weight):
+        """(rate, cap charges, cap rate): over several periods a cap's price is charged on its own
+        weights, towards each pool's peak (the subgradient of the GPUs it counts, Σ_p max_t n_pt)."""
+        if periods == 1 or not solver.cap_weights:
+            return charged_rate(lam, prob), None, None
+        G = prob.usd_per_gpu_hour.shape[0]
+        return (charged_rate(lam.at[:G].set(0.0), prob), split_charges(split, cap_weight),
+                prob.usd_per_gpu_hour * lam[:G])
 
     def step(c: Carry, k):
         # k < n: Rprop update; n: last iterate at the final temperature; n+1: best at its temperature
@@ -446,11 +465,13 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         use_best = (k == n + 1) | (k == n + 3)
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         weight = jnp.where(use_best, c.best_weight, c.weight)
+        cap_weight = jnp.where(use_best, c.best_cap_weight, c.cap_weight)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
         iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
-        x = primal(split_charges(split, weight), prob, t, charged_rate(lam, prob), solver.sheet_steps,
-                   jnp.where(use_best, c.best_sheet, c.sheet), iters)
+        rate, cap_charges, cap_rate = rates(lam, split, cap_weight)
+        x = primal(split_charges(split, weight), prob, t, rate, solver.sheet_steps,
+                   jnp.where(use_best, c.best_sheet, c.sheet), iters, cap_charges, cap_rate)
         excess = limit_excess(x, prob, mask)
         feasible = jnp.max(excess) <= solver.tol_feasibility
         better = feasible & (x.margin > c.best_margin)  # every feasible primal point is a plan: keep the best
@@ -460,7 +481,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                               best=jax.tree.map(lambda a, b: jnp.where(better, a, b), (split, lam), c.best),
                               best_t=jnp.where(better, t, c.best_t),
                               best_sheet=jnp.where(better, x.log_mu, c.best_sheet),
-                              best_weight=jnp.where(better, weight, c.best_weight))
+                              best_weight=jnp.where(better, weight, c.best_weight),
+                              best_cap_weight=jnp.where(better, cap_weight, c.best_cap_weight))
 
         def update(c):
             e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
@@ -475,9 +497,15 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
                 moved = peak + daily
                 params = (peak / jnp.maximum(moved, 1e-300), params[1])
+                cap_moved = cap_weight
+                if solver.cap_weights:
+                    need = jnp.maximum(x.peak_need, x.daily_need)  # a pool's GPUs count at its peak
+                    top = need.max(-1, keepdims=True)
+                    at_peak = smooth_charge_weights(need, NO_IDLE_BOUND, 0.0, WEIGHT_WIDTH * top[..., 0])
+                    cap_moved = cap_weight + eta * (at_peak - cap_weight)
             else:
-                moved = weight
-            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved)
+                moved, cap_moved = weight, cap_weight
+            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
@@ -498,7 +526,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype) if y0.sheet is None else y0.sheet
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
-                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0)
+                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0, weight0, weight0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
@@ -532,6 +560,7 @@ class Dual:
     learning_rate: float = 0.01  # first step in split and limit prices (Rprop then adapts it per coordinate)
     temperature: float = 1e-2  # final option-choice softmax temperature (utils; log-profit for CE)
     temperature_start: float = 5e-2  # annealed geometrically to `temperature` over the steps
+    cap_weights: bool = False  # a GPU cap is active: over several periods, charge its price on its own weights
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
     tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
     sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)

@@ -70,7 +70,8 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     base_task = relaxed_task(base_prob, active)
     if isinstance(solver, Dual):
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
-        base_solver = dual_of(cfg.solver, temperature=sw.dual_temperature, shared=labels.has_shared_products)  # as every scenario after it
+        base_solver = dual_of(cfg.solver, temperature=sw.dual_temperature, shared=labels.has_shared_products,
+                              caps=solver.cap_weights)  # as every scenario after it
         y0 = base_solver.init(base_task)
         _, state = aot.exported("dual_solve", dual_program(base_solver), (base_task, y0), repr(base_solver))(
             base_task, y0)
