@@ -64,10 +64,12 @@ def block_share(profile, peak_to_mean, window):
     """(S,) share of its configured segment's daily load a block carries: the mean over the cycle
     of the shaped profile × the block's ``window`` (S, T) share of each period. Exactly 1 for a
     segment that is not split by the clock (window 1 everywhere)."""
-    shaped, _ = shaped_profile(profile, peak_to_mean)
+    return _block_share(shaped_profile(profile, peak_to_mean)[0], window)
+
+
+def _block_share(shaped, window):
     w = jnp.asarray(window)
-    whole = jnp.all(w >= 1.0, -1)
-    return jnp.where(whole, 1.0, jnp.mean(shaped * w, -1))
+    return jnp.where(jnp.all(w >= 1.0, -1), 1.0, jnp.mean(shaped * w, -1))
 
 
 def period_weights(prob):
@@ -79,7 +81,7 @@ def period_weights(prob):
     period, one block: ``(κ, 1)`` — the two-number model."""
     shaped, burst = shaped_profile(prob.profile, prob.peak_to_mean)
     w = jnp.asarray(prob.window)
-    per_block = w / jnp.maximum(block_share(prob.profile, prob.peak_to_mean, w), 1e-12)[:, None]
+    per_block = w / jnp.maximum(_block_share(shaped, w), 1e-12)[:, None]
     interactive = (~jnp.asarray(prob.is_batch)).astype(shaped.dtype)[:, None]
     return shaped * burst * per_block * interactive, shaped * per_block * interactive
 

@@ -57,7 +57,7 @@ from kernels.capacity import smooth_charge_weights
 from optimizer import economics as econ
 from optimizer.decision import MASKED, encode, flow_prices, log_multiplier, price_box, sheet_log_mu, sheet_params
 from optimizer.objective import evaluate
-from optimizer.problem import Problem
+from optimizer.problem import NO_ON_DEMAND, Problem
 from optimizer.solve.base import Solution, Stats, Task, result_of
 
 FINAL_SHEET_FACTOR = 4
@@ -66,9 +66,6 @@ SHEET_GAIN_TOL = 1e-4
 """Relative profit the last Newton step on shared sheets may have promised for a converged plan (the
 step then leaves about its square: Newton converges quadratically near a maximum)."""
 WEIGHT_WIDTH = 0.01
-NO_IDLE_BOUND = 1e6
-"""On-demand ratio standing for "no upper bound on a period's weight": the caps' period weights are a
-smoothed argmax of each pool's needs (:func:`kernels.capacity.smooth_charge_weights` with κ → ∞)."""
 """Band of needs (a share of each pool's peak need) over which the period weights are smoothed."""
 FILLED_TOL = 1e-9
 """Relative tolerance of "the batch filled this period's free room" (:func:`charge_target`)."""
@@ -501,7 +498,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                 if solver.cap_weights:
                     need = jnp.maximum(x.peak_need, x.daily_need)  # a pool's GPUs count at its peak
                     top = need.max(-1, keepdims=True)
-                    at_peak = smooth_charge_weights(need, NO_IDLE_BOUND, 0.0, WEIGHT_WIDTH * top[..., 0])
+                    # a smoothed argmax of each pool's needs: the load-duration weights with κ → ∞
+                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, WEIGHT_WIDTH * top[..., 0])
                     cap_moved = cap_weight + eta * (at_peak - cap_weight)
             else:
                 moved, cap_moved = weight, cap_weight
