@@ -13,11 +13,13 @@ import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from optimizer import aot
+from optimizer import economics as econ
 from optimizer.constraints import active_mask, constraint_names
 from optimizer.decision import decode, encode, initial_decisions, reference_decision
 from optimizer.objective import Breakdown, evaluate_plan_jit
@@ -148,12 +150,22 @@ def consolidated(dec, prob: Problem, keep: np.ndarray):
     return _encode(log_mu, m, r, prob)
 
 
-def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate):
+class Rounded(NamedTuple):
+    """Whole replicas per period for a relaxed plan (:func:`hourly_fleet`)."""
+
+    solution: Solution  # the plan at the rounded fleet (relaxed prices, mix and routing)
+    fleet: np.ndarray  # (G, J, K) peak GPUs, whole replicas
+    breakdown: Breakdown  # of the plan on ``fleet``
+    unrounded: Breakdown  # of the same plan with pools sized by load (fractional GPUs)
+    ok: bool  # within every limit (GPU caps, budgets) and finite
+
+
+def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate) -> Rounded:
     """The integer fleet of a plan whose load varies over the periods: in every period each pool runs
     the whole replicas covering its need at the relaxed plan's prices, mix and routing (so every
     period has the capacity it needs), and reserves by the load-duration rule over those whole
-    counts. ``(solution, fleet (G, J, K) peak GPUs, breakdown)``, or None where the rounded peak
-    breaks a GPU cap, the budget or the capex budget (the repair then re-prices a fixed fleet).
+    counts. Not ``ok`` where the rounded peak breaks a GPU cap, the budget or the capex budget of
+    ``prob`` (see :func:`tightened`).
 
     Re-pricing a fixed fleet here would treat every GPU as paid whatever its load, which on-demand
     GPUs are not, so the plan keeps the relaxed prices; rounding up is the whole margin lost."""
@@ -162,12 +174,54 @@ def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate):
     derived = evaluate(dec, prob, np.zeros(rep.shape), np.asarray(False))
     fleet = np.ceil(np.asarray(derived.gpus, float) / rep - 1e-9) * rep
     fb = evaluate(dec, prob, fleet, np.asarray(True))
-    viol = float(np.max(np.asarray(fb.constraints), initial=0.0))
-    if not np.isfinite(float(fb.margin)) or viol > 1e-4:
-        return None
+    g = np.asarray(fb.constraints)
+    viol = float(np.max(g, initial=0.0))
+    limits = g[:np.shape(prob.gpu_cap)[0] + 2]  # GPU caps, budget, capex budget: kept exactly (tightened() can)
+    ok = bool(np.isfinite(float(fb.margin))) and viol <= 1e-4 and bool((limits <= 1e-9).all())
     sol = relaxed._replace(decision=dec, margin=fb.margin, objective=-fb.margin / prob.scale, violation=np.maximum(viol, 0.0),
                            bound=np.asarray(np.nan), gap=np.asarray(np.nan))
-    return sol, fleet, fb
+    return Rounded(sol, fleet, fb, derived, ok)
+
+
+TIGHTEN_ROUNDS = 6
+"""Re-solves of the relaxation with its limits tightened by the rounding's overshoot (:func:`tightened`)."""
+
+
+def tightened(current: Problem, limits: Problem, rounded: Rounded, attempt: int = 0) -> Problem | None:
+    """``current`` with each GPU cap, the daily budget and the capex budget that the whole-replica
+    fleet ``rounded`` breaks (a limit of the real ``limits``) lowered; None when no limit is broken
+    or one would reach zero.
+
+    Rounding every pool up to whole replicas in every period adds roughly the same GPUs and cost at
+    any nearby plan, so a relaxation solved within ``limit − (rounded − unrounded)`` rounds up to a
+    fleet within the limit: an integer fleet under a binding cap or budget over several periods,
+    with on-demand GPUs still paid per period (a fixed-fleet re-pricing would pay them all day).
+    Where that falls just short (``attempt`` ≥ 1), the limit comes down by the smallest step a whole
+    fleet takes (one replica; one replica for one period at the reserved rent) × ``2**(attempt − 1)``:
+    lowering the relaxation spreads over the periods, and a period's whole replicas drop only when
+    its need crosses a whole replica, so the step grows until one does."""
+    def lower(now, limit, whole, fractional, step):
+        over, step = whole - limit, step * 2.0 ** max(attempt - 1, 0)
+        return np.where(over > 1e-9, np.minimum(now - np.maximum(over, step), limit - (whole - fractional)), now)
+
+    rb, ub, fleet = rounded.breakdown, rounded.unrounded, rounded.fleet
+    tp = np.maximum(np.asarray(limits.tp, float), 1.0)
+    used = fleet > 0
+    smallest = np.where(used, tp, np.inf).min((1, 2))  # (G,) GPUs of the smallest used replica per type
+    smallest = np.where(np.isfinite(smallest), smallest, 1.0)
+    periods = np.shape(limits.profile)[-1]
+    replica_period = np.where(used, tp * econ.usd_per_gpu_day(limits, np)[:, None, None] / periods, np.inf).min()
+    capex_step = float(np.min(np.asarray(limits.capex_per_gpu, float) * smallest))
+    whole_type, frac_type = econ.gpus_per_type(fleet, np), econ.gpus_per_type(np.asarray(ub.gpus), np)
+    pairs = [(current.gpu_cap, limits.gpu_cap, whole_type, frac_type, smallest),
+             (current.budget_usd_per_day, limits.budget_usd_per_day, rb.gpu_cost, ub.gpu_cost, replica_period),
+             (current.capex_budget_usd, limits.capex_budget_usd, econ.fleet_capex(whole_type, limits, np),
+              econ.fleet_capex(frac_type, limits, np), capex_step)]
+    new = [lower(*(np.asarray(x, float) for x in five)) for five in pairs]
+    old = [np.asarray(x[0], float) for x in pairs]
+    if all(np.array_equal(a, b) for a, b in zip(new, old)) or any((a <= 0).any() for a in new):
+        return None
+    return current._replace(gpu_cap=new[0], budget_usd_per_day=new[1], capex_budget_usd=new[2])
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
@@ -215,9 +269,21 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     if cfg.solver.integer_fleet and stages["relaxed"].status == RESULTS.converged.label:
         t1 = time.perf_counter()
         hourly = hourly_fleet(prob, relaxed, rb, evaluate) if labels.time_varying else None
-        if hourly is not None:  # whole replicas per period at the relaxed plan's prices, mix and routing
-            final, fleet, fb = hourly
-            how = "rounded"
+        within, rounds = prob, 0
+        while hourly is not None and not hourly.ok and rounds < TIGHTEN_ROUNDS:  # a limit binds: tighten it
+            within = tightened(within, prob, hourly, rounds)
+            if within is None:
+                break
+            again, _ = solve_relaxed(within, act_relaxed, cfg, False, labels.has_shared_products)
+            rounds += 1
+            if progress:
+                progress(f"limits tightened by the rounding, round {rounds}")
+            if result_name(again.result) != RESULTS.converged.label:
+                break
+            hourly = hourly_fleet(prob, again, evaluate(again.decision, within, no_fleet, np.asarray(False)), evaluate)
+        if hourly is not None and hourly.ok:  # whole replicas per period at the relaxed plan's prices, mix and routing
+            final, fleet, fb = hourly.solution, hourly.fleet, hourly.breakdown
+            how = "rounded" if not rounds else f"rounded, limits tightened {rounds}×"
         else:
             res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress,
                              programs.get("fleet"))

@@ -226,3 +226,28 @@ def test_a_binding_gpu_cap_over_the_day_prices_the_peak():
     d_cap = cap * float(prob.peak_utilization) * 86400 / (1.5 * float(prob.gpu_s_per_request[0, 0, 0, 0]))
     p_ref, d_ref = float(prob.demand.ref_price[0, 0]), float(prob.demand.ref_demand[0, 0])
     assert float(b.price_per_request[0, 0]) == pytest.approx(p_ref * (d_cap / d_ref) ** (-1 / eps), rel=3e-3)
+
+
+@pytest.mark.parametrize("limit", ["cap", "budget"])
+def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit):
+    """Whole replicas per period round a capped plan over its cap (or budget); the integer stage
+    re-solves the relaxation within the limit less what rounding adds, and exports a whole fleet
+    within the real limit, losing little margin to integrality (a fixed-fleet re-pricing, which
+    pays on-demand GPUs all day, ended infeasible here)."""
+    segs = {"chat": segment(elasticity=2.0, peak_to_mean=1.5, profile="burstgpt-1-azure-openai-gpt")}
+    free = optimize(run_config(segs, periods=24, method="dual"))
+    fb = free.relaxed_breakdown
+    kw = ({"gpu_caps": {"h100-sxm": 0.5 * float(np.asarray(fb.gpus).sum())}} if limit == "cap"
+          else {"budget_usd_per_day": 0.5 * float(fb.gpu_cost)})
+    res = optimize(run_config(segs, periods=24, method="dual", integer=True, **kw))
+    assert res.status == "converged", res.stages
+    assert "tightened" in res.stages["integer"].method
+    whole = np.asarray(res.fleet)
+    assert np.allclose(whole, np.round(whole))
+    if limit == "cap":
+        assert whole.sum() <= kw["gpu_caps"]["h100-sxm"]
+    else:
+        assert float(res.final_breakdown.gpu_cost) <= kw["budget_usd_per_day"] * (1 + 1e-9)
+    relaxed = float(res.relaxed_breakdown.margin)
+    assert float(res.final_breakdown.margin) == pytest.approx(relaxed, rel=0.01)
+    assert float(res.final_breakdown.margin) < relaxed
