@@ -211,14 +211,21 @@ def test_hourly_dual_certifies_a_daily_cycle_with_batch():
     assert need.max() > 1.2 * need.min()  # a cycle remains: the batch fills a valley and the peaks' room
 
 
-def test_a_binding_gpu_cap_over_the_day_prices_the_peak():
+BURSTY = {"chat": segment(elasticity=2.0, peak_to_mean=1.5, profile="burstgpt-1-azure-openai-gpt")}
+
+
+@pytest.fixture(scope="module")
+def bursty_free():
+    """The uncapped relaxed plan of :data:`BURSTY` over 24 periods (shared by the limit tests)."""
+    return optimize(run_config(BURSTY, periods=24, method="dual"))
+
+
+def test_a_binding_gpu_cap_over_the_day_prices_the_peak(bursty_free):
     """A cap counts a pool's GPUs at its peak, so over 24 periods the dual charges its price on the
     pool's peak periods (not on the rent's weights, which spread it over the day): the capped
     price is D⁻¹(K) at the peak, D(p) = cap · ρ_peak · 86400 / (peak_to_mean · GPU-s per request)."""
-    eps = 2.0
-    segs = {"chat": segment(elasticity=eps, peak_to_mean=1.5, profile="burstgpt-1-azure-openai-gpt")}
-    free = optimize(run_config(segs, periods=24, method="dual"))
-    cap = 0.5 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    eps, segs = 2.0, BURSTY
+    cap = 0.5 * float(np.asarray(bursty_free.relaxed_breakdown.gpus).sum())
     res = optimize(run_config(segs, periods=24, method="dual", gpu_caps={"h100-sxm": cap}))
     assert res.relaxed.result == 0  # converged (with the cap priced on the rent's weights: the step limit)
     b, prob = res.relaxed_breakdown, res.prob
@@ -229,14 +236,12 @@ def test_a_binding_gpu_cap_over_the_day_prices_the_peak():
 
 
 @pytest.mark.parametrize("limit", ["cap", "budget"])
-def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit):
+def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty_free):
     """Whole replicas per period round a capped plan over its cap (or budget); the integer stage
     re-solves the relaxation within the limit less what rounding adds, and exports a whole fleet
     within the real limit, losing little margin to integrality (a fixed-fleet re-pricing, which
     pays on-demand GPUs all day, ended infeasible here)."""
-    segs = {"chat": segment(elasticity=2.0, peak_to_mean=1.5, profile="burstgpt-1-azure-openai-gpt")}
-    free = optimize(run_config(segs, periods=24, method="dual"))
-    fb = free.relaxed_breakdown
+    segs, fb = BURSTY, bursty_free.relaxed_breakdown
     kw = ({"gpu_caps": {"h100-sxm": 0.5 * float(np.asarray(fb.gpus).sum())}} if limit == "cap"
           else {"budget_usd_per_day": 0.5 * float(fb.gpu_cost)})
     res = optimize(run_config(segs, periods=24, method="dual", integer=True, **kw))
