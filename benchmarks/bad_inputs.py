@@ -113,6 +113,11 @@ def cases(d: Path) -> list[dict]:
          # within the solvers' 1e-4 feasibility tolerance (a relaxed fleet here: FAST turns the integer repair off)
          lambda s: s["recommended"] and s["gpus_by_type"].get("b200", 0) <= 200 * (1 + 1e-4)
          and s["totals"]["gpu_cost_usd_per_day"] <= 30000 * (1 + 1e-4)),
+        # the same with whole replicas (the integer stage tightens the binding limits and re-solves):
+        # every limit kept exactly
+        ("fleet.gpus=[h200-sxm,b200] fleet.gpu_caps.b200=200 fleet.budget_usd_per_day=30000 solver.integer_fleet=true",
+         lambda s: s["recommended"] and s["gpus_by_type"].get("b200", 0) <= 200
+         and s["totals"]["gpu_cost_usd_per_day"] <= 30000),
         ("fleet.gpus=[h100-sxm,b200] fleet.price_usd_per_gpu_hour.b200=0",
          lambda s: s["recommended"]),
         ("demand.products.llama-70b.input_usd_per_mtok=0.5",  # a product's list price (segments buy products)

@@ -40,6 +40,25 @@ def test_every_preset_and_group_composes():
     assert china.fleet.gpus == ["h200-sxm", "b200"]
 
 
+def test_the_run_mode_comes_from_the_overrides_and_no_config_sets_it():
+    """The CLI reads ``hydra.mode`` from the command line only (one compose per run,
+    optimizer/cli.py: _mode_from_overrides), which is exact while no config file sets it."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from optimizer.cli import _mode_from_overrides
+
+    for path in (ROOT / "conf").rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        in_hydra_group = path.parent == ROOT / "conf" / "hydra"  # (its subgroups are hydra.launcher, hydra.sweeper)
+        mode = node.get("mode") if in_hydra_group else OmegaConf.select(node, "hydra.mode")
+        assert mode is None, f"{path} sets hydra.mode"
+    assert _mode_from_overrides(None, "config", ["a=1", "hydra.mode=MULTIRUN"]) == RunMode.MULTIRUN
+    assert _mode_from_overrides(None, "config", ["hydra.mode=MULTIRUN", "hydra.mode=RUN"]) == RunMode.RUN
+    assert _mode_from_overrides(None, "config", ["x=1,2"]) is None  # Hydra then goes by --multirun
+    assert _mode_from_overrides(None, "config", ["hydra.mode=BOGUS"]) is None  # the compose then says why
+
+
 def test_typo_in_a_segment_fails_at_compose_time():
     from hydra.errors import ConfigCompositionException
 
