@@ -60,7 +60,15 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            ]
     if "integer" in s:
         loss = summary.get("integrality_loss_usd_per_day")
-        out.append(f"- Integer fleet (whole replicas), prices / mix / routing re-solved: {s['integer']['status']}, "
+        how = s["integer"].get("method", "")
+        if how.startswith("rounded"):  # a load over several periods: whole replicas in every period
+            how = ("every pool rounded up to whole replicas in each period at the relaxed prices, mix and routing"
+                   + (f" (the relaxation re-solved {how.split('tightened ')[1].rstrip('×')} time(s) within the GPU "
+                      "caps and budgets less what rounding added, so the whole fleet keeps them)"
+                      if "tightened" in how else ""))
+        else:
+            how = "prices / mix / routing re-solved"
+        out.append(f"- Integer fleet (whole replicas), {how}: {s['integer']['status']}, "
                    f"margin ${s['integer']['margin_usd_per_day']:,.2f}/day; margin lost to integrality "
                    f"${loss:,.2f}/day ({summary.get('integrality_loss_pct', 0):.3f} %)"
                    + (" — negative: the relaxed solve is within solver tolerance of the integer one" if loss < 0 else "")
