@@ -51,6 +51,7 @@ class Stage:
     method: str = "auglag"  # solver whose plan this is: auglag or dual
     bound_usd_per_day: float | None = None  # certified upper bound on the stage's optimum (dual)
     gap: float | None = None  # certified relative gap (bound − margin) / |bound|
+    tightened: int = 0  # re-solves of the relaxation within limits lowered by the rounding (engine.tightened)
 
 
 @dataclass
@@ -283,14 +284,15 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
             hourly = hourly_fleet(prob, again, evaluate(again.decision, within, no_fleet, np.asarray(False)), evaluate)
         if hourly is not None and hourly.ok:  # whole replicas per period at the relaxed plan's prices, mix and routing
             final, fleet, fb = hourly.solution, hourly.fleet, hourly.breakdown
-            how = "rounded" if not rounds else f"rounded, limits tightened {rounds}×"
+            how = "rounded"
         else:
             res = repair.run(fixed, relaxed, np.asarray(rb.gpus), np.asarray(rb.peak_load), progress,
                              programs.get("fleet"))
             final, fleet = res.solution, res.fleet
             fb = evaluate(final.decision, prob, fleet, np.asarray(True))
             how = inner.name
-        stages["integer"] = _stage(final, fb, names, act_fixed, time.perf_counter() - t1, how)
+        stages["integer"] = dataclasses.replace(_stage(final, fb, names, act_fixed, time.perf_counter() - t1, how),
+                                                tightened=rounds)
         loss = float(rb.margin) - float(fb.margin)
     status = list(stages.values())[-1].status
     return Result(prob, labels, relaxed, rb, final, fb, fleet, stages, status, loss)

@@ -60,12 +60,11 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            ]
     if "integer" in s:
         loss = summary.get("integrality_loss_usd_per_day")
-        how = s["integer"].get("method", "")
-        if how.startswith("rounded"):  # a load over several periods: whole replicas in every period
+        if s["integer"].get("method") == "rounded":  # a load over several periods: whole replicas in every period
+            rounds = s["integer"].get("tightened", 0)
             how = ("every pool rounded up to whole replicas in each period at the relaxed prices, mix and routing"
-                   + (f" (the relaxation re-solved {how.split('tightened ')[1].rstrip('×')} time(s) within the GPU "
-                      "caps and budgets less what rounding added, so the whole fleet keeps them)"
-                      if "tightened" in how else ""))
+                   + (f" (the relaxation re-solved {rounds} time(s) within the GPU caps and budgets less what "
+                      "rounding added, so the whole fleet keeps them)" if rounds else ""))
         else:
             how = "prices / mix / routing re-solved"
         out.append(f"- Integer fleet (whole replicas), {how}: {s['integer']['status']}, "

@@ -244,9 +244,10 @@ def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty
     segs, fb = BURSTY, bursty_free.relaxed_breakdown
     kw = ({"gpu_caps": {"h100-sxm": 0.5 * float(np.asarray(fb.gpus).sum())}} if limit == "cap"
           else {"budget_usd_per_day": 0.5 * float(fb.gpu_cost)})
-    res = optimize(run_config(segs, periods=24, method="dual", integer=True, **kw))
+    cfg = run_config(segs, periods=24, method="dual", integer=True, **kw)
+    res = optimize(cfg)
     assert res.status == "converged", res.stages
-    assert "tightened" in res.stages["integer"].method
+    assert res.stages["integer"].method == "rounded" and res.stages["integer"].tightened >= 1
     whole = np.asarray(res.fleet)
     assert np.allclose(whole, np.round(whole))
     if limit == "cap":
@@ -256,3 +257,11 @@ def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty
     relaxed = float(res.relaxed_breakdown.margin)
     assert float(res.final_breakdown.margin) == pytest.approx(relaxed, rel=0.01)
     assert float(res.final_breakdown.margin) < relaxed
+    # the report says how the whole fleet was made
+    from optimizer.plan import fleet_table, plan_table, segment_summary
+    from optimizer.report import markdown_report
+    from optimizer.run import build_summary
+
+    plan, fleet = (f(res.prob, res.labels, res.final_breakdown) for f in (plan_table, fleet_table))
+    md = markdown_report(build_summary(res, cfg, plan, fleet), plan, fleet, segment_summary(plan))
+    assert f"the relaxation re-solved {res.stages['integer'].tightened} time(s)" in md
