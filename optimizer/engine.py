@@ -29,7 +29,7 @@ from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choo
 from optimizer.solve.auglag import multistart, run_starts_jit
 from optimizer.solve.base import result_name
 from optimizer.solve.choose import choose_fleet_solver
-from optimizer.solve.dual import dual_program
+from optimizer.solve.dual import N_LIMITS, dual_program
 from optimizer.solve.integer import fleet_rows_jit
 
 INFEASIBLE_REPORT = 1e-4
@@ -177,7 +177,7 @@ def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate) -> R
     fb = evaluate(dec, prob, fleet, np.asarray(True))
     g = np.asarray(fb.constraints)
     viol = float(np.max(g, initial=0.0))
-    limits = g[:np.shape(prob.gpu_cap)[0] + 2]  # GPU caps, budget, capex budget: kept exactly (tightened() can)
+    limits = g[:np.shape(prob.gpu_cap)[0] + N_LIMITS]  # GPU caps, budget, capex budget: kept exactly (tightened() can)
     ok = bool(np.isfinite(float(fb.margin))) and viol <= 1e-4 and bool((limits <= 1e-9).all())
     sol = relaxed._replace(decision=dec, margin=fb.margin, objective=-fb.margin / prob.scale, violation=np.maximum(viol, 0.0),
                            bound=np.asarray(np.nan), gap=np.asarray(np.nan))
