@@ -127,6 +127,32 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
     assert (tmp_path / "b" / "sweep.parquet").exists()
 
 
+def test_a_row_without_a_whole_fleet_is_solved_again_within_a_lowered_budget(tmp_path):
+    """A binding daily budget where rounding every pool up to whole replicas breaks it: without the
+    repair pass the row is flagged ``no_whole_fleet``; with it the row is solved again within the
+    budget lowered by what rounding adds, and becomes a converged plan whose whole fleet keeps the
+    budget, at a margin below the first pass's relaxed one and within 1 % of the scenario's own bound."""
+    base = sweep_cfg()
+    cost = 6732.80  # USD/day: GPU cost of the base scenario's relaxed optimum (unconstrained)
+    axes = {"budget": AxisConfig(path="fleet.budget_usd_per_day", values=[0.1 * cost, 0.6 * cost, 0.9 * cost])}
+    cfg = replace(base, sweep=SweepConfig(name="budget", axes=axes, chunk_size=4, repair_rounds=0))
+    first = run_sweep(cfg, tmp_path / "a", tmp_path / "store", log=lambda m: None)
+    assert list(first["status"]) == ["converged", "no_whole_fleet", "no_whole_fleet"]
+    assert (first["repair_rounds"] == 0).all() and not first["limits_lowered"].any()
+    fixed = run_sweep(replace(cfg, sweep=replace(cfg.sweep, repair_rounds=3)), tmp_path / "b", tmp_path / "store",
+                      log=lambda m: None)
+    assert fixed["converged"].all() and fixed["whole_fleet_feasible"].all()
+    assert list(fixed["limits_lowered"]) == [False, True, True] and list(fixed["repair_rounds"] > 0) == [False, True, True]
+    pd.testing.assert_series_equal(fixed["margin_usd_per_day"][:1], first["margin_usd_per_day"][:1])
+    for i in (1, 2):
+        assert fixed["gpu_cost_usd_per_day"][i] < fixed["budget"][i] - 1.0  # room for the whole replicas
+        assert fixed["margin_usd_per_day"][i] < first["margin_usd_per_day"][i]
+        # the bound of the scenario as set (not of the lowered budget) certifies the row
+        assert fixed["margin_upper_bound_usd_per_day"][i] == pytest.approx(first["margin_upper_bound_usd_per_day"][i],
+                                                                           rel=1e-3)
+        assert 0 < fixed["optimality_gap_bound"][i] < 0.01
+
+
 @pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
 def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
     """A GPU cap as an axis: the dual solver prices it (auto picks dual), rows stay within the cap

@@ -392,6 +392,8 @@ class DualStart(NamedTuple):
     limit_price: jnp.ndarray  # (G + 2,) ≥ 0: prices of the GPU caps, the daily budget, the capex budget
     sheet: jnp.ndarray | None = None  # (R, 3) log multipliers of shared sheets to start from (None: reference)
     weight: jnp.ndarray | None = None  # (G, J, K, T) period weights π (None: 1/T)
+    age: jnp.ndarray | None = None  # () Frank–Wolfe steps these charges have taken (a continued solve's steps
+    # are 2 / (age + k + 4 + offset)); None: 0, a new solve from a neighbour's charges (a solve returns its age)
 
 
 class DualState(NamedTuple):
@@ -428,6 +430,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else y0.weight
     kappa, nu = econ.pool_ratios(prob)
     periods = y0.split.shape[-1]
+    age = jnp.zeros((), dtype) if y0.age is None else jnp.asarray(y0.age, dtype)
 
     class Carry(NamedTuple):
         params: tuple  # current (split, limit prices)
@@ -489,7 +492,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             if periods > 1:  # a Frank–Wolfe step of the charges (π s, π (1 − s)) towards the ones
                 # this solution should pay (the linear minimiser of the dual over the charge set)
                 goal = charge_target(x, kappa, nu)
-                eta = 2.0 / (k + 4.0 + solver.charge_offset)
+                eta = 2.0 / (k + 4.0 + solver.charge_offset + age)
                 peak = weight * split + eta * (goal.peak - weight * split)
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
                 moved = peak + daily
@@ -532,7 +535,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
     sheet = jnp.where(c.best_margin > -jnp.inf, c.best_sheet, c.sheet)
     weight = jnp.where(c.best_margin > -jnp.inf, c.best_weight, c.weight)
-    return DualState(DualStart(*out, sheet, weight), best, c.bound, gap, violation, c.local_bound)
+    return DualState(DualStart(*out, sheet, weight, age + n), best, c.bound, gap, violation, c.local_bound)
 
 
 def pool_period_shape(prob: Problem) -> tuple[int, int, int, int]:

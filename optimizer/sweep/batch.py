@@ -27,6 +27,7 @@ from optimizer.objective import evaluate
 from optimizer.problem import PRICE_BOUND_TOL, Labels, Numbers, Pools, assemble
 from optimizer.schema import RunConfig
 from optimizer.solve import AugLag, Dual, relaxed_task
+from optimizer.solve.dual import DualStart
 from optimizer.solve.base import result_name
 from optimizer.sweep.axes import Target, apply_axes
 
@@ -56,6 +57,46 @@ class SweepResult(NamedTuple):
     bound: jnp.ndarray  # USD/day upper bound on the relaxed optimum (dual solver; NaN otherwise)
     price_bound: jnp.ndarray  # (S, J) int: -1 price at its floor, +1 at its ceiling, 0 inside the search range
     whole_ok: jnp.ndarray  # bool: the relaxed plan can be made whole (see plan_flags)
+    start: DualStart | None  # the dual's best split, limit and sheet prices, period weights (a warm start; None: Adam)
+    broken: jnp.ndarray  # (G + 2,) bool: rounding every pool up breaks this GPU cap, the budget, the capex budget
+    overshoot: jnp.ndarray  # (G + 2,) what rounding up adds to each limited quantity (GPUs, USD/day, USD)
+    over: jnp.ndarray  # (G + 2,) the rounded-up quantity minus its limit
+    limit: jnp.ndarray  # (G + 2,) the limits as set (NO_CAP where none)
+    step: jnp.ndarray  # (G + 2,) the smallest step a whole fleet takes in each (one replica, one replica-period, its capex)
+
+
+class Rounding(NamedTuple):
+    """Each limit (G GPU caps, the daily budget, the capex budget) against a plan rounded up to whole replicas."""
+
+    whole: jnp.ndarray  # (G + 2,) GPUs per type, USD/day, USD of capex with every used pool rounded up
+    fractional: jnp.ndarray  # (G + 2,) the same of the relaxed plan
+    limit: jnp.ndarray  # (G + 2,)
+    broken: jnp.ndarray  # (G + 2,) bool: whole > limit (within 1e-9)
+    step: jnp.ndarray  # (G + 2,) smallest step of a whole fleet: one replica, one replica for one period, its capex
+
+
+def rounded_up(b, prob) -> Rounding:
+    """Every used pool of the relaxed plan ``b`` rounded up to whole replicas (of ``prob.tp`` GPUs),
+    in every period, against the GPU caps, the daily budget and the capex budget. Pure."""
+    rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
+    used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
+    up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
+    per_type, frac_type = econ.gpus_per_type(up), econ.gpus_per_type(b.gpus)
+    periods = jnp.where(used[..., None], jnp.ceil(b.period_gpus / rep[..., None] - 1e-6), 0.0) * rep[..., None]
+    whole = jnp.concatenate([per_type, econ.cycle_fleet_cost(periods, prob)[None],
+                             econ.fleet_capex(per_type, prob)[None]])
+    fractional = jnp.concatenate([frac_type, b.gpu_cost[None], econ.fleet_capex(frac_type, prob)[None]])
+    limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
+    G = per_type.shape[0]
+    broken = whole > limit * (1.0 + 1e-9) + jnp.where(jnp.arange(G + 2) < G, 1e-9, 0.0)
+    smallest = jnp.min(jnp.where(used, rep, jnp.inf), (1, 2))  # (G,) GPUs of the smallest used replica per type
+    smallest = jnp.where(jnp.isfinite(smallest), smallest, 1.0)
+    T = b.period_gpus.shape[-1]
+    replica_period = jnp.min(jnp.where(used, rep * econ.usd_per_gpu_day(prob)[:, None, None] / T, jnp.inf))
+    replica_period = jnp.where(jnp.isfinite(replica_period), replica_period, jnp.min(econ.usd_per_gpu_day(prob)) / T)
+    capex_step = jnp.min(prob.capex_per_gpu * smallest)
+    step = jnp.concatenate([smallest, replica_period[None], capex_step[None]])
+    return Rounding(whole, fractional, limit, broken, step)
 
 
 def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -73,14 +114,7 @@ def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
     at = at_r[prob.flow_product]  # (S, J); rows report offered flows only
     rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
     used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
-    up = jnp.where(used, jnp.ceil(b.gpus / rep - 1e-6) * rep, 0.0)
-    per_type = econ.gpus_per_type(up)
-    slack = 1.0 + 1e-9
-    up_ok = (jnp.all(per_type <= prob.gpu_cap * slack + 1e-9)
-             & (econ.cycle_fleet_cost(jnp.where(used[..., None], jnp.ceil(b.period_gpus / rep[..., None] - 1e-6),
-                                                0.0) * rep[..., None], prob)
-                <= prob.budget_usd_per_day * slack)
-             & (econ.fleet_capex(per_type, prob) <= prob.capex_budget_usd * slack))
+    up_ok = ~jnp.any(rounded_up(b, prob).broken)
     down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
     return at, up_ok | down_ok
 
@@ -96,13 +130,39 @@ def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
     task = relaxed_task(prob, active)
     if isinstance(solver, Dual):
-        sol = solver.run(task, warm)
-    else:
-        sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
+        sol, state = solver.solve(task, warm)
+        return scenario_result(sol, prob, state.start)
+    sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
+    return scenario_result(sol, prob, None)
+
+
+def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.ndarray, serving, start: DualStart,
+                    cut: jnp.ndarray, bound: jnp.ndarray) -> SweepResult:
+    """Solve one scenario again from its own dual state ``start``, within its limits lowered by ``cut``
+    (G + 2,) (GPU caps, daily budget, capex budget; 0: as set). Pure; vmappable.
+
+    The row is judged against the scenario's real limits (its whole-fleet flag) and its certified gap
+    against ``bound``, the upper bound of the scenario as set; a solve within unlowered limits may
+    lower that bound (a solve within lowered ones bounds a smaller problem).
+    """
+    prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
+    G = prob.gpu_cap.shape[0]
+    within = prob._replace(gpu_cap=prob.gpu_cap - cut[:G], budget_usd_per_day=prob.budget_usd_per_day - cut[G],
+                           capex_budget_usd=prob.capex_budget_usd - cut[G + 1])
+    sol, state = solver.solve(relaxed_task(within, active), start)
+    bound = jnp.where(jnp.any(cut > 0), bound, jnp.minimum(bound, sol.bound))
+    return scenario_result(sol._replace(bound=bound), prob, state.start)
+
+
+def scenario_result(sol, prob, start) -> SweepResult:
+    """The row of a solved scenario: its plan evaluated on ``prob`` (the scenario as set), its flags
+    and how rounding up to whole replicas meets each limit."""
     b = evaluate(sol.decision, prob)
+    r = rounded_up(b, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, sol.result, sol.violation, sol.stats.iterations,
                        b.price_multiplier, b.sheet, b.price_per_request, b.requests_per_day, b.quality, b.mix,
-                       econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob))
+                       econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob), start, r.broken,
+                       r.whole - r.fractional, r.whole - r.limit, r.limit, r.step)
 
 
 def chunk_program(targets, relative, solver, starts, mesh, reuse_serving: bool):
@@ -117,11 +177,34 @@ def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, 
         serve = serving if reuse_serving else None
         return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve))(nums)
 
+    return _sharded(run, mesh, 6, ())
+
+
+def repair_program(targets, relative, solver: Dual, mesh, reuse_serving: bool):
+    """The compiled repair program (:func:`repair_scenario` over a batch of rows, each from its own state)."""
+    return _repair_program(tuple(targets), tuple(relative), solver, mesh, reuse_serving)
+
+
+@functools.lru_cache(maxsize=16)
+def _repair_program(targets: tuple[Target, ...], relative, solver: Dual, mesh, reuse_serving: bool):
+    def run(base, values, pools, active, serving, start, cut, bound):
+        nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
+        serve = serving if reuse_serving else None
+        return jax.vmap(lambda n, y, c, u: repair_scenario(n, pools, solver, active, serve, y, c, u))(
+            nums, start, cut, bound)
+
+    return _sharded(run, mesh, 8, (1, 5, 6, 7))
+
+
+def _sharded(run, mesh, n_args: int, rows: tuple[int, ...]):
+    """``jit(run)``, its scenario axis sharded over ``mesh`` (arguments ``rows`` and the outputs; the
+    chunk program's values are argument 1)."""
     if mesh is None:
         return jax.jit(run)
-    rows = NamedSharding(mesh, PartitionSpec("scenarios"))
+    by_row = NamedSharding(mesh, PartitionSpec("scenarios"))
     rep = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(run, in_shardings=(rep, rows, rep, rep, rep, rep), out_shardings=rows)
+    shardings = tuple(by_row if i in (rows or (1,)) else rep for i in range(n_args))
+    return jax.jit(run, in_shardings=shardings, out_shardings=by_row)
 
 
 def sweep_key(cfg: RunConfig) -> str:
@@ -137,8 +220,9 @@ def sweep_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps([d, code], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int) -> pd.DataFrame:
-    """Flatten a chunk's results into one row per scenario (float64, rounded)."""
+def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int, repaired=None) -> pd.DataFrame:
+    """Flatten a chunk's results into one row per scenario (float64, rounded); ``repaired``: the
+    chunk's :class:`optimizer.sweep.repair.Repaired` (its rounds and lowered limits per row)."""
     n = len(design_rows)
     out = design_rows.reset_index(drop=True).copy()
     out.insert(0, "scenario", np.arange(offset, offset + n))
@@ -157,6 +241,8 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
                              for i in range(n)]
     out["violation"] = r.violation
     out["iterations"] = r.iterations.astype(int)
+    out["repair_rounds"] = np.zeros(n, int) if repaired is None else repaired.rounds
+    out["limits_lowered"] = np.zeros(n, bool) if repaired is None else repaired.lowered
     out["margin_upper_bound_usd_per_day"] = np.round(r.bound, 2)
     out["optimality_gap_bound"] = (r.bound - r.margin) / np.maximum(np.abs(r.bound), 1e-9)
     for s, seg in enumerate(labels.segments):

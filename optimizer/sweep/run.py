@@ -7,6 +7,7 @@ same result as an uninterrupted one, and processes sharing a store split the wor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from optimizer.solve.auglag import multistart
 from optimizer.solve.choose import dual_of
 from optimizer.solve.dual import dual_program
 from optimizer.sweep.axes import activated, axes_of, check_axes, check_rents, design, resolve_path
-from optimizer.sweep.batch import chunk_program, result_frame, sweep_key
+from optimizer.sweep.batch import chunk_program, repair_program, result_frame, sweep_key
+from optimizer.sweep.repair import repair
 from optimizer.sweep.store import chunk_folder, chunk_lock, chunk_path, read_chunk, remove_stale_temporaries, try_lock
 
 
@@ -75,7 +77,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         y0 = base_solver.init(base_task)
         _, state = aot.exported("dual_solve", dual_program(base_solver), (base_task, y0), repr(base_solver))(
             base_task, y0)
-        warm = state.start
+        warm = state.start._replace(age=None)  # each scenario takes its first charge steps afresh
     else:  # the base scenario's optimum warm-starts every scenario of the sweep
         base, _ = multistart(solver, base_task, cfg.solver.starts, cfg.solver.seed)
         warm = base.decision
@@ -90,6 +92,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     if mesh is None:  # traced once per machine (a rerun skips tracing; the compilation cache compiles)
         example = (numbers, np.zeros((chunk, len(names))), pools, active, warm, serving)
         program = aot.exported("sweep_chunk", program, example, repr((targets, relative, solver, sw.starts, reuse)))
+    fix = _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse, chunk, nd)
     key = sweep_key(cfg)
     folder = chunk_folder(store, key, chunk)  # this sweep's own folder: other sweeps in the store never mix
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,12 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         nonlocal n_solved
         res, c, lock = job
         rows, path = rows_of(c), chunk_path(folder, c)
-        frame = result_frame(res, labels, rows, c * chunk)
+        fixed = None
+        if fix is not None:  # the rows left without a plan, solved again from their own state
+            host = jax.tree.map(lambda x: np.asarray(x)[:len(rows)], res)
+            fixed = repair(host, rows.to_numpy(float), fix, fix.batch, sw.repair_rounds)
+            res = fixed.result
+        frame = result_frame(res, labels, rows, c * chunk, fixed)
         try:  # the lock is held until the file is in place (atomically), so no one solves or reads it half-way
             io.write_frame(path, frame)
         finally:
@@ -203,6 +211,47 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     log(f"sweep '{sw.name}': {n_solved} of {n_total} scenarios solved here ({n_total - n_solved} reused) in "
         f"{wall:.1f} s ({rate}, {len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
     return result
+
+
+class _Repairer:
+    """The repair program on ``batch`` rows at a time, compiled (or loaded) when a row first needs it."""
+
+    def __init__(self, make: Callable, fixed_args: tuple, batch: int):
+        self.make, self.fixed_args, self.batch, self.program = make, fixed_args, batch, None
+
+    def __call__(self, values, start, cut, bound):
+        if self.program is None:
+            self.program = self.make()
+        base, pools, active, serving = self.fixed_args
+        return self.program(base, values, pools, active, serving, start, cut, bound)
+
+
+def _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse: bool, chunk: int,
+              n_devices: int) -> _Repairer | None:
+    """The sweep's repair pass (:mod:`optimizer.sweep.repair`): dual solves only, ``sweep.repair_rounds`` > 0."""
+    if not isinstance(solver, Dual) or sw.repair_rounds <= 0:
+        return None
+    steps = sw.repair_steps or 2 * solver.steps
+    fixer = dataclasses.replace(solver, steps=steps)
+    batch = min(REPAIR_BATCH, chunk)
+    batch = max(n_devices, math.ceil(batch / n_devices) * n_devices)
+    n_limits = np.shape(warm.limit_price)[-1]
+
+    def make():
+        program = repair_program(targets, relative, fixer, mesh, reuse)
+        if mesh is not None:
+            return program
+        start = warm._replace(age=np.zeros(()))  # a row's own state carries its age
+        example = (numbers, np.zeros((batch, len(targets))), pools, active, serving,
+                   jax.tree.map(lambda x: np.zeros((batch,) + np.shape(x)), start), np.zeros((batch, n_limits)),
+                   np.zeros(batch))
+        return aot.exported("sweep_repair", program, example, repr((targets, relative, fixer, reuse)))
+
+    return _Repairer(make, (numbers, pools, active, serving), batch)
+
+
+REPAIR_BATCH = 64
+"""Rows per call of the repair program (a fixed shape: one compile; few rows need it on a usual sweep)."""
 
 
 def default_store(cfg: RunConfig) -> Path:
