@@ -250,7 +250,7 @@ def _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relati
     return _Repairer(make, (numbers, pools, active, serving), batch)
 
 
-REPAIR_BATCH = 64
+REPAIR_BATCH = 16
 """Rows per call of the repair program (a fixed shape: one compile; few rows need it on a usual sweep)."""
 
 
