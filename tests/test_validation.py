@@ -369,7 +369,7 @@ def test_plan_flags_price_at_bound_and_whole_fleet():
     def flags(gpus, rep, cap, mu=(1.0, 0.02, 50.0)):
         # three single-buyer products whose sheets sit at the multipliers ``mu`` of their references
         b = NS(sheet=jnp.asarray(mu)[:, None] * jnp.ones((3, 3)), gpus=jnp.asarray(gpus, float).reshape(1, 1, 1),
-               period_gpus=jnp.asarray(gpus, float).reshape(1, 1, 1, 1))
+               period_gpus=jnp.asarray(gpus, float).reshape(1, 1, 1, 1), gpu_cost=jnp.asarray(gpus * 2.0 * 24.0))
         prob = NS(log_mu_lo=jnp.full(3, lo), log_mu_hi=jnp.full(3, hi), sheet_ref=jnp.ones((3, 3)),
                   flow_product=jnp.asarray([[0, 1, 2]]), tp=jnp.asarray(rep, float).reshape(1, 1, 1),
                   gpu_cap=jnp.asarray([cap], float), usd_per_gpu_hour=jnp.asarray([2.0]),
