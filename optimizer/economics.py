@@ -160,3 +160,17 @@ def gpus_per_type(gpus, xp=jnp):
 def fleet_capex(per_type, prob, xp=jnp):
     """USD purchase value of ``per_type`` (G,) GPUs (0 where the catalog has no capex)."""
     return xp.sum(per_type * xp.asarray(prob.capex_per_gpu))
+
+
+def whole_steps(used, prob, periods: int, xp=jnp):
+    """(G + 2,) the smallest step a whole fleet takes in each limited quantity, for pools ``used``
+    (G, J, K) bool over a cycle of ``periods`` periods: one replica of the smallest used deployment per GPU type (GPUs), one replica for
+    one period at the reserved rent (USD/day: the daily budget), that replica's capex (USD)."""
+    rep = xp.maximum(xp.asarray(prob.tp, dtype=float), 1.0)
+    smallest = xp.min(xp.where(used, rep, xp.inf), axis=(1, 2))  # (G,)
+    smallest = xp.where(xp.isfinite(smallest), smallest, 1.0)
+    day = usd_per_gpu_day(prob, xp)
+    replica_period = xp.min(xp.where(used, rep * day[:, None, None] / periods, xp.inf))
+    replica_period = xp.where(xp.isfinite(replica_period), replica_period, xp.min(day) / periods)
+    capex = xp.min(xp.asarray(prob.capex_per_gpu) * smallest)
+    return xp.concatenate([smallest, xp.reshape(replica_period, (1,)), xp.reshape(capex, (1,))])

@@ -30,7 +30,7 @@ from optimizer.solve.auglag import multistart, run_starts_jit
 from optimizer.solve.base import result_name
 from optimizer.solve.choose import choose_fleet_solver
 from optimizer.solve.dual import N_LIMITS, dual_program
-from optimizer.solve.integer import fleet_rows_jit
+from optimizer.solve.integer import fleet_rows_jit, limit_cut
 
 INFEASIBLE_REPORT = 1e-4
 """Normalised violation above which a constraint is named as violated in reports."""
@@ -190,39 +190,26 @@ TIGHTEN_ROUNDS = 6
 
 def tightened(current: Problem, limits: Problem, rounded: Rounded, attempt: int = 0) -> Problem | None:
     """``current`` with each GPU cap, the daily budget and the capex budget that the whole-replica
-    fleet ``rounded`` breaks (a limit of the real ``limits``) lowered; None when no limit is broken
-    or one would reach zero.
-
-    Rounding every pool up to whole replicas in every period adds roughly the same GPUs and cost at
-    any nearby plan, so a relaxation solved within ``limit − (rounded − unrounded)`` rounds up to a
-    fleet within the limit: an integer fleet under a binding cap or budget over several periods,
-    with on-demand GPUs still paid per period (a fixed-fleet re-pricing would pay them all day).
-    Where that falls just short (``attempt`` ≥ 1), the limit comes down by the smallest step a whole
-    fleet takes (one replica; one replica for one period at the reserved rent) × ``2**(attempt − 1)``:
-    lowering the relaxation spreads over the periods, and a period's whole replicas drop only when
-    its need crosses a whole replica, so the step grows until one does."""
-    def lower(now, limit, whole, fractional, step):
-        over, step = whole - limit, step * 2.0 ** max(attempt - 1, 0)
-        return np.where(over > 1e-9, np.minimum(now - np.maximum(over, step), limit - (whole - fractional)), now)
-
+    fleet ``rounded`` breaks (a limit of the real ``limits``) lowered by :func:`limit_cut` (an
+    integer fleet under a binding cap or budget over several periods, with on-demand GPUs still paid
+    per period: a fixed-fleet re-pricing would pay them all day); None when no limit is broken or
+    one would reach zero."""
     rb, ub, fleet = rounded.breakdown, rounded.unrounded, rounded.fleet
-    tp = np.maximum(np.asarray(limits.tp, float), 1.0)
-    used = fleet > 0
-    smallest = np.where(used, tp, np.inf).min((1, 2))  # (G,) GPUs of the smallest used replica per type
-    smallest = np.where(np.isfinite(smallest), smallest, 1.0)
-    periods = np.shape(limits.profile)[-1]
-    replica_period = np.where(used, tp * econ.usd_per_gpu_day(limits, np)[:, None, None] / periods, np.inf).min()
-    capex_step = float(np.min(np.asarray(limits.capex_per_gpu, float) * smallest))
     whole_type, frac_type = econ.gpus_per_type(fleet, np), econ.gpus_per_type(np.asarray(ub.gpus), np)
-    pairs = [(current.gpu_cap, limits.gpu_cap, whole_type, frac_type, smallest),
-             (current.budget_usd_per_day, limits.budget_usd_per_day, rb.gpu_cost, ub.gpu_cost, replica_period),
-             (current.capex_budget_usd, limits.capex_budget_usd, econ.fleet_capex(whole_type, limits, np),
-              econ.fleet_capex(frac_type, limits, np), capex_step)]
-    new = [lower(*(np.asarray(x, float) for x in five)) for five in pairs]
-    old = [np.asarray(x[0], float) for x in pairs]
-    if all(np.array_equal(a, b) for a, b in zip(new, old)) or any((a <= 0).any() for a in new):
+    whole = np.concatenate([whole_type, [float(rb.gpu_cost), econ.fleet_capex(whole_type, limits, np)]])
+    fractional = np.concatenate([frac_type, [float(ub.gpu_cost), econ.fleet_capex(frac_type, limits, np)]])
+    limit = np.concatenate([np.asarray(limits.gpu_cap, float),
+                            [float(limits.budget_usd_per_day), float(limits.capex_budget_usd)]])
+    now = np.concatenate([np.asarray(current.gpu_cap, float),
+                          [float(current.budget_usd_per_day), float(current.capex_budget_usd)]])
+    over = whole - limit
+    new = limit - limit_cut(limit - now, over > 1e-9, over, whole - fractional,
+                            econ.whole_steps(fleet > 0, limits, np.shape(limits.profile)[-1], np), attempt)
+    if np.array_equal(new, now) or (new <= 0).any():
         return None
-    return current._replace(gpu_cap=new[0], budget_usd_per_day=new[1], capex_budget_usd=new[2])
+    G = np.shape(limits.gpu_cap)[0]
+    return current._replace(gpu_cap=new[:G], budget_usd_per_day=np.asarray(new[G]),
+                            capex_budget_usd=np.asarray(new[G + 1]))
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:

@@ -28,6 +28,22 @@ USED = 0.05
 """A pool whose relaxed fleet is below this share of one replica is left empty (its flow moves)."""
 
 
+def limit_cut(cut, broken, over, overshoot, step, attempt):
+    """(…, G + 2) how far below each limit (GPU caps, daily budget, capex budget) the next relaxed
+    solve stays, after a whole-replica fleet broke those marked ``broken``.
+
+    Rounding every pool up adds roughly the same GPUs and cost (``overshoot`` = whole − fractional)
+    at any nearby plan, so a relaxation solved within ``limit − overshoot`` rounds up to a fleet
+    within the limit. Where that falls just short, the limit comes down by the excess ``over`` (whole
+    − limit) or the smallest step a whole fleet takes ``step`` × ``2**(attempt − 1)``, whichever is
+    more: lowering the relaxation spreads over the periods, and a period's whole replicas drop only
+    when its need crosses a whole replica, so the step grows until one does. ``attempt`` (…,) counts
+    the earlier cuts; limits not broken keep ``cut``."""
+    doubling = 2.0 ** np.maximum(np.asarray(attempt, float) - 1.0, 0.0)
+    grow = cut + np.maximum(over, step * np.expand_dims(doubling, -1))
+    return np.where(broken, np.maximum(grow, overshoot), cut)
+
+
 class IntegerResult(NamedTuple):
     solution: Solution  # of the fixed-fleet task at ``fleet``
     fleet: np.ndarray  # (G, J, K) GPUs (whole replicas × replica GPUs)

@@ -89,17 +89,11 @@ def rounded_up(b, prob) -> Rounding:
     limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
     G = per_type.shape[0]
     broken = whole > limit * (1.0 + 1e-9) + jnp.where(jnp.arange(G + 2) < G, 1e-9, 0.0)
-    smallest = jnp.min(jnp.where(used, rep, jnp.inf), (1, 2))  # (G,) GPUs of the smallest used replica per type
-    smallest = jnp.where(jnp.isfinite(smallest), smallest, 1.0)
-    T = b.period_gpus.shape[-1]
-    replica_period = jnp.min(jnp.where(used, rep * econ.usd_per_gpu_day(prob)[:, None, None] / T, jnp.inf))
-    replica_period = jnp.where(jnp.isfinite(replica_period), replica_period, jnp.min(econ.usd_per_gpu_day(prob)) / T)
-    capex_step = jnp.min(prob.capex_per_gpu * smallest)
-    step = jnp.concatenate([smallest, replica_period[None], capex_step[None]])
+    step = econ.whole_steps(used, prob, b.period_gpus.shape[-1])
     return Rounding(whole, fractional, limit, broken, step)
 
 
-def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
+def plan_flags(b, prob, rounding: Rounding | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(price at bound (S, J) in {-1, 0, +1}, relaxed plan can be made whole ()) of one plan. Pure.
 
     The plan can be made whole when rounding every pool's GPUs up to whole replicas of its deployment
@@ -114,7 +108,7 @@ def plan_flags(b, prob) -> tuple[jnp.ndarray, jnp.ndarray]:
     at = at_r[prob.flow_product]  # (S, J); rows report offered flows only
     rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
     used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
-    up_ok = ~jnp.any(rounded_up(b, prob).broken)
+    up_ok = ~jnp.any((rounded_up(b, prob) if rounding is None else rounding).broken)
     down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
     return at, up_ok | down_ok
 
@@ -161,7 +155,7 @@ def scenario_result(sol, prob, start) -> SweepResult:
     r = rounded_up(b, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, sol.result, sol.violation, sol.stats.iterations,
                        b.price_multiplier, b.sheet, b.price_per_request, b.requests_per_day, b.quality, b.mix,
-                       econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob), start, r.broken,
+                       econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob, r), start, r.broken,
                        r.whole - r.fractional, r.whole - r.limit, r.limit, r.step)
 
 
@@ -177,7 +171,7 @@ def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, 
         serve = serving if reuse_serving else None
         return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve))(nums)
 
-    return _sharded(run, mesh, 6, ())
+    return _sharded(run, mesh, 6, (1,))
 
 
 def repair_program(targets, relative, solver: Dual, mesh, reuse_serving: bool):
@@ -197,13 +191,13 @@ def _repair_program(targets: tuple[Target, ...], relative, solver: Dual, mesh, r
 
 
 def _sharded(run, mesh, n_args: int, rows: tuple[int, ...]):
-    """``jit(run)``, its scenario axis sharded over ``mesh`` (arguments ``rows`` and the outputs; the
-    chunk program's values are argument 1)."""
+    """``jit(run)`` of ``n_args`` arguments, its scenario axis sharded over ``mesh`` (the arguments at
+    positions ``rows`` and the outputs; the rest replicated)."""
     if mesh is None:
         return jax.jit(run)
     by_row = NamedSharding(mesh, PartitionSpec("scenarios"))
     rep = NamedSharding(mesh, PartitionSpec())
-    shardings = tuple(by_row if i in (rows or (1,)) else rep for i in range(n_args))
+    shardings = tuple(by_row if i in rows else rep for i in range(n_args))
     return jax.jit(run, in_shardings=shardings, out_shardings=by_row)
 
 
