@@ -20,6 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+PROJECTION_BISECTION_STEPS = 64
+"""Bisection steps of the shift of :func:`project_weights` (its bracket is at most about 2 wide, so
+2⁻⁶⁴ of it is below float64's resolution of a weight)."""
 WEIGHT_BISECTION_STEPS = 24
 """Bisection steps of the level of the smoothed period weights (2⁻²⁴ of the bracket: about 1e-5 of
 the smoothing band for a day of needs; the weights are normalised to sum to 1 exactly)."""
@@ -131,3 +134,33 @@ def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width)
     c = 0.5 * (a + b)
     sig = (nu + (kappa - nu) * jax.nn.sigmoid((need - c[..., None]) / w))
     return sig / jnp.maximum(sig.sum(-1, keepdims=True), 1e-300)
+
+
+def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
+    """(…, T) the Euclidean projection of period weights ``weight`` (…, T) onto their set at ``(κ, ν)``:
+    ``ν/T ≤ π_t ≤ κ/T``, ``Σ_t π_t = 1`` (the subgradients of :func:`cycle_cost`).
+
+    Weights valid for one scenario need not be for another (with ``κ = 1``, on-demand at the
+    reserved rent, the only weights are ``1/T``); the dual function is an upper bound only inside
+    the set, so a warm start from a neighbour is projected first. ``π_t = clip(w_t + τ, ν/T, κ/T)``
+    with the shift ``τ`` found by bisection (the sum is monotone in ``τ``).
+    """
+    T = weight.shape[-1]
+    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), weight.shape[:-1])[..., None]
+    nu = jnp.broadcast_to(jnp.asarray(idle_ratio), weight.shape[:-1])[..., None]
+    lo, hi = nu / T, jnp.minimum(kappa / T, 1.0)  # no weight exceeds 1
+
+    def total(tau):
+        return jnp.clip(weight + tau[..., None], lo, hi).sum(-1)
+
+    a = jnp.min(lo - weight, -1)  # every weight at its floor: Σ = ν ≤ 1
+    b = jnp.max(hi - weight, -1)  # every weight at its ceiling: Σ = min(κ, T) ≥ 1
+
+    def bisect(_, ab):
+        a, b = ab
+        mid = 0.5 * (a + b)
+        low = total(mid) < 1.0
+        return jnp.where(low, mid, a), jnp.where(low, b, mid)
+
+    a, b = jax.lax.fori_loop(0, PROJECTION_BISECTION_STEPS, bisect, (a, b))
+    return jnp.clip(weight + (0.5 * (a + b))[..., None], lo, hi)

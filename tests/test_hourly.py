@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.capacity import charge_weights, cycle_cost, reserve_level, smooth_charge_weights, water_fill
+from kernels.capacity import (charge_weights, cycle_cost, project_weights, reserve_level, smooth_charge_weights,
+                              water_fill)
 from optimizer import economics as econ
 from optimizer.decision import reference_decision
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
 from optimizer.problem import build_problem
+from optimizer.solve import Dual, DualStart
+from optimizer.solve.dual import pool_period_shape, solve_dual
 from optimizer.schema import TimeConfig
 from tests.scenarios import run_config, segment
 
@@ -85,6 +88,53 @@ def test_capacity_kernels_under_jit_vmap_and_grad():
     w = smooth_charge_weights(peak, 1e6, 0.0, 1e-3 * peak.max(-1))
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-9)
     np.testing.assert_allclose(w, jax.nn.softmax(peak / (1e-3 * peak.max(-1, keepdims=True)), -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("kappa,nu", [(1.77, 0.0), (3.0, 0.4), (1.0, 0.0), (1e6, 0.0)])
+def test_period_weights_are_projected_onto_their_set(kappa, nu):
+    """The Euclidean projection onto ν/T ≤ π_t ≤ κ/T, Σ π_t = 1, against SciPy's SLSQP on the same
+    quadratic program; weights already in the set stay; with κ = 1 only 1/T is left. Under jit and vmap."""
+    from scipy.optimize import minimize
+
+    T = 8
+    rng = np.random.default_rng(int(kappa * 10))
+    w = rng.dirichlet(np.full(T, 0.3), 6) * rng.uniform(0.5, 1.5, (6, 1))  # some sum to ≠ 1, some peak
+    got = np.asarray(jax.jit(jax.vmap(lambda x: project_weights(x, kappa, nu)))(jnp.asarray(w)))
+    lo, hi = nu / T, min(kappa / T, 1.0)
+    assert (got >= lo - 1e-15).all() and (got <= hi + 1e-15).all()
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-12)
+    for i in range(6):
+        ref = minimize(lambda p: ((p - w[i]) ** 2).sum(), np.full(T, 1.0 / T), jac=lambda p: 2 * (p - w[i]),
+                       bounds=[(lo, hi)] * T, constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1.0}],
+                       method="SLSQP", options={"ftol": 1e-14, "maxiter": 500}).x
+        np.testing.assert_allclose(got[i], ref, atol=1e-7)
+        inside = np.asarray(project_weights(jnp.asarray(got[i]), kappa, nu))
+        np.testing.assert_allclose(inside, got[i], atol=1e-14)  # a point of the set is its own projection
+    if kappa == 1.0:
+        np.testing.assert_allclose(got, 1.0 / T, atol=1e-14)
+
+
+def test_a_neighbours_weights_keep_the_bound_valid():
+    """A sweep starts each scenario from a neighbour's dual state. Its period weights are charges the
+    neighbour's on-demand rent allows (up to κ/T an hour); where on-demand costs what reserved does
+    (κ = 1) they overcharge the peak hours, and the dual function there fell below the optimum: a
+    bound under the plan's own margin, certified as converged. Projected onto the scenario's set,
+    the bound holds the best plan from the first step on."""
+    segs = {"chat": segment(demand="logit", elasticity=1.5, peak_to_mean=3.0, profile="burstgpt-1-azure-openai-gpt"),
+            "batch": segment(tier="batch", elasticity=1.5, volume=1e9)}
+    flat_rent = optimize(run_config(segs, periods=24, method="dual", on_demand_usd_per_gpu_hour={"h100-sxm": 2.69}))
+    prob, best = flat_rent.prob, float(flat_rent.relaxed.margin)
+    assert float(np.asarray(prob.on_demand_ratio)[0]) == 1.0 and flat_rent.relaxed.result == 0
+    neighbour = build_problem(run_config(segs, periods=24, method="dual"))[0]  # on-demand at 4.76 vs 2.69
+    solve = jax.jit(solve_dual, static_argnums=2)
+    shape = pool_period_shape(prob)
+    cold = DualStart(jnp.full(shape, 0.5), jnp.zeros(shape[0] + 2))
+    warm = solve(neighbour, cold, Dual(steps=300)).start._replace(age=None)
+    assert float(warm.weight.max()) * 24 > 1.3  # the neighbour charges its peak hours well above 1/T
+    for steps in (0, 160):
+        st = solve(prob, warm, Dual(steps=steps, charge_offset=60.0))
+        assert float(st.bound) >= best * (1 - 1e-9)
+        assert float(st.bound) >= float(st.primal.margin) * (1 - 1e-9)
 
 
 def test_one_period_is_the_two_number_model():

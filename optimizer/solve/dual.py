@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from kernels.demand import demand, nested_shares, outside_log
-from kernels.capacity import smooth_charge_weights
+from kernels.capacity import project_weights, smooth_charge_weights
 from optimizer import economics as econ
 from optimizer.decision import MASKED, encode, flow_prices, log_multiplier, price_box, sheet_log_mu, sheet_params
 from optimizer.objective import evaluate
@@ -427,8 +427,10 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     dtype = y0.split.dtype
     mask = limit_mask(prob, active)
     params0 = (y0.split, y0.limit_price * mask)
-    weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else y0.weight
     kappa, nu = econ.pool_ratios(prob)
+    # a neighbour's weights may lie outside this scenario's set (another on-demand / reserved rent
+    # ratio), where the dual function bounds nothing: project them in
+    weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else project_weights(y0.weight, kappa, nu)
     periods = y0.split.shape[-1]
     age = jnp.zeros((), dtype) if y0.age is None else jnp.asarray(y0.age, dtype)
 
