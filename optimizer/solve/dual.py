@@ -66,7 +66,11 @@ SHEET_GAIN_TOL = 1e-4
 """Relative profit the last Newton step on shared sheets may have promised for a converged plan (the
 step then leaves about its square: Newton converges quadratically near a maximum)."""
 WEIGHT_WIDTH = 0.01
-"""Band of needs (a share of each pool's peak need) over which the period weights are smoothed."""
+"""Band of needs (a share of each pool's peak need) over which the period weights are smoothed at the
+start temperature; it narrows with the temperature (``× t / t_start``), so the charges' Frank–Wolfe
+target nears the exact subgradient as the option choice nears its argmax (with a fixed band the
+charges settle where the smoothing, not the dual, puts them: on high-volume 24-period scenarios the
+bound then rose with more steps)."""
 FILLED_TOL = 1e-9
 """Relative tolerance of "the batch filled this period's free room" (:func:`charge_target`)."""
 CLIP_ITERS = 1
@@ -106,10 +110,10 @@ def uniform_weight(shape, dtype=float, xp=jnp):
     return xp.full(shape, 1.0 / shape[-1], dtype)
 
 
-def charge_target(x: "Primal", kappa, nu) -> Charges:
+def charge_target(x: "Primal", kappa, nu, width: float = WEIGHT_WIDTH) -> Charges:
     """The charges the plan ``x`` should pay: a subgradient of the fleet's cost at its needs (period
-    weights smoothed over :data:`WEIGHT_WIDTH` of each pool's peak need, the split over that share
-    of each period's need), chosen in the face of ties the way the optimality conditions of the
+    weights smoothed over ``width`` of each pool's peak need, the split over that share of each
+    period's need), chosen in the face of ties the way the optimality conditions of the
     water-filled batch ask [ECONOMICS.md §2.7]: every period whose free room the batch has filled
     (daily need = peak need, or the valley above it) charges the daily load the same ``β``, the
     weight of the valley (the lowest of those periods' weights), the rest going to the peak.
@@ -119,9 +123,9 @@ def charge_target(x: "Primal", kappa, nu) -> Charges:
     scenario."""
     need = jnp.maximum(x.peak_need, x.daily_need)
     top = need.max(-1, keepdims=True)
-    weight = smooth_charge_weights(need, kappa, nu, WEIGHT_WIDTH * top[..., 0])
-    width = jnp.maximum(WEIGHT_WIDTH * need, 1e-30)
-    daily = weight * jax.nn.sigmoid((x.daily_need - x.peak_need) / width)
+    weight = smooth_charge_weights(need, kappa, nu, width * top[..., 0])
+    band = jnp.maximum(width * need, 1e-30)
+    daily = weight * jax.nn.sigmoid((x.daily_need - x.peak_need) / band)
     filled = (x.batch_need > FILLED_TOL * top) & (x.daily_need >= x.peak_need - FILLED_TOL * need)
     beta = jnp.min(jnp.where(filled, weight, jnp.inf), -1, keepdims=True)
     daily = jnp.where(filled, jnp.minimum(beta, weight), daily)
@@ -493,7 +497,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             params = (jnp.clip(split_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
             if periods > 1:  # a Frank–Wolfe step of the charges (π s, π (1 − s)) towards the ones
                 # this solution should pay (the linear minimiser of the dual over the charge set)
-                goal = charge_target(x, kappa, nu)
+                goal = charge_target(x, kappa, nu, WEIGHT_WIDTH * t / t0)
                 eta = 2.0 / (k + 4.0 + solver.charge_offset + age)
                 peak = weight * split + eta * (goal.peak - weight * split)
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
@@ -504,7 +508,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                     need = jnp.maximum(x.peak_need, x.daily_need)  # a pool's GPUs count at its peak
                     top = need.max(-1, keepdims=True)
                     # a smoothed argmax of each pool's needs: the load-duration weights with κ → ∞
-                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, WEIGHT_WIDTH * top[..., 0])
+                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, WEIGHT_WIDTH * t / t0 * top[..., 0])
                     cap_moved = cap_weight + eta * (at_peak - cap_weight)
             else:
                 moved, cap_moved = weight, cap_weight
