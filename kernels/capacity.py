@@ -143,7 +143,8 @@ def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.nda
     Weights valid for one scenario need not be for another (with ``κ = 1``, on-demand at the
     reserved rent, the only weights are ``1/T``); the dual function is an upper bound only inside
     the set, so a warm start from a neighbour is projected first. ``π_t = clip(w_t + τ, ν/T, κ/T)``
-    with the shift ``τ`` found by bisection (the sum is monotone in ``τ``).
+    with the shift ``τ`` bracketed by bisection (the sum is monotone in ``τ``), then solved exactly
+    on the periods it leaves free (so the result sums to 1 and its gradient is the projection's).
     """
     T = weight.shape[-1]
     kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), weight.shape[:-1])[..., None]
@@ -162,5 +163,10 @@ def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.nda
         low = total(mid) < 1.0
         return jnp.where(low, mid, a), jnp.where(low, b, mid)
 
-    a, b = jax.lax.fori_loop(0, PROJECTION_BISECTION_STEPS, bisect, (a, b))
-    return jnp.clip(weight + (0.5 * (a + b))[..., None], lo, hi)
+    a, b = jax.lax.fori_loop(0, PROJECTION_BISECTION_STEPS, bisect, (jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)))
+    guess = jax.lax.stop_gradient(weight + (0.5 * (a + b))[..., None])
+    floor, ceil = guess <= lo, guess >= hi
+    free = ~(floor | ceil)
+    fixed = jnp.where(floor, lo, 0.0).sum(-1) + jnp.where(ceil, hi, 0.0).sum(-1)
+    tau = (1.0 - fixed - jnp.where(free, weight, 0.0).sum(-1)) / jnp.maximum(free.sum(-1), 1)
+    return jnp.where(free, weight + tau[..., None], jnp.where(floor, lo, hi))

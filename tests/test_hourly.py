@@ -113,6 +113,13 @@ def test_period_weights_are_projected_onto_their_set(kappa, nu):
         np.testing.assert_allclose(inside, got[i], atol=1e-14)  # a point of the set is its own projection
     if kappa == 1.0:
         np.testing.assert_allclose(got, 1.0 / T, atol=1e-14)
+    # the gradient of a linear read-out against central differences (a generic point: no tie)
+    c = jnp.asarray(rng.normal(size=T))
+    f = jax.jit(lambda x: jnp.dot(c, project_weights(x, kappa, nu)))
+    g = np.asarray(jax.grad(f)(jnp.asarray(w[0])))
+    fd = [(float(f(jnp.asarray(w[0]).at[t].add(1e-7))) - float(f(jnp.asarray(w[0]).at[t].add(-1e-7)))) / 2e-7
+          for t in range(T)]
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
 
 
 def test_a_neighbours_weights_keep_the_bound_valid():
