@@ -497,7 +497,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             params = (jnp.clip(split_new, 0.0, 1.0), jnp.maximum(lam_new, 0.0) * mask)
             if periods > 1:  # a Frank–Wolfe step of the charges (π s, π (1 − s)) towards the ones
                 # this solution should pay (the linear minimiser of the dual over the charge set)
-                goal = charge_target(x, kappa, nu, WEIGHT_WIDTH * t / t0)
+                width = WEIGHT_WIDTH * t / t0  # the smoothing narrows with the temperature
+                goal = charge_target(x, kappa, nu, width)
                 eta = 2.0 / (k + 4.0 + solver.charge_offset + age)
                 peak = weight * split + eta * (goal.peak - weight * split)
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
@@ -508,7 +509,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                     need = jnp.maximum(x.peak_need, x.daily_need)  # a pool's GPUs count at its peak
                     top = need.max(-1, keepdims=True)
                     # a smoothed argmax of each pool's needs: the load-duration weights with κ → ∞
-                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, WEIGHT_WIDTH * t / t0 * top[..., 0])
+                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, width * top[..., 0])
                     cap_moved = cap_weight + eta * (at_peak - cap_weight)
             else:
                 moved, cap_moved = weight, cap_weight

@@ -68,6 +68,7 @@ class SweepResult(NamedTuple):
 class Rounding(NamedTuple):
     """Each limit (G GPU caps, the daily budget, the capex budget) against a plan rounded up to whole replicas."""
 
+    used: jnp.ndarray  # (G, J, K) bool: the pools a whole fleet keeps (the rest carry a softmax tail)
     whole: jnp.ndarray  # (G + 2,) GPUs per type, USD/day, USD of capex with every used pool rounded up
     fractional: jnp.ndarray  # (G + 2,) the same of the relaxed plan
     limit: jnp.ndarray  # (G + 2,)
@@ -90,7 +91,7 @@ def rounded_up(b, prob) -> Rounding:
     G = per_type.shape[0]
     broken = whole > limit * (1.0 + 1e-9) + jnp.where(jnp.arange(G + 2) < G, 1e-9, 0.0)
     step = econ.whole_steps(used, prob, b.period_gpus.shape[-1])
-    return Rounding(whole, fractional, limit, broken, step)
+    return Rounding(used, whole, fractional, limit, broken, step)
 
 
 def plan_flags(b, prob, rounding: Rounding | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -106,10 +107,9 @@ def plan_flags(b, prob, rounding: Rounding | None = None) -> tuple[jnp.ndarray, 
     at_r = jnp.where(jnp.any(lm <= prob.log_mu_lo[:, None] + PRICE_BOUND_TOL, -1), -1,
                      jnp.where(jnp.any(lm >= prob.log_mu_hi[:, None] - PRICE_BOUND_TOL, -1), 1, 0))
     at = at_r[prob.flow_product]  # (S, J); rows report offered flows only
-    rep = jnp.maximum(prob.tp, 1.0)  # GPUs per replica
-    used = b.gpus > 0.01 * rep  # smaller pools (softmax tails of the Adam solver) are dropped by a whole fleet
-    up_ok = ~jnp.any((rounded_up(b, prob) if rounding is None else rounding).broken)
-    down_ok = jnp.all(jnp.where(used, jnp.floor(b.gpus / rep + 1e-6) >= 1.0, True))
+    r = rounded_up(b, prob) if rounding is None else rounding
+    down_ok = jnp.all(jnp.where(r.used, jnp.floor(b.gpus / jnp.maximum(prob.tp, 1.0) + 1e-6) >= 1.0, True))
+    up_ok = ~jnp.any(r.broken)
     return at, up_ok | down_ok
 
 
