@@ -325,6 +325,7 @@ def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty
     assert f"the relaxation re-solved {res.stages['integer'].tightened} time(s)" in md
 
 
+@pytest.mark.slow  # CI time (21 s; CI ran 842 s of 900 on a slow hour); in the nightly command (README)
 def test_a_high_volume_day_stays_certified_as_the_steps_grow():
     """The default scenario at 24 periods with six times its chat volume (a row of the `wide` sweep).
     With the period weights smoothed over a fixed band of needs, the charges settled where the
