@@ -137,38 +137,76 @@ def _load(path: Path):
         return None
 
 
+COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+"""XLA options every exported program is compiled with (part of its key). XLA:CPU's MLIR fusion
+emitters (its default in JAX 0.10) take about 1.5× the compile time of its elemental emitters on
+these programs (the dual solve: 10.8 s against 7.2 s on the 2-core CI machine), for the same run
+time (``benchmarks/single_run.py``, ``benchmarks/sweep_speed.py``). An XLA that no longer knows an
+option compiles without it."""
+
+
+def _path(name: str, static: str, args: tuple) -> Path | None:
+    where = export_dir()
+    if where is None:
+        return None
+    return where / f"{name}-{program_key(name, static + repr(sorted(COMPILER_OPTIONS.items())), args)}{SUFFIX}"
+
+
+def stored(name: str, args: tuple, static: str = "") -> bool:
+    """Whether :func:`exported` would find the program stored (on disk or in this process)."""
+    path = _path(name, static, args)
+    return path is not None and (path in _PROGRAMS or path.exists())
+
+
 def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable:
     """A callable equal to ``fn`` on arguments shaped like ``args``, traced and compiled at most once
     per machine.
 
     Args:
       name: program name (file prefix). fn: a jitted function (its static arguments already bound).
-      args: example arguments (arrays or pytrees of arrays; only shapes and dtypes are used).
+      args: example arguments (arrays, ``jax.ShapeDtypeStruct`` or pytrees of them; only shapes and
+        dtypes are used, so a program can be compiled before its inputs exist).
       static: a string of every static setting that ``fn`` closes over (part of the key).
+
+    Thread-safe: a program another thread is compiling is waited for, not compiled twice.
     """
-    where = export_dir()
-    if where is None:
+    path = _path(name, static, args)
+    if path is None:
         return fn
-    path = where / f"{name}-{program_key(name, static, args)}{SUFFIX}"
     with _LOCK:
         if path in _PROGRAMS:  # compiled or loaded earlier in this process
             return _PROGRAMS[path]
+        lock = _BUSY.setdefault(path, threading.Lock())
+    with lock:  # one thread compiles or loads a program; the others wait for it
+        with _LOCK:
+            if path in _PROGRAMS:
+                return _PROGRAMS[path]
+        return _remember(path, _compile_or_load(path, name, fn, args))
+
+
+def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple) -> Program:
     if path.exists():
         compiled = _load(path)
         if compiled is not None:
-            return _remember(path, Program(compiled, fn, name, path))
+            return Program(compiled, fn, name, path)
     from jax.experimental import serialize_executable
 
     from optimizer import jax_cache
 
     with jax_cache.fresh():  # an executable from JAX's own cache would serialise into a broken file
-        compiled = fn.lower(*jax.tree.map(_spec, args)).compile()
+        lowered = fn.lower(*jax.tree.map(_spec, args))
+        try:
+            compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+        except jax.errors.JaxRuntimeError as e:  # an XLA without one of the options
+            log.debug("program %s: %s; compiling with XLA's defaults", name, str(e).splitlines()[0])
+            compiled = lowered.compile()
     body = pickle.dumps(serialize_executable.serialize(compiled))
     io.atomic_write(path, lambda p: p.write_bytes(hashlib.sha256(body).digest() + body))
-    return _remember(path, Program(compiled, fn, name))
+    return Program(compiled, fn, name)
 
 
 _PROGRAMS: dict[Path, Program] = {}
+_BUSY: dict[Path, threading.Lock] = {}
 _LOCK = threading.Lock()
 
 
@@ -181,3 +219,4 @@ def forget() -> None:
     """Drop the programs this process has loaded (as a new process would start)."""
     with _LOCK:
         _PROGRAMS.clear()
+        _BUSY.clear()

@@ -95,7 +95,7 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
     solver = choose(active, prob.usd_per_gpu_hour.shape[0], cfg.solver, shared=shared)
     if isinstance(solver, Dual):
         y0 = solver.init(task)
-        sol, _ = aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))(task, y0)
+        sol, _ = _dual_solve(solver, task, y0)(task, y0)
         return sol, solver.name
     s = cfg.solver
     if show_bar:  # a host callback cannot be exported: traced in this process
@@ -105,6 +105,28 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
     dec0 = initial_decisions(prob, s.starts, s.seed)
     sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
     return sol, solver.name
+
+
+def _dual_solve(solver: Dual, task, y0):
+    """The exported dual solve of ``solver`` for tasks shaped like ``task`` (arrays or shapes)."""
+    return aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))
+
+
+def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig) -> bool:
+    """On a first run (the assemble program not yet stored), compile the relaxed dual solve from the
+    problem's shapes (``jax.eval_shape`` of the assembly), so that it compiles while the assembly
+    does; a warm run returns at once. Returns whether it compiled."""
+    if aot.export_dir() is None or aot.stored("assemble", (numbers, pools)):
+        return False
+    spec = jax.eval_shape(assemble_jit, numbers, pools)
+    spec = spec._replace(demand=spec.demand._replace(offer_mask=np.asarray(pools.offer_mask)))
+    active = active_mask(labels, spec, fixed_fleet=False)
+    task = relaxed_task(spec, active)
+    solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
+    if not isinstance(solver, Dual):
+        return False
+    _dual_solve(solver, task, solver.init(task))
+    return True
 
 
 @functools.lru_cache(maxsize=8)
@@ -131,7 +153,7 @@ def evaluate_program(prob: Problem):
     return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)))
 
 
-_decode, _encode = jax.jit(decode), jax.jit(encode)  # compiled: eager operations would each compile on a first run
+_decode, _encode = jax.jit(decode), jax.jit(encode)  # exported: eager operations would each compile on a run
 
 KEEP_POOL = 0.5
 """A relaxed pool below this share of one replica (at its peak) hands its load to the flow's other pools."""
@@ -140,7 +162,7 @@ KEEP_POOL = 0.5
 def consolidated(dec, prob: Problem, keep: np.ndarray):
     """``dec`` with each flow's routing restricted to the pools in ``keep`` (G, J, K) (renormalised;
     a flow with no kept pool keeps its largest), so small softmax tails do not each cost a replica."""
-    log_mu, mix, route = (np.asarray(x, float) for x in _decode(dec, prob))
+    log_mu, mix, route = (np.asarray(x, float) for x in aot.exported("decode", _decode, (dec, prob))(dec, prob))
     kept = np.transpose(keep, (1, 2, 0))[None]  # (1, J, K, G)
     top = route >= route.max(-1, keepdims=True)
     r = np.where(kept | (~kept.any(-1, keepdims=True) & top), route, 0.0)
@@ -148,7 +170,7 @@ def consolidated(dec, prob: Problem, keep: np.ndarray):
     pool_ok = (np.where(kept, route, 0.0).sum(-1) > 0)  # (S, J, K): precision k still has a kept pool
     m = np.where(pool_ok | ~pool_ok.any(-1, keepdims=True), mix, 0.0)
     m = m / np.maximum(m.sum(-1, keepdims=True), 1e-300)
-    return _encode(log_mu, m, r, prob)
+    return aot.exported("encode", _encode, (log_mu, m, r, prob))(log_mu, m, r, prob)
 
 
 class Rounded(NamedTuple):
@@ -212,6 +234,39 @@ def tightened(current: Problem, limits: Problem, rounded: Rounded, attempt: int 
                             capex_budget_usd=np.asarray(new[G + 1]))
 
 
+def _repair_parts(prob, labels, cfg: RunConfig, act_relaxed, act_fixed):
+    """``(inner solver, IntegerRepair, fixed-fleet task)`` of the integer stage."""
+    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products)
+    repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
+    return inner, repair, fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
+
+
+def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, also_compile):
+    """Build the problem and solve its relaxation, compiling on ``pool`` (two threads) what a first
+    run needs beside it: the relaxed solve while the assembly compiles (from the problem's shapes),
+    then the later stages' programs while the relaxed solve compiles (compilation releases the GIL).
+    Returns ``(prob, labels, relaxed solution, solver name, later programs, solve start time)``."""
+    def before(n, p, lab):
+        pool.submit(compile_relaxed_early, n, p, lab, cfg)  # a failure here is the main thread's to report
+
+    prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p), before)
+    act_relaxed = active_mask(labels, prob, fixed_fleet=False)
+    inner, repair, fixed = _repair_parts(prob, labels, cfg, act_relaxed, active_mask(labels, prob, fixed_fleet=True))
+
+    def later():
+        out = {"evaluate": evaluate_program(prob)}
+        if cfg.solver.integer_fleet and not labels.time_varying:  # (an hourly plan is rounded, not re-priced)
+            out["fleet"] = _fleet_program(inner, fixed, inner.init(fixed), repair.width)
+        if also_compile is not None:
+            also_compile(prob, labels)
+        return out
+
+    programs = pool.submit(later)
+    t0 = time.perf_counter()
+    relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
+    return prob, labels, relaxed, method, programs.result(), t0
+
+
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
     """Solve a scenario end to end.
 
@@ -226,27 +281,12 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     are prepared in a background thread while the relaxed solve's program is: compilation releases
     the GIL, so on a first run the two compile at once.
     """
-    prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p))
+    with ThreadPoolExecutor(2) as pool:
+        prob, labels, relaxed, method, programs, t0 = _relaxed_stage(cfg, pool, show_bar, also_compile)
     names = constraint_names(labels)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
     act_fixed = active_mask(labels, prob, fixed_fleet=True)
-    inner = choose_fleet_solver(act_relaxed, len(labels.gpus), cfg.solver, labels.has_shared_products)
-    repair = IntegerRepair(inner, cfg.solver.repair_rounds, cfg.solver.starts)
-    fixed = fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
-
-    def later():
-        out = {"evaluate": evaluate_program(prob)}
-        if cfg.solver.integer_fleet and not labels.time_varying:  # (an hourly plan is rounded, not re-priced)
-            out["fleet"] = _fleet_program(inner, fixed, inner.init(fixed), repair.width)
-        if also_compile is not None:
-            also_compile(prob, labels)
-        return out
-
-    with ThreadPoolExecutor(1) as pool:
-        programs = pool.submit(later)
-        t0 = time.perf_counter()
-        relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
-        programs = programs.result()
+    inner, repair, fixed = _repair_parts(prob, labels, cfg, act_relaxed, act_fixed)
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))
     rb = evaluate(relaxed.decision, prob, no_fleet, np.asarray(False))

@@ -888,16 +888,19 @@ def check_feasible_routes(prob: Problem, labels: Labels, cfg: RunConfig) -> None
                     f"ttft_ms={seg.ttft_ms} at isl={seg.isl:g}, osl={seg.osl:g}; relax the SLO or add GPUs")
 
 
-def build_problem(cfg: RunConfig, program=None) -> tuple[Problem, Labels]:
+def build_problem(cfg: RunConfig, program=None, before=None) -> tuple[Problem, Labels]:
     """Validate a scenario and build its :class:`Problem` arrays and :class:`Labels`.
 
-    ``program(numbers, pools)`` replaces :data:`assemble_jit` (e.g. an exported copy of it).
+    ``program(numbers, pools)`` replaces :data:`assemble_jit` (e.g. an exported copy of it);
+    ``before(numbers, pools, labels)`` is called before it (e.g. to start compiling later programs).
 
     Raises:
       ConfigError (and subclasses) naming the field and the accepted values: bad segment fields,
       unknown catalog names, a model that fits no GPU, a segment with no feasible deployment.
     """
     numbers, pools, labels = scenario_inputs(cfg)
+    if before is not None:
+        before(numbers, pools, labels)
     prob = (program or (lambda n, p: assemble_jit(n, p)))(numbers, pools)
     check_feasible_routes(prob, labels, cfg)
     return prob, labels

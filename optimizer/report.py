@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optimizer import figures as figs
 from optimizer import io
 from optimizer.economics import usd_per_gpu_second
 
@@ -136,22 +137,25 @@ def _solver_line(stage: dict, summary: dict) -> str:
     return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
 
 
-def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None) -> list[Path]:
+def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
+          helper=None) -> list[Path]:
     """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet
-    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type."""
-    import matplotlib
+    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``helper``: an :class:`optimizer.figures.Helper` that draws some of them while this process
+    draws the rest (:func:`optimizer.figures.draw_all`)."""
+    return figs.draw_all(figures(outdir, result, plan, fleet, hourly), helper)
 
+
+def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
+            hourly: pd.DataFrame | None = None) -> list:
+    """What each figure of a run shows, as plain data (:class:`optimizer.figures.Figure`)."""
     prob, labels = result.prob, result.labels
     dec = result.final.decision
     S, J = np.asarray(prob.demand.offer_mask).shape
     R = len(labels.products)
-    paths = []
     # 1. demand and margin vs each product's price (its whole sheet; other prices held), relaxed cost model
     mults = PRICE_MULTIPLES
-
     program, deltas = price_response_program(prob, dec)
     reqs_all, margins_all = (np.asarray(x) for x in program(dec, prob, deltas))
     reqs_all, margins_all = reqs_all.reshape(R, len(mults), S, J), margins_all.reshape(R, len(mults))
@@ -160,27 +164,10 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly:
     revenue = np.asarray(b.revenue)
     shown = sorted(range(R), key=lambda r: -revenue[flow == r].sum())[:MAX_PLOTTED_PRODUCTS]
     price = np.asarray(b.price_per_request)
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
-    for i, r in enumerate(shown):
-        reqs, margins = (reqs_all[r] * (flow == r)).sum((-1, -2)), margins_all[r]
-        ax = axes[0, i]
-        ax.plot(mults, np.asarray(reqs) / 1e6, color="tab:blue")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks([0.25, 0.5, 1.0, 2.0, 4.0], ["0.25", "0.5", "1", "2", "4"])
-        ax.set_xlabel("price / chosen price")
-        ax.set_ylabel("requests per day (millions)", color="tab:blue")
-        ax2 = ax.twinx()
-        ax2.plot(mults, np.asarray(margins) / 1e3, color="tab:green")
-        ax2.set_ylabel("total margin (k$/day, continuous fleet)", color="tab:green")
-        ax.axvline(1.0, color="black", ls="--", lw=1)
-        for name, x in competitor_marks(prob, labels, price, r):
-            if mults[0] <= x <= mults[-1]:
-                ax.axvline(x, color="tab:red", ls=":", lw=1)
-                ax.text(x, ax.get_ylim()[1], name, rotation=90, va="top", ha="right", fontsize=7, color="tab:red")
-        ax.set_title(labels.products[r], fontsize=9)
-    _margins(fig, left=0.75, right=0.8, bottom=0.6, top=0.35, wspace=1.45)
-    paths.append(_save(fig, outdir / "demand_margin_vs_price.png"))
+    panels = [{"requests": (reqs_all[r] * (flow == r)).sum((-1, -2)), "margins": margins_all[r],
+               "marks": competitor_marks(prob, labels, price, r), "title": labels.products[r]} for r in shown]
+    out = [figs.Figure("demand_margin_vs_price", {"multiples": np.asarray(mults), "panels": panels},
+                       outdir / "demand_margin_vs_price.png")]
     # 2. cost per million tokens of each pool at each segment's shape (interactive at SLO)
     rows = []
     gsr = np.asarray(prob.gpu_s_per_request)
@@ -192,70 +179,12 @@ def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly:
                 rows.append((f"{labels.gpus[g]}/{labels.models[j]}/{labels.precisions[k]}", labels.segments[s],
                              usd_per_gpu_second(v * price_h[g]) / tokens * 1e6))
     df = pd.DataFrame(rows, columns=["pool", "segment", "usd_per_mtok"])
-    piv = df.pivot_table(index="pool", columns="segment", values="usd_per_mtok")
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(piv))))
-    piv.plot.barh(ax=ax, logx=True)
-    ax.set_xlabel("GPU cost per million tokens (USD, at the segment's SLO, 100 % utilisation)")
-    ax.set_ylabel("")
-    _margins(fig, left=0.25 + 0.085 * max(len(str(p)) for p in piv.index), right=0.2, bottom=0.6, top=0.2)
-    paths.append(_save(fig, outdir / "cost_per_mtok.png"))
-    # 3. fleet composition
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    if len(fleet):
-        comp = fleet.assign(pool=fleet["model"] + "/" + fleet["precision"]).pivot_table(
-            index="gpu", columns="pool", values="gpus", aggfunc="sum").fillna(0.0)
-        comp.plot.bar(stacked=True, ax=ax)
-    ax.set_ylabel("GPUs")
-    ax.set_title("fleet composition")
-    ax.set_xlabel("")
-    ax.tick_params(axis="x", labelrotation=0)
-    _margins(fig, left=0.7, right=0.2, bottom=0.45, top=0.35)
-    paths.append(_save(fig, outdir / "fleet.png"))
+    out.append(figs.Figure("cost_per_mtok", {"table": df.pivot_table(index="pool", columns="segment",
+                                                                     values="usd_per_mtok")},
+                           outdir / "cost_per_mtok.png"))
+    # 3. fleet composition; 4. the fleet over the day
+    out.append(figs.Figure("fleet", {"fleet": fleet[["gpu", "model", "precision", "gpus"]].copy()},
+                           outdir / "fleet.png"))
     if hourly is not None and len(hourly) and hourly["period"].nunique() > 1:
-        paths.append(_hourly_plot(outdir, hourly, plt))
-    return paths
-
-
-def _hourly_plot(outdir: Path, hourly: pd.DataFrame, plt) -> Path:
-    """4. GPUs per period per GPU type, reserved (solid) vs on-demand (hatched), and utilisation."""
-    types = list(dict.fromkeys(hourly["gpu"]))
-    fig, axes = plt.subplots(1, len(types), figsize=(5.2 * len(types), 3.6), squeeze=False)
-    for i, g in enumerate(types):
-        d = hourly[hourly["gpu"] == g].groupby("start_hour")[["reserved_gpus", "on_demand_gpus", "busy_gpus",
-                                                               "gpus"]].sum()
-        ax = axes[0, i]
-        x = d.index.to_numpy(float)
-        width = float(np.diff(x).min()) if len(x) > 1 else 1.0
-        ax.bar(x, d["reserved_gpus"], width=width * 0.9, align="edge", color="tab:blue", label="reserved")
-        ax.bar(x, d["on_demand_gpus"], width=width * 0.9, align="edge", bottom=d["reserved_gpus"],
-               color="tab:orange", hatch="//", label="on-demand")
-        ax.set_xlabel("hour of the cycle")
-        ax.set_ylabel("GPUs")
-        ax.set_title(g, fontsize=9)
-        ax2 = ax.twinx()
-        util = np.where(d["gpus"] > 0, d["busy_gpus"] / d["gpus"].where(d["gpus"] > 0, 1.0), 0.0)
-        ax2.plot(x + width / 2, 100 * util, color="black", lw=1, marker=".", label="utilisation")
-        ax2.set_ylim(0, 100)
-        ax2.set_ylabel("utilisation (%)")
-        if i == 0:
-            ax.legend(loc="upper left", fontsize=7)
-    _margins(fig, left=0.75, right=0.75, bottom=0.6, top=0.35, wspace=1.2)
-    return _save(fig, outdir / "fleet_hourly.png")
-
-
-def _margins(fig, left: float, right: float, bottom: float, top: float, wspace: float = 0.0) -> None:
-    """Fixed margins in inches (what ``tight_layout`` would find, without its extra layout pass over
-    every tick label, which costs as much as drawing the figure)."""
-    w, h = fig.get_size_inches()
-    n = max(len(fig.axes) and fig.axes[0].get_subplotspec().get_gridspec().ncols, 1)
-    axes_w = (w - left - right - wspace * (n - 1)) / n
-    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
-                        wspace=wspace / max(axes_w, 1e-9))
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    io.atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+        out.append(figs.Figure("fleet_hourly", {"hourly": hourly.copy()}, outdir / "fleet_hourly.png"))
+    return out

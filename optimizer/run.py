@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from optimizer import io
+from optimizer import figures, io
 from optimizer import progress as progress_mod
 from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
@@ -133,6 +133,15 @@ def run(cfg, outdir: Path) -> dict:
         if c.output.plots:
             report.prepare(prob, labels)
 
+    helper = figures.Helper() if c.output.plots else None  # its imports overlap the solve
+    try:
+        return _solve_and_publish(c, cfg, outdir, t0, show, prepare, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _solve_and_publish(c: RunConfig, cfg, outdir: Path, t0: float, show: bool, prepare, helper) -> dict:
     res = optimize(c, show_bar=show, also_compile=prepare)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
@@ -161,7 +170,7 @@ def run(cfg, outdir: Path) -> dict:
             io.write_text(stage / "price_sheet.md", price_sheet_markdown(sheet, res.labels.scenario))
             io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan), reserved))
             if c.output.plots:
-                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly)]
+                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly, helper)]
         io.write_json(stage / "summary.json", summary)
 
     io.publish(outdir, write, status=res.status)

@@ -68,11 +68,13 @@ def test_scenario_assembly_round_trips_through_export(export_dir):
     base, pools, _ = scenario_inputs(cfg)
     assert isinstance(base, Numbers) and isinstance(pools, Pools)
     want = assemble_jit(base, pools)
-    aot.exported("assemble", assemble_jit, (base, pools))
+    fresh = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
     aot.forget()
     got = aot.exported("assemble", assemble_jit, (base, pools))(base, pools)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(fresh), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the stored program is the compiled one
+        # compiled with aot.COMPILER_OPTIONS: the same numbers as the plain jit up to rounding
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(c, float), rtol=1e-12, atol=1e-300)
     assert type(got) is type(want)
 
 
@@ -119,3 +121,31 @@ def test_stored_program_runs_in_a_new_process_even_when_jax_cache_held_it(tmp_pa
     third = probe()  # loads the stored executable in a new process and runs it
     assert third.stdout.split("VALUE")[1] == first.stdout.split("VALUE")[1]
     assert "failed to run" not in third.stderr
+
+
+def test_a_program_compiled_from_shapes_serves_arrays_and_compiles_once(export_dir):
+    """A program compiled ahead from ``ShapeDtypeStruct``s (what a first run does beside the
+    assembly) is the one later calls with arrays get; threads asking at once compile it once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    traces = []
+
+    @jax.jit
+    def f(x, y):
+        traces.append(1)
+        return x @ y
+
+    x, y = np.arange(12.0).reshape(3, 4), np.ones((4, 2))
+    specs = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(y.shape, y.dtype))
+    assert not aot.stored("f", (x, y))
+    with ThreadPoolExecutor(4) as pool:
+        programs = list(pool.map(lambda a: aot.exported("f", f, a), [specs, (x, y), specs, (x, y)]))
+    assert len(traces) == 1 and all(p is programs[0] for p in programs)
+    assert aot.stored("f", (x, y)) and len(list(export_dir.glob("f-*.xla"))) == 1
+    np.testing.assert_array_equal(np.asarray(programs[0](x, y)), x @ y)
+
+
+def test_an_xla_without_a_compiler_option_compiles_without_it(export_dir, monkeypatch):
+    monkeypatch.setattr(aot, "COMPILER_OPTIONS", {"xla_no_such_option_anywhere": True})
+    f = jax.jit(lambda x: 2.0 * x)
+    np.testing.assert_array_equal(np.asarray(aot.exported("k", f, (jnp.arange(3.0),))(jnp.arange(3.0))), [0.0, 2.0, 4.0])

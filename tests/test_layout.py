@@ -21,6 +21,7 @@ LAYERS = {  # module (or package prefix) -> layer; a module may import only its 
     "optimizer.solve": 4,
     "optimizer.engine": 5, "optimizer.sweep": 5,
     "optimizer.plan": 6, "optimizer.price_sheet": 6, "optimizer.report": 6, "optimizer.sweep.report": 6,
+    "optimizer.figures": 6,
     "optimizer.run": 7, "optimizer.run_estimate": 7, "optimizer.run_calibrate": 7, "optimizer.callbacks": 7,
     "optimizer.cli": 8,
 }

@@ -34,7 +34,7 @@ def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from optimizer.report import _save
+    from optimizer.figures import save as _save
 
     paths = []
     ok = result[result["converged"]]

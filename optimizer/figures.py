@@ -1,0 +1,254 @@
+"""The run's figures drawn from plain data (NumPy arrays, pandas frames), and a helper process that
+draws some of them while this one draws the others.
+
+:mod:`optimizer.report` computes what each figure shows (it needs the problem and JAX); this module
+only draws, and imports neither JAX nor the model, so a fresh interpreter can start it in a fraction
+of a run's time. Drawing a figure is pure Python (matplotlib's Agg renderer holds the GIL), so a
+thread cannot draw two at once; a second process can, on the second core of the machine.
+
+:class:`Helper` is that process: started when a run starts (its imports overlap the solve), handed
+figures once the plan is known, and waited for before the run's files are published. A helper that
+fails, or is not there, costs nothing but time: every figure it did not draw is drawn here.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from optimizer import io
+
+DPI = 110
+HELPER_TIMEOUT_S = 120.0
+"""Seconds the run waits for the helper's figures before drawing them itself."""
+
+
+class Figure(NamedTuple):
+    """One figure to draw: its kind (a key of :data:`DRAW`), its data and the file to write."""
+
+    kind: str
+    data: dict
+    path: Path
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def demand_margin_vs_price(data: dict, plt):
+    """Demand (left axis) and total margin (right axis) against each main product's price (its whole
+    sheet moved; ``data["multiples"]`` of the chosen price), competitors' prices marked."""
+    mults, panels = data["multiples"], data["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for i, p in enumerate(panels):
+        ax = axes[0, i]
+        ax.plot(mults, np.asarray(p["requests"]) / 1e6, color="tab:blue")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([0.25, 0.5, 1.0, 2.0, 4.0], ["0.25", "0.5", "1", "2", "4"])
+        ax.set_xlabel("price / chosen price")
+        ax.set_ylabel("requests per day (millions)", color="tab:blue")
+        ax2 = ax.twinx()
+        ax2.plot(mults, np.asarray(p["margins"]) / 1e3, color="tab:green")
+        ax2.set_ylabel("total margin (k$/day, continuous fleet)", color="tab:green")
+        ax.axvline(1.0, color="black", ls="--", lw=1)
+        for name, x in p["marks"]:
+            if mults[0] <= x <= mults[-1]:
+                ax.axvline(x, color="tab:red", ls=":", lw=1)
+                ax.text(x, ax.get_ylim()[1], name, rotation=90, va="top", ha="right", fontsize=7, color="tab:red")
+        ax.set_title(p["title"], fontsize=9)
+    margins(fig, left=0.75, right=0.8, bottom=0.6, top=0.35, wspace=1.45)
+    return fig
+
+
+def cost_per_mtok(data: dict, plt):
+    """GPU cost per million tokens of each pool (rows) at each segment's shape and SLO (bars)."""
+    piv = data["table"]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(piv))))
+    piv.plot.barh(ax=ax, logx=True)
+    ax.set_xlabel("GPU cost per million tokens (USD, at the segment's SLO, 100 % utilisation)")
+    ax.set_ylabel("")
+    margins(fig, left=0.25 + 0.085 * max(len(str(p)) for p in piv.index), right=0.2, bottom=0.6, top=0.2)
+    return fig
+
+
+def fleet(data: dict, plt):
+    """GPUs per type, stacked by pool (model / precision)."""
+    fleet = data["fleet"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if len(fleet):
+        comp = fleet.assign(pool=fleet["model"] + "/" + fleet["precision"]).pivot_table(
+            index="gpu", columns="pool", values="gpus", aggfunc="sum").fillna(0.0)
+        comp.plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("GPUs")
+    ax.set_title("fleet composition")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=0)
+    margins(fig, left=0.7, right=0.2, bottom=0.45, top=0.35)
+    return fig
+
+
+def fleet_hourly(data: dict, plt):
+    """GPUs per period per GPU type, reserved (solid) vs on-demand (hatched), and utilisation."""
+    hourly = data["hourly"]
+    types = list(dict.fromkeys(hourly["gpu"]))
+    fig, axes = plt.subplots(1, len(types), figsize=(5.2 * len(types), 3.6), squeeze=False)
+    for i, g in enumerate(types):
+        d = hourly[hourly["gpu"] == g].groupby("start_hour")[["reserved_gpus", "on_demand_gpus", "busy_gpus",
+                                                               "gpus"]].sum()
+        ax = axes[0, i]
+        x = d.index.to_numpy(float)
+        width = float(np.diff(x).min()) if len(x) > 1 else 1.0
+        ax.bar(x, d["reserved_gpus"], width=width * 0.9, align="edge", color="tab:blue", label="reserved")
+        ax.bar(x, d["on_demand_gpus"], width=width * 0.9, align="edge", bottom=d["reserved_gpus"],
+               color="tab:orange", hatch="//", label="on-demand")
+        ax.set_xlabel("hour of the cycle")
+        ax.set_ylabel("GPUs")
+        ax.set_title(g, fontsize=9)
+        ax2 = ax.twinx()
+        util = np.where(d["gpus"] > 0, d["busy_gpus"] / d["gpus"].where(d["gpus"] > 0, 1.0), 0.0)
+        ax2.plot(x + width / 2, 100 * util, color="black", lw=1, marker=".", label="utilisation")
+        ax2.set_ylim(0, 100)
+        ax2.set_ylabel("utilisation (%)")
+        if i == 0:
+            ax.legend(loc="upper left", fontsize=7)
+    margins(fig, left=0.75, right=0.75, bottom=0.6, top=0.35, wspace=1.2)
+    return fig
+
+
+DRAW = {"demand_margin_vs_price": demand_margin_vs_price, "cost_per_mtok": cost_per_mtok, "fleet": fleet,
+        "fleet_hourly": fleet_hourly}
+"""Each figure kind's drawing function ``f(data, plt) -> matplotlib Figure``."""
+
+
+def margins(fig, left: float, right: float, bottom: float, top: float, wspace: float = 0.0) -> None:
+    """Fixed margins in inches (what ``tight_layout`` would find, without its extra layout pass over
+    every tick label, which costs as much as drawing the figure)."""
+    w, h = fig.get_size_inches()
+    n = max(len(fig.axes) and fig.axes[0].get_subplotspec().get_gridspec().ncols, 1)
+    axes_w = (w - left - right - wspace * (n - 1)) / n
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=wspace / max(axes_w, 1e-9))
+
+
+def draw(figure: Figure) -> Path:
+    """Draw ``figure`` and write its PNG atomically; returns its path."""
+    return save(DRAW[figure.kind](figure.data, pyplot()), figure.path)
+
+
+def save(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically and close it; returns ``path``."""
+    try:
+        io.atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format="png"))
+    finally:
+        pyplot().close(fig)
+    return path
+
+
+HELPER_FIGURES = frozenset({"demand_margin_vs_price", "fleet"})
+"""The figures a helper draws: about half of the default run's drawing time (1.2 of 2.5 s)."""
+
+
+def draw_all(figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES) -> list[Path]:
+    """Draw ``figures``: those of the kinds ``handed`` by ``helper`` (if any) while this process draws
+    the others, then here whatever the helper did not write. Returns the paths in ``figures``' order."""
+    given = [f for f in figures if f.kind in handed] if helper is not None else []
+    if given and not helper.draw(given):
+        given = []
+    mine = {f.path for f in figures} - {f.path for f in given}
+    done = {draw(f) for f in figures if f.path in mine}
+    if given:
+        done |= set(helper.wait())
+    done |= {draw(f) for f in given if f.path not in done}
+    return [f.path for f in figures if f.path in done]
+
+
+class Helper:
+    """A second Python process that draws figures (see the module docstring).
+
+    ``Helper()`` starts it (``python -m optimizer.figures``: it imports matplotlib and pandas, then
+    waits); :meth:`draw` hands it figures and returns at once; :meth:`wait` returns the paths it
+    wrote (an empty list if it failed: the caller draws those). :meth:`close` ends it, whatever its
+    state; a helper never handed figures exits when its input closes.
+    """
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                             os.environ.get("PYTHONPATH", "")])}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "optimizer.figures"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        except OSError:
+            self.proc = None
+
+    def draw(self, figures: list[Figure]) -> bool:
+        """Hand ``figures`` to the helper; False if it is not running (the caller draws them)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            self.proc.stdin.write(pickle.dumps(figures))
+            self.proc.stdin.close()
+        except OSError:
+            return False
+        self.proc.stdin = None  # closed: its end of the input (communicate() would flush it again)
+        return True
+
+    def wait(self, timeout: float = HELPER_TIMEOUT_S) -> list[Path]:
+        """The paths the helper wrote, once it has exited ([] if it failed or timed out)."""
+        if self.proc is None:
+            return []
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            self.close()
+            return []
+        if self.proc.returncode != 0:
+            return []
+        try:
+            return [Path(p) for p in pickle.loads(out)]
+        except Exception:  # noqa: BLE001  (a truncated reply: the caller draws every figure)
+            return []
+
+    def close(self) -> None:
+        """End the helper (it exits on its own once its input is closed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve() -> None:
+    """The helper's main: import what drawing needs, read a pickled list of :class:`Figure` from
+    stdin (empty input: exit), draw each and write the pickled list of paths to stdout."""
+    pyplot()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return
+    paths = [str(draw(f)) for f in pickle.loads(data)]
+    sys.stdout.buffer.write(pickle.dumps(paths))
+    sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    serve()
