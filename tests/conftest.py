@@ -6,6 +6,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
+from optimizer.aot import COMPILER_OPTIONS  # noqa: E402
+
+# every jit of the tests compiles with the options of the stored programs a run uses (set before
+# XLA's backend starts; the test processes the tests start inherit them)
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                    *(f"--{k}={str(v).lower()}" for k, v in COMPILER_OPTIONS.items())]).strip()
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
