@@ -11,7 +11,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from optimizer import io, runtime
 from optimizer.errors import EXIT_CODES, TokenmarginError, exit_code, io_message
 from optimizer.schema import register_configs
 
@@ -39,6 +38,8 @@ def _in_multirun() -> bool:
 def _record_failure(outdir: Path, error: str, status: str) -> None:
     """A failed job's ``summary.json`` (merged over the summary the job published, if any)."""
     path = outdir / "summary.json"
+    from optimizer import io
+
     prior = json.loads(path.read_text()) if path.exists() else {}  # published by this run (e.g. not converged)
     kept = prior.get("status") if prior.get("status") not in (None, "converged") else status
     io.write_json(path, {**prior, "status": kept, "recommended": False, "error": error})
@@ -51,6 +52,8 @@ def _guard(fn, cfg):
 
     The job's ``summary.json`` says failed, with the error; in a multirun the other jobs go on.
     """
+    from optimizer import io
+
     outdir = _output_dir()
     try:
         io.retire_outputs(outdir)  # an earlier run's files never look like this run's
@@ -101,11 +104,27 @@ def one_compose(app):
     return run
 
 
+def with_figure_helper(app):
+    """Start the figures' helper process (:func:`optimizer.figures.start_early`) before ``app``
+    composes its config, so that the helper's imports overlap this process's."""
+    @functools.wraps(app)
+    def run(*args, **kwargs):
+        from optimizer import figures
+
+        figures.start_early(sys.argv[1:])
+        return app(*args, **kwargs)
+
+    return run
+
+
+@with_figure_helper
 @one_compose
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float:
     """`tokenmargin`: see optimizer.run. Returns the margin (USD/day) for sweepers such as Optuna;
     NaN when there is no recommended plan (Optuna then records the trial as failed)."""
+    from optimizer import runtime
+
     runtime.configure()
     from optimizer.run import run
 
@@ -119,6 +138,8 @@ def main(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="estimate")
 def estimate_main(cfg: DictConfig) -> None:
     """`tokenmargin-estimate`: see optimizer.run_estimate."""
+    from optimizer import runtime
+
     runtime.configure()
     from optimizer.run_estimate import run
 
@@ -129,6 +150,8 @@ def estimate_main(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="calibrate")
 def calibrate_main(cfg: DictConfig) -> None:
     """`tokenmargin-calibrate`: see optimizer.run_calibrate."""
+    from optimizer import runtime
+
     runtime.configure()
     from optimizer.run_calibrate import run
 

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
-
-from optimizer import io
 
 DPI = 110
 HELPER_TIMEOUT_S = 120.0
@@ -151,6 +148,8 @@ def draw(figure: Figure) -> Path:
 
 def save(fig, path: Path) -> Path:
     """Write a matplotlib figure as a PNG atomically and close it; returns ``path``."""
+    from optimizer import io
+
     try:
         io.atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format="png"))
     finally:
@@ -236,6 +235,37 @@ class Helper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+NO_HELPER_FLAGS = frozenset({"-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+                             "-sc", "--shell-completion", "-p", "--package", "-r", "--resolve"})
+"""Command-line flags of a run that draws no single run's figures (a multirun, help, config printing)."""
+
+_EARLY: list[Helper] = []
+
+
+def start_early(args: list[str]) -> None:
+    """Start a helper as a console run starts, before Hydra composes its config and before JAX and
+    pandas are imported, so that the helper's own imports use the core the main process leaves idle
+    then. ``args``: the command line's arguments; nothing is started where they ask for no single
+    run with plots (:data:`NO_HELPER_FLAGS`, a ``sweep=`` other than ``none``, ``output.plots=false``,
+    ``hydra.mode=MULTIRUN``). :func:`helper_for` takes it; an unused helper exits with the run."""
+    overrides = dict(a.lstrip("+~").partition("=")[::2] for a in args if "=" in a and not a.startswith("-"))
+    if (NO_HELPER_FLAGS & set(args) or overrides.get("sweep", "none") != "none"
+            or overrides.get("output.plots", "true").lower() == "false" or overrides.get("hydra.mode") == "MULTIRUN"):
+        return
+    _EARLY.append(Helper())
+
+
+def helper_for(plots: bool) -> Helper | None:
+    """The helper of a single run that draws ``plots``: the one :func:`start_early` started, or a new
+    one (None without plots; an early helper is then closed)."""
+    early = _EARLY.pop() if _EARLY else None
+    if not plots:
+        if early is not None:
+            early.close()
+        return None
+    return early if early is not None else Helper()
 
 
 def serve() -> None:

@@ -121,8 +121,18 @@ def run(cfg, outdir: Path) -> dict:
     """Solve and publish the run's files as a unit: summary.json always, the plan files only for a
     recommended result (:func:`optimizer.io.publish`; ``manifest.json`` is written last)."""
     c: RunConfig = to_schema(cfg, RunConfig)
-    if c.sweep.axes:
-        return run_sweep_job(c, cfg, outdir)
+    helper = figures.helper_for(c.output.plots and not c.sweep.axes)  # started by the console script, if any
+    try:
+        if c.sweep.axes:
+            return run_sweep_job(c, cfg, outdir)
+        return _single_run(c, cfg, outdir, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _single_run(c: RunConfig, cfg, outdir: Path, helper) -> dict:
+    """A single run: solve, then publish the plan (figures drawn with ``helper``'s help)."""
     t0 = time.perf_counter()
     show = progress_mod.enabled(c.output.progress)
     from optimizer import report
@@ -133,15 +143,6 @@ def run(cfg, outdir: Path) -> dict:
         if c.output.plots:
             report.prepare(prob, labels)
 
-    helper = figures.Helper() if c.output.plots else None  # its imports overlap the solve
-    try:
-        return _solve_and_publish(c, cfg, outdir, t0, show, prepare, helper)
-    finally:
-        if helper is not None:
-            helper.close()
-
-
-def _solve_and_publish(c: RunConfig, cfg, outdir: Path, t0: float, show: bool, prepare, helper) -> dict:
     res = optimize(c, show_bar=show, also_compile=prepare)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)

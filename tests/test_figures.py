@@ -73,3 +73,20 @@ def test_an_unused_helper_exits_when_closed():
     helper.close()
     assert helper.proc.poll() is not None
     assert figures.HELPER_FIGURES <= set(figures.DRAW)
+
+
+def test_the_console_run_starts_a_helper_only_where_a_single_run_draws():
+    for args in (["-m", "experiment=default,china-140t"], ["--multirun"], ["sweep=risk"], ["output.plots=false"],
+                 ["--cfg", "job"], ["hydra.mode=MULTIRUN"]):
+        figures.start_early(args)
+        assert figures._EARLY == [], args
+    figures.start_early(["sweep=none", "demand.segments.consumer_chat.elasticity=1.2"])
+    (early,) = figures._EARLY
+    assert figures.helper_for(True) is early and figures._EARLY == []
+    early.close()
+    figures.start_early([])
+    (unused,) = figures._EARLY
+    assert figures.helper_for(False) is None and unused.proc.poll() is not None  # closed, not left running
+    fresh = figures.helper_for(True)  # none started early: a new one
+    assert fresh.proc.poll() is None
+    fresh.close()
