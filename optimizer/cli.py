@@ -37,9 +37,9 @@ def _in_multirun() -> bool:
 
 def _record_failure(outdir: Path, error: str, status: str) -> None:
     """A failed job's ``summary.json`` (merged over the summary the job published, if any)."""
-    path = outdir / "summary.json"
     from optimizer import io
 
+    path = outdir / "summary.json"
     prior = json.loads(path.read_text()) if path.exists() else {}  # published by this run (e.g. not converged)
     kept = prior.get("status") if prior.get("status") not in (None, "converged") else status
     io.write_json(path, {**prior, "status": kept, "recommended": False, "error": error})
