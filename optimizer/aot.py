@@ -158,6 +158,47 @@ def stored(name: str, args: tuple, static: str = "") -> bool:
     return path is not None and (path in _PROGRAMS or path.exists())
 
 
+NEXT = ".next"
+"""Suffix of the file beside a program naming the program a run needed after it (:func:`remember_next`)."""
+
+
+def remember_next(name: str, args: tuple, then: tuple[str, tuple, str], static: str = "") -> None:
+    """Record that a run which needs program ``name`` (on ``args``) needs ``then`` = ``(name, args,
+    static)`` next, so that a later run can load that one while it loads and runs the first
+    (:func:`prefetch_next`)."""
+    then_name, then_args, then_static = then
+    first, second = _path(name, static, args), _path(then_name, then_static, then_args)
+    if first is not None and second is not None:
+        io.atomic_write(first.with_name(first.name + NEXT), lambda p: p.write_text(second.name))
+
+
+def prefetch_next(name: str, args: tuple, static: str = "") -> bool:
+    """Load (deserialise) the program recorded as following ``name`` on ``args``, if it is stored,
+    so that :func:`exported` finds it loaded (a caller waits while it loads). Deserialising releases
+    the GIL, so a thread can do it while another loads or runs the first program. Returns whether
+    a program was loaded."""
+    first = _path(name, static, args)
+    link = None if first is None else first.with_name(first.name + NEXT)
+    try:
+        path = first.with_name(link.read_text().strip()) if link is not None else None
+    except OSError:
+        return False
+    if path is None or not path.exists():
+        return False
+    with _LOCK:
+        lock = _BUSY.setdefault(path, threading.Lock())
+    with lock:
+        with _LOCK:
+            if path in _PROGRAMS or path in _LOADED:
+                return False
+        compiled = _load(path)
+        if compiled is None:
+            return False
+        with _LOCK:
+            _LOADED[path] = compiled
+    return True
+
+
 def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable:
     """A callable equal to ``fn`` on arguments shaped like ``args``, traced and compiled at most once
     per machine.
@@ -185,6 +226,10 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
 
 
 def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple) -> Program:
+    with _LOCK:
+        loaded = _LOADED.pop(path, None)
+    if loaded is not None:  # prefetched
+        return Program(loaded, fn, name, path)
     if path.exists():
         compiled = _load(path)
         if compiled is not None:
@@ -207,6 +252,7 @@ def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple) -> Progra
 
 _PROGRAMS: dict[Path, Program] = {}
 _BUSY: dict[Path, threading.Lock] = {}
+_LOADED: dict[Path, object] = {}  # prefetched executables not yet asked for
 _LOCK = threading.Lock()
 
 
@@ -220,3 +266,4 @@ def forget() -> None:
     with _LOCK:
         _PROGRAMS.clear()
         _BUSY.clear()
+        _LOADED.clear()

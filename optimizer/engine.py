@@ -115,8 +115,13 @@ def _dual_solve(solver: Dual, task, y0):
 def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig) -> bool:
     """On a first run (the assemble program not yet stored), compile the relaxed dual solve from the
     problem's shapes (``jax.eval_shape`` of the assembly), so that it compiles while the assembly
-    does; a warm run returns at once. Returns whether it compiled."""
-    if aot.export_dir() is None or aot.stored("assemble", (numbers, pools)):
+    does, and record it as the assembly's next program. On a later run, load that recorded program
+    while the assembly loads and runs (:func:`optimizer.aot.prefetch_next`). Returns whether it
+    compiled."""
+    if aot.export_dir() is None:
+        return False
+    if aot.stored("assemble", (numbers, pools)):
+        aot.prefetch_next("assemble", (numbers, pools))
         return False
     spec = jax.eval_shape(assemble_jit, numbers, pools)
     spec = spec._replace(demand=spec.demand._replace(offer_mask=np.asarray(pools.offer_mask)))
@@ -125,7 +130,9 @@ def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig) -> bool:
     solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
     if not isinstance(solver, Dual):
         return False
-    _dual_solve(solver, task, solver.init(task))
+    y0 = solver.init(task)
+    _dual_solve(solver, task, y0)
+    aot.remember_next("assemble", (numbers, pools), ("dual_solve", (task, y0), repr(solver)))
     return True
 
 

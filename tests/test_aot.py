@@ -149,3 +149,32 @@ def test_an_xla_without_a_compiler_option_compiles_without_it(export_dir, monkey
     monkeypatch.setattr(aot, "COMPILER_OPTIONS", {"xla_no_such_option_anywhere": True})
     f = jax.jit(lambda x: 2.0 * x)
     np.testing.assert_array_equal(np.asarray(aot.exported("k", f, (jnp.arange(3.0),))(jnp.arange(3.0))), [0.0, 2.0, 4.0])
+
+
+def test_the_program_recorded_next_is_loaded_ahead_and_served(export_dir):
+    """A run that needed ``g`` after ``f`` records it; a new process loads ``g`` ahead (no trace)."""
+    traces = []
+
+    @jax.jit
+    def f(x):
+        return x + 1.0
+
+    @jax.jit
+    def g(x):
+        traces.append(1)
+        return 3.0 * x
+
+    x = np.arange(4.0)
+    aot.exported("f", f, (x,))
+    assert not aot.prefetch_next("f", (x,))  # nothing recorded yet
+    aot.exported("g", g, (x,))
+    aot.remember_next("f", (x,), ("g", (x,), ""))
+    aot.forget()  # a new process
+    assert aot.prefetch_next("f", (x,)) and not aot.prefetch_next("f", (x,))  # loaded once
+    np.testing.assert_array_equal(np.asarray(aot.exported("g", g, (x,))(x)), 3.0 * x)
+    assert len(traces) == 1  # served from the prefetched executable, not traced again
+    # a record naming a program no longer stored is ignored
+    aot.forget()
+    for p in export_dir.glob("g-*.xla"):
+        p.unlink()
+    assert not aot.prefetch_next("f", (x,))
