@@ -178,12 +178,13 @@ def prefetch_next(name: str, args: tuple, static: str = "") -> bool:
     the GIL, so a thread can do it while another loads or runs the first program. Returns whether
     a program was loaded."""
     first = _path(name, static, args)
-    link = None if first is None else first.with_name(first.name + NEXT)
+    if first is None:
+        return False
     try:
-        path = first.with_name(link.read_text().strip()) if link is not None else None
+        path = first.with_name(first.with_name(first.name + NEXT).read_text().strip())
     except OSError:
         return False
-    if path is None or not path.exists():
+    if not path.exists():
         return False
     with _LOCK:
         lock = _BUSY.setdefault(path, threading.Lock())

@@ -248,17 +248,33 @@ def _repair_parts(prob, labels, cfg: RunConfig, act_relaxed, act_fixed):
     return inner, repair, fixed_task(prob, act_fixed, np.zeros(np.shape(prob.tp)))
 
 
-def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, also_compile):
+class RelaxedStage(NamedTuple):
+    """The problem, its relaxed solution and what the integer stage needs (:func:`_relaxed_stage`)."""
+
+    prob: Problem
+    labels: Labels
+    act_relaxed: np.ndarray  # (C,) constraint activity of the relaxed task
+    act_fixed: np.ndarray  # (C,) of the fixed-fleet task
+    inner: object  # the integer repair's inner solver
+    repair: IntegerRepair
+    fixed: object  # the fixed-fleet task (fleet zeros)
+    relaxed: Solution
+    method: str  # the relaxed solver's name
+    programs: dict  # the later stages' programs (evaluate, fleet)
+    t0: float  # when the relaxed solve started (perf_counter)
+
+
+def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, also_compile) -> RelaxedStage:
     """Build the problem and solve its relaxation, compiling on ``pool`` (two threads) what a first
     run needs beside it: the relaxed solve while the assembly compiles (from the problem's shapes),
-    then the later stages' programs while the relaxed solve compiles (compilation releases the GIL).
-    Returns ``(prob, labels, relaxed solution, solver name, later programs, solve start time)``."""
+    then the later stages' programs while the relaxed solve compiles (compilation releases the GIL)."""
     def before(n, p, lab):
         pool.submit(compile_relaxed_early, n, p, lab, cfg)  # a failure here is the main thread's to report
 
     prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p), before)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)
-    inner, repair, fixed = _repair_parts(prob, labels, cfg, act_relaxed, active_mask(labels, prob, fixed_fleet=True))
+    act_fixed = active_mask(labels, prob, fixed_fleet=True)
+    inner, repair, fixed = _repair_parts(prob, labels, cfg, act_relaxed, act_fixed)
 
     def later():
         out = {"evaluate": evaluate_program(prob)}
@@ -271,7 +287,8 @@ def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, als
     programs = pool.submit(later)
     t0 = time.perf_counter()
     relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
-    return prob, labels, relaxed, method, programs.result(), t0
+    return RelaxedStage(prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method,
+                        programs.result(), t0)
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
@@ -289,11 +306,9 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
     the GIL, so on a first run the two compile at once.
     """
     with ThreadPoolExecutor(2) as pool:
-        prob, labels, relaxed, method, programs, t0 = _relaxed_stage(cfg, pool, show_bar, also_compile)
+        (prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method, programs,
+         t0) = _relaxed_stage(cfg, pool, show_bar, also_compile)
     names = constraint_names(labels)
-    act_relaxed = active_mask(labels, prob, fixed_fleet=False)
-    act_fixed = active_mask(labels, prob, fixed_fleet=True)
-    inner, repair, fixed = _repair_parts(prob, labels, cfg, act_relaxed, act_fixed)
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))
     rb = evaluate(relaxed.decision, prob, no_fleet, np.asarray(False))

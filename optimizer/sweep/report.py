@@ -29,12 +29,9 @@ def axis_effects(result: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat: list[str] | None) -> list[Path]:
     """Margin heatmap over two axes and a tornado chart of the axes' swings (PNG)."""
-    import matplotlib
+    from optimizer.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from optimizer.figures import save as _save
+    plt = pyplot()
 
     paths = []
     ok = result[result["converged"]]
@@ -51,7 +48,7 @@ def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat:
         ax.set_xlabel("mean margin, USD/day (red: axis low, green: axis high)")
         ax.set_title("what moves margin")
         fig.tight_layout()
-        paths.append(_save(fig, outdir / "tornado.png"))
+        paths.append(save(fig, outdir / "tornado.png"))
     pair = heat if heat else names[:2]
     if len(pair) == 2 and all(p in ok.columns for p in pair):
         df = ok[pair + ["margin_usd_per_day"]].copy()
@@ -68,5 +65,5 @@ def sweep_plots(outdir: Path, result: pd.DataFrame, effects: pd.DataFrame, heat:
         fig.colorbar(im, ax=ax, label="mean margin (k$/day)")
         ax.set_title("margin over two axes")
         fig.tight_layout()
-        paths.append(_save(fig, outdir / "heatmap.png"))
+        paths.append(save(fig, outdir / "heatmap.png"))
     return paths
