@@ -293,6 +293,29 @@ def test_a_binding_gpu_cap_over_the_day_prices_the_peak(bursty_free):
     assert float(b.price_per_request[0, 0]) == pytest.approx(p_ref * (d_cap / d_ref) ** (-1 / eps), rel=3e-3)
 
 
+def test_a_continued_solve_keeps_its_caps_charges(bursty_free):
+    """A sweep's repair pass continues a row's solve from its own state. That state carried the
+    rent's period weights but not the cap's, which restarted on the rent's (spread over the day)
+    while the Frank–Wolfe steps, continued, were too short to bring them back to the peak: each
+    round raised the bound (9,927 → 10,022 → 10,098 → 10,140 USD/day here). The state keeps the caps'
+    weights and the last iterate's charges, so a continued solve's bound does not rise."""
+    from optimizer.constraints import active_mask
+    from optimizer.solve import relaxed_task
+
+    cap = 0.5 * float(np.asarray(bursty_free.relaxed_breakdown.gpus).sum())
+    prob, labels = build_problem(run_config(BURSTY, periods=24, method="dual", gpu_caps={"h100-sxm": cap}))
+    active = jnp.asarray(active_mask(labels, prob, fixed_fleet=False))
+    solver = Dual(steps=60, cap_weights=True)
+    solve = jax.jit(solve_dual, static_argnums=2)
+    st = solve(prob, solver.init(relaxed_task(prob, active)), solver, active)
+    first = float(st.bound)
+    assert float(st.start.cap_weight.max()) * 24 > 10  # the cap is charged on the pool's peak hours
+    for _ in range(3):
+        st = solve(prob, st.start, solver, active)
+        assert float(st.bound) <= first * (1 + 1e-4)
+        assert float(st.bound) >= float(st.primal.margin)
+
+
 @pytest.mark.parametrize("limit", ["cap", "budget"])
 def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty_free):
     """Whole replicas per period round a capped plan over its cap (or budget); the integer stage

@@ -127,6 +127,39 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
     assert (tmp_path / "b" / "sweep.parquet").exists()
 
 
+def test_a_repair_round_keeps_the_better_plan_and_continues_the_solve():
+    """Two step-limited rows re-solved twice: each round finds a worse plan than the first pass for
+    row 0 and a better one for row 1. Each row keeps its best plan (a round's plan may be worse: its
+    solve continues from the last iterate's charges, not the best plan's), every row's next round
+    continues from the state the last round left, and its bound is the lowest found."""
+    from collections import namedtuple
+
+    from optimizer.solve import RESULTS
+    from optimizer.sweep.repair import repair
+
+    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit")
+
+    def rows(margin, bound, state):
+        none = np.zeros((2, 3))
+        return Rows(np.full(2, int(RESULTS.step_limit)), np.ones(2, bool), np.asarray(margin, float),
+                    np.asarray(bound, float), np.asarray(state, float), none.astype(bool), none, none, none,
+                    np.full((2, 3), 1e9))
+
+    starts = []
+
+    def solve(values, start, cut, bound):
+        starts.append(np.asarray(start).copy())
+        k = len(starts)
+        return rows([90.0 + k, 55.0 + k], np.minimum(bound, [105.0 - k, 61.0]), [k, k])  # as repair_scenario
+
+    out = repair(rows([100.0, 50.0], [110.0, 60.0], [0.0, 0.0]), np.zeros((2, 1)), solve, batch=2, rounds=2)
+    np.testing.assert_allclose(out.result.margin, [100.0, 57.0])  # row 0: the first pass's; row 1: round 2's
+    np.testing.assert_allclose(out.result.bound, [103.0, 60.0])  # the lowest bound of any round
+    np.testing.assert_allclose(starts[1], [1.0, 1.0])  # round 2 continued from round 1's states
+    np.testing.assert_allclose(out.result.start, [2.0, 2.0])
+    assert list(out.rounds) == [2, 2]
+
+
 def test_a_row_without_a_whole_fleet_is_solved_again_within_a_lowered_budget(tmp_path):
     """A binding daily budget where rounding every pool up to whole replicas breaks it: without the
     repair pass the row is flagged ``no_whole_fleet``; with it the row is solved again within the

@@ -398,12 +398,13 @@ class DualStart(NamedTuple):
     weight: jnp.ndarray | None = None  # (G, J, K, T) period weights π (None: 1/T)
     age: jnp.ndarray | None = None  # () Frank–Wolfe steps these charges have taken (a continued solve's steps
     # are 2 / (age + k + 4 + offset)); None: 0, a new solve from a neighbour's charges (a solve returns its age)
+    cap_weight: jnp.ndarray | None = None  # (G, J, K, T) the GPU caps' period weights (None: ``weight``)
 
 
 class DualState(NamedTuple):
     """The dual solver's own result (a pytree; batched under vmap)."""
 
-    start: DualStart  # the best (split, limit prices): a warm start for a neighbouring scenario
+    start: DualStart  # the last iterate's charges, limit prices and sheets: a warm start for a continued or neighbouring solve
     primal: Primal  # the best feasible primal solution seen (by true margin)
     bound: jnp.ndarray  # () USD/day: upper bound on the relaxed optimum (dual function at the split)
     gap: jnp.ndarray  # () relative certified gap (bound − margin) / |bound|
@@ -435,6 +436,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     # a neighbour's weights may lie outside this scenario's set (another on-demand / reserved rent
     # ratio), where the dual function bounds nothing: project them in
     weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else project_weights(y0.weight, kappa, nu)
+    # the caps' weights lie in the simplex whatever the rents, so a neighbour's stay valid
+    cap_weight0 = weight0 if y0.cap_weight is None else jnp.asarray(y0.cap_weight, dtype)
     periods = y0.split.shape[-1]
     age = jnp.zeros((), dtype) if y0.age is None else jnp.asarray(y0.age, dtype)
 
@@ -534,15 +537,17 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype) if y0.sheet is None else y0.sheet
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
-                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0, weight0, weight0)
+                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0, cap_weight0, cap_weight0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
     violation = jnp.maximum(jnp.max(limit_excess(best, prob, mask)), 0.0)
-    out = jax.tree.map(lambda b, p: jnp.where(c.best_margin > -jnp.inf, b, p), c.best, c.params)
-    sheet = jnp.where(c.best_margin > -jnp.inf, c.best_sheet, c.sheet)
-    weight = jnp.where(c.best_margin > -jnp.inf, c.best_weight, c.weight)
-    return DualState(DualStart(*out, sheet, weight, age + n), best, c.bound, gap, violation, c.local_bound)
+    # the state a continued or neighbouring solve starts from is the last iterate's: the Frank–Wolfe
+    # iterate of the charges (an average of their targets) and the limit prices where the steps left
+    # them. The best plan's charges are one point of an oscillation between plans, a worse dual point
+    # (restarting from them made every repair round of a `wide` sweep row raise its bound).
+    start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight)
+    return DualState(start, best, c.bound, gap, violation, c.local_bound)
 
 
 def pool_period_shape(prob: Problem) -> tuple[int, int, int, int]:
@@ -581,7 +586,8 @@ class Dual:
         G = task.problem.usd_per_gpu_hour.shape[0]
         R = np.shape(task.problem.sheet_ref)[0]
         shape = pool_period_shape(task.problem)
-        return DualStart(np.full(shape, 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)), uniform_weight(shape, xp=np))
+        return DualStart(np.full(shape, 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)), uniform_weight(shape, xp=np),
+                         None, uniform_weight(shape, xp=np))
 
     def start_from(self, task: Task, sol: Solution) -> DualStart:
         """An even split and the limit prices implied by a solution's multipliers of the GPU caps
@@ -592,7 +598,8 @@ class Dual:
         lam = np.asarray(sol.multipliers)[:G + N_LIMITS] / np.maximum(per_unit, 1e-300)
         sheet = np.asarray(log_multiplier(np.asarray(sol.decision.price_raw), prob))
         shape = pool_period_shape(prob)
-        return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np))
+        return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np), None,
+                         uniform_weight(shape, xp=np))
 
     def solve(self, task: Task, y0: DualStart) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver

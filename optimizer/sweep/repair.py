@@ -75,9 +75,18 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int)
             out = solve(values[pad], jax.tree.map(lambda x: np.asarray(x)[pad], res.start), cut_now[pad],
                         np.asarray(res.bound)[pad])
             out = jax.tree.map(lambda x: np.asarray(x)[:rows.size], out)
-            take = rank(out.status, out.whole_ok) <= r[rows]
+            new_rank = rank(out.status, out.whole_ok)
+            # a better rank wins; at the same rank, the higher margin (a step-limited row's best plan
+            # may come from an earlier round)
+            take = (new_rank < r[rows]) | ((new_rank == r[rows])
+                                           & (out.margin >= np.asarray(res.margin)[rows]))
             idx = rows[take]
             res = jax.tree.map(lambda old, new: _put(old, idx, new[take]), res, out)
+            # every re-solved row's next round continues from its solver's state, and its bound is
+            # the lowest found for the scenario as set
+            kept = rows[~take]
+            res = res._replace(start=jax.tree.map(lambda old, new: _put(old, kept, new[~take]), res.start, out.start),
+                               bound=_put(res.bound, kept, np.minimum(np.asarray(res.bound)[kept], out.bound[~take])))
             done_rounds[rows] = attempt + 1
             lowered[idx] = (cut_now[idx] > 0).any(-1)
             cut[rows] = cut_now[rows]
