@@ -523,7 +523,7 @@ class SweepConfig:
     dual_steps_periods: int = accepts(160, **COUNT)  # dual: steps per scenario when the day has several periods
     # (Frank–Wolfe steps on the period charges: 80 left 19 % of the `risk` sweep at 24 periods unconverged, 160 0.4 %)
     dual_temperature: float = accepts(1e-2, **POSITIVE)  # dual: final option-choice temperature of the base and every scenario
-    repair_rounds: int = accepts(3, ge=0, integer=True)  # dual: re-solves of a row left without a plan (step limit, infeasible,
+    repair_rounds: int = accepts(5, ge=0, integer=True)  # dual: re-solves of a row left without a plan (step limit, infeasible,
     # or no whole fleet within a binding cap or budget), each from its own state, within limits lowered by the
     # rounding (optimizer/sweep/repair.py); 0: off
     repair_steps: Optional[int] = accepts(None, ge=1, integer=True)  # dual steps of each re-solve (None: twice the first pass's)

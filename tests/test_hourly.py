@@ -316,6 +316,29 @@ def test_a_continued_solve_keeps_its_caps_charges(bursty_free):
         assert float(st.bound) >= float(st.primal.margin)
 
 
+def test_a_solve_within_a_lowered_cap_bounds_the_scenario_as_set(bursty_free):
+    """A sweep's repair pass solves a row within its GPU cap lowered by what rounding adds. The cap
+    enters the Lagrangian only as the constant λ·cap, so the same iterates bound the scenario as
+    set: ``set_bound`` lies above that scenario's optimum (weak duality) and above the lowered
+    problem's own bound, and equals the bound when the limits are not lowered."""
+    from optimizer.constraints import active_mask
+    from optimizer.solve import relaxed_task
+
+    cap = 0.5 * float(np.asarray(bursty_free.relaxed_breakdown.gpus).sum())
+    capped = optimize(run_config(BURSTY, periods=24, method="dual", gpu_caps={"h100-sxm": cap}))
+    assert capped.relaxed.result == 0
+    prob, labels = capped.prob, capped.labels
+    active = jnp.asarray(active_mask(labels, prob, fixed_fleet=False))
+    within = prob._replace(gpu_cap=prob.gpu_cap - 0.1 * cap)
+    solver = Dual(steps=60, cap_weights=True)
+    _, st = jax.jit(solver.solve)(relaxed_task(within, active), solver.init(relaxed_task(within, active)), prob)
+    assert float(st.start.limit_price[0]) > 0  # the lowered cap binds
+    assert float(st.bound) < float(capped.relaxed.margin) < float(st.set_bound)  # the lowered bound is not one
+    assert float(st.primal.margin) < float(capped.relaxed.margin)  # a plan of the smaller problem
+    _, alone = jax.jit(solver.solve)(relaxed_task(prob, active), solver.init(relaxed_task(prob, active)))
+    assert float(alone.set_bound) == float(alone.bound)
+
+
 @pytest.mark.parametrize("limit", ["cap", "budget"])
 def test_a_binding_limit_over_the_day_gets_a_whole_fleet_within_it(limit, bursty_free):
     """Whole replicas per period round a capped plan over its cap (or budget); the integer stage

@@ -160,6 +160,33 @@ def test_a_repair_round_keeps_the_better_plan_and_continues_the_solve():
     assert list(out.rounds) == [2, 2]
 
 
+def test_a_row_over_its_cap_is_solved_again_within_the_cap_as_set():
+    """A first pass can end far over a GPU cap (infeasible: 1,155 B200s against 197 on a `wide` row).
+    Its excess is not what rounding adds, so the cap is not lowered by it (which left no cap at all,
+    and the row unrepaired): the row is solved again within the cap as set."""
+    from collections import namedtuple
+
+    from optimizer.solve import RESULTS
+    from optimizer.sweep.repair import repair
+
+    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit")
+    limit = np.array([[197.0, 1e9, 1e9]])
+
+    def row(status, whole):
+        return Rows(np.array([int(status)]), np.array([True]), np.array([1.0]), np.array([9.0]), np.zeros(1),
+                    whole > limit, whole - limit, np.array([[0.4, 0.0, 0.0]]), np.array([[8.0, 1.0, 1.0]]), limit)
+
+    cuts = []
+
+    def solve(values, start, cut, bound):
+        cuts.append(np.asarray(cut).copy())
+        return row(RESULTS.converged, np.array([[196.9, 0.0, 0.0]]))
+
+    out = repair(row(RESULTS.infeasible, np.array([[1155.7, 0.0, 0.0]])), np.zeros((1, 1)), solve, batch=1, rounds=3)
+    assert len(cuts) == 1 and not cuts[0].any()  # solved once, within the cap as set
+    assert out.result.status[0] == RESULTS.converged and not out.lowered[0]
+
+
 def test_a_row_without_a_whole_fleet_is_solved_again_within_a_lowered_budget(tmp_path):
     """A binding daily budget where rounding every pool up to whole replicas breaks it: without the
     repair pass the row is flagged ``no_whole_fleet``; with it the row is solved again within the

@@ -410,9 +410,11 @@ class DualState(NamedTuple):
     gap: jnp.ndarray  # () relative certified gap (bound − margin) / |bound|
     violation: jnp.ndarray  # () largest relative excess of the primal over an active cap or budget
     local_bound: jnp.ndarray  # () USD/day: the dual function with the shared sheets found (= bound for contracts)
+    set_bound: jnp.ndarray | None = None  # () USD/day: ``bound`` for the limits of ``as_set`` (= bound without it)
 
 
-def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray | None = None) -> DualState:
+def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray | None = None,
+               as_set: Problem | None = None) -> DualState:
     """Find the peak/daily cost split (and, with active GPU caps or budgets, their prices) with
     sign-adaptive projected steps (Optax Rprop) on the dual gradient — over several periods the
     charges by Frank–Wolfe steps instead (module docstring) — keeping the feasible primal solution
@@ -424,6 +426,11 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     evaluation-only iterations after the ``steps`` updates (one traced copy of :func:`primal`, which
     compiles faster than separate calls): the last iterate at the final temperature, the
     best at the temperature it was found at, and both again with an exact argmax for the dual bound.
+
+    ``as_set``: the scenario as set, when ``prob`` is it within lowered limits (a sweep's repair
+    pass). The limits enter the Lagrangian only as the constant ``Σ λ_k b_k``, so the same
+    iterates bound the scenario as set too (``set_bound``): a plan found within lowered limits is
+    certified against the scenario's own optimum.
     """
     opt = optax.rprop(solver.learning_rate, min_step_size=1e-12, max_step_size=0.5)
     n = solver.steps
@@ -451,6 +458,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         final_ok: jnp.ndarray  # whether `final` is feasible
         bound: jnp.ndarray  # min of the dual function at the last and the best iterate
         local_bound: jnp.ndarray  # the same with the shared sheets found (= bound for contracts)
+        set_bound: jnp.ndarray  # the same for the limits of ``as_set``
         sheet: jnp.ndarray  # (R, 3) the last iterate's sheets (warm start of the next)
         best_sheet: jnp.ndarray  # (R, 3) the best iterate's sheets
         weight: jnp.ndarray  # (G, J, K, T) the period weights (Frank–Wolfe iterate)
@@ -524,11 +532,13 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                                & ((x.margin >= c.final.margin) | ~c.final_ok))
             dual_value = x.lagrangian + limit_value(lam, prob, mask)
             local_value = x.local_lagrangian + limit_value(lam, prob, mask)
+            set_value = x.lagrangian + limit_value(lam, prob if as_set is None else as_set, mask)
             return c._replace(final=jax.tree.map(lambda a, b: jnp.where(take, a, b), x, c.final),
                               final_ok=jnp.where(take, feasible, c.final_ok),
                               bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound),
                               local_bound=jnp.where(k >= n + 2, jnp.minimum(c.local_bound, local_value),
-                                                    c.local_bound))
+                                                    c.local_bound),
+                              set_bound=jnp.where(k >= n + 2, jnp.minimum(c.set_bound, set_value), c.set_bound))
 
         return jax.lax.cond(k < n, update, finish, c), None
 
@@ -537,7 +547,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     sheet0 = jnp.zeros(prob.sheet_ref.shape, dtype) if y0.sheet is None else y0.sheet
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
-                  jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0, cap_weight0, cap_weight0)
+                  jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0,
+                  cap_weight0, cap_weight0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
@@ -547,7 +558,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     # them. The best plan's charges are one point of an oscillation between plans, a worse dual point
     # (restarting from them made every repair round of a `wide` sweep row raise its bound).
     start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight)
-    return DualState(start, best, c.bound, gap, violation, c.local_bound)
+    return DualState(start, best, c.bound, gap, violation, c.local_bound, c.set_bound)
 
 
 def pool_period_shape(prob: Problem) -> tuple[int, int, int, int]:
@@ -601,17 +612,19 @@ class Dual:
         return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np), None,
                          uniform_weight(shape, xp=np))
 
-    def solve(self, task: Task, y0: DualStart) -> tuple[Solution, DualState]:
+    def solve(self, task: Task, y0: DualStart, as_set: Problem | None = None) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver
-        (:func:`optimizer.objective.evaluate`), and the dual's own state (its best split and limit
-        prices warm-start neighbouring scenarios). Pure; jittable and vmappable.
+        (:func:`optimizer.objective.evaluate`), and the dual's own state (its last iterate's charges
+        and limit prices warm-start neighbouring scenarios and continued solves). Pure; jittable and
+        vmappable. ``as_set``: the scenario as set when ``task`` holds it within lowered limits
+        (the state's ``set_bound`` then bounds it; see :func:`solve_dual`).
 
         Result: infeasible beyond ``INFEASIBLE_TOL``; converged within ``tol_feasibility`` of every
         limit and ``tol_gap`` of the certified bound; step limit otherwise. Quality floors and a
         fixed fleet are outside this solver (``task.fixed`` must be false).
         """
         prob = task.problem
-        st = solve_dual(prob, y0, self, task.active)
+        st = solve_dual(prob, y0, self, task.active, as_set)
         # shadow prices of the normalised constraints g = (used − limit) / limit, in objective units
         G = prob.usd_per_gpu_hour.shape[0]
         mask = limit_mask(prob, task.active)

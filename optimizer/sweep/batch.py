@@ -136,16 +136,16 @@ def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.nd
     (G + 2,) (GPU caps, daily budget, capex budget; 0: as set). Pure; vmappable.
 
     The row is judged against the scenario's real limits (its whole-fleet flag) and its certified gap
-    against ``bound``, the upper bound of the scenario as set; a solve within unlowered limits may
-    lower that bound (a solve within lowered ones bounds a smaller problem).
+    against the lower of ``bound`` (the scenario's bound so far) and this solve's dual function at
+    the scenario's own limits (valid within lowered limits too: they enter the Lagrangian only as
+    a constant).
     """
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
     G = prob.gpu_cap.shape[0]
     within = prob._replace(gpu_cap=prob.gpu_cap - cut[:G], budget_usd_per_day=prob.budget_usd_per_day - cut[G],
                            capex_budget_usd=prob.capex_budget_usd - cut[G + 1])
-    sol, state = solver.solve(relaxed_task(within, active), start)
-    bound = jnp.where(jnp.any(cut > 0), bound, jnp.minimum(bound, sol.bound))
-    return scenario_result(sol._replace(bound=bound), prob, state.start)
+    sol, state = solver.solve(relaxed_task(within, active), start, as_set=prob)
+    return scenario_result(sol._replace(bound=jnp.minimum(bound, state.set_bound)), prob, state.start)
 
 
 def scenario_result(sol, prob, start) -> SweepResult:

@@ -8,8 +8,10 @@ again from its own dual state with more steps, and, where rounding up breaks a l
 limit lowered by what rounding adds (:func:`optimizer.solve.integer.limit_cut`, the rule of a
 single run's integer stage, :func:`optimizer.engine.tightened`).
 
-A repaired row keeps the certified bound of the scenario as set, so its gap says what the whole
-fleet costs against the relaxed optimum; its ``repair_rounds`` and ``limits_lowered`` columns say
+A repaired row is certified against the scenario as set: its bound is the lowest of the first
+pass's and every re-solve's dual function at the scenario's own limits (lowered limits change the
+Lagrangian only by a constant), so its gap says what the whole fleet costs against the relaxed
+optimum; its ``repair_rounds`` and ``limits_lowered`` columns say
 how it was found. Host-side (NumPy) bookkeeping around one compiled program
 (:func:`optimizer.sweep.batch.repair_program`) run on fixed-size batches of rows.
 """
@@ -20,7 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from optimizer.solve.base import RESULTS
+from optimizer.solve.base import INFEASIBLE_TOL, RESULTS
 from optimizer.solve.integer import limit_cut
 
 RANK_PLAN, RANK_NOT_WHOLE = 0, 1
@@ -65,9 +67,12 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int)
             break
         # every row whose rounded-up plan breaks a limit solves within it lowered (step-limited ones
         # too: at a binding limit over several periods they end short of the tolerance more often)
+        # a limit the relaxed plan itself breaks (beyond the infeasibility tolerance) is not lowered:
+        # rounding is not what breaks it, and its excess says nothing of what rounding adds
+        over, overshoot, limit = (np.asarray(a)[todo] for a in (res.over, res.overshoot, res.limit))
+        by_rounding = np.asarray(res.broken)[todo] & (over - overshoot <= INFEASIBLE_TOL * np.abs(limit))
         cut_now = cut.copy()
-        cut_now[todo] = limit_cut(cut[todo], np.asarray(res.broken)[todo], np.asarray(res.over)[todo],
-                                  np.asarray(res.overshoot)[todo], np.asarray(res.step)[todo], attempt)
+        cut_now[todo] = limit_cut(cut[todo], by_rounding, over, overshoot, np.asarray(res.step)[todo], attempt)
         todo = todo[(cut_now[todo] < np.asarray(res.limit)[todo]).all(-1)]  # a limit lowered to zero: no plan
         for lo in range(0, todo.size, batch):
             rows = todo[lo:lo + batch]
