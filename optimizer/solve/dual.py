@@ -532,7 +532,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                                & ((x.margin >= c.final.margin) | ~c.final_ok))
             dual_value = x.lagrangian + limit_value(lam, prob, mask)
             local_value = x.local_lagrangian + limit_value(lam, prob, mask)
-            set_value = x.lagrangian + limit_value(lam, prob if as_set is None else as_set, mask)
+            set_value = dual_value if as_set is None else x.lagrangian + limit_value(lam, as_set, mask)
             return c._replace(final=jax.tree.map(lambda a, b: jnp.where(take, a, b), x, c.final),
                               final_ok=jnp.where(take, feasible, c.final_ok),
                               bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound),
