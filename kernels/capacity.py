@@ -62,6 +62,14 @@ def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, d
     return jnp.where(fits[..., None], spread, over)
 
 
+def _per_period(ratio, like: jnp.ndarray) -> jnp.ndarray:
+    """``ratio`` as (…, T) like ``like``: per period when it has ``like``'s rank, else per pool (…,)."""
+    r = jnp.asarray(ratio)
+    if r.ndim == like.ndim:
+        return jnp.broadcast_to(r, like.shape)
+    return jnp.broadcast_to(r, like.shape[:-1])[..., None]
+
+
 def reserve_level(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
     """(…,) reserved GPUs of a pool with needs ``need`` (…, T): its k-th largest need, ``k = ⌊θT⌋ + 1``
     with ``θ = (1 − ν)/(κ − ν)`` (0 GPUs when ``k > T``: nothing is busy often enough).
@@ -107,14 +115,14 @@ def charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarra
 
 
 def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width) -> jnp.ndarray:
-    """(…, T) :func:`charge_weights` smoothed over a band ``width`` (…,) of needs: ``π_t = (ν + (κ − ν)
-    σ((n_t − c)/width)) / T`` with the level ``c`` set so that ``Σ_t π_t = 1`` (the gradient of an
+    """(…, T) :func:`charge_weights` smoothed over a band ``width`` (…,) of needs: ``π_t = (ν + (κ_t − ν)
+    σ((n_t − c)/width)) / T`` (κ per pool (…,) or per period (…, T): on-demand caps' prices added) with the level ``c`` set so that ``Σ_t π_t = 1`` (the gradient of an
     entropy-smoothed cycle cost; with ``κ → ∞`` it is a softmax of the needs). Continuous in the
     needs, so averaging it converges where the exact subgradient jumps between tied periods."""
     T = need.shape[-1]
     if T == 1:  # one period carries the whole GPU-day
         return jnp.ones_like(need)
-    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), need.shape[:-1])[..., None]
+    kappa = _per_period(on_demand_ratio, need)
     nu = jnp.broadcast_to(jnp.asarray(idle_ratio), need.shape[:-1])[..., None]
     w = jnp.maximum(jnp.asarray(width), 1e-30)[..., None]
 
@@ -137,8 +145,8 @@ def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width)
 
 
 def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
-    """(…, T) the Euclidean projection of period weights ``weight`` (…, T) onto their set at ``(κ, ν)``:
-    ``ν/T ≤ π_t ≤ κ/T``, ``Σ_t π_t = 1`` (the subgradients of :func:`cycle_cost`).
+    """(…, T) the Euclidean projection of period weights ``weight`` (…, T) onto their set at ``(κ, ν)``
+    (κ per pool or per period): ``ν/T ≤ π_t ≤ κ_t/T``, ``Σ_t π_t = 1`` (the subgradients of :func:`cycle_cost`).
 
     Weights valid for one scenario need not be for another (with ``κ = 1``, on-demand at the
     reserved rent, the only weights are ``1/T``); the dual function is an upper bound only inside
@@ -147,7 +155,7 @@ def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.nda
     on the periods it leaves free (so the result sums to 1 and its gradient is the projection's).
     """
     T = weight.shape[-1]
-    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), weight.shape[:-1])[..., None]
+    kappa = _per_period(on_demand_ratio, weight)
     nu = jnp.broadcast_to(jnp.asarray(idle_ratio), weight.shape[:-1])[..., None]
     lo, hi = nu / T, jnp.minimum(kappa / T, 1.0)  # no weight exceeds 1
 
@@ -170,3 +178,138 @@ def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.nda
     fixed = jnp.where(floor, lo, 0.0).sum(-1) + jnp.where(ceil, hi, 0.0).sum(-1)
     tau = (1.0 - fixed - jnp.where(free, weight, 0.0).sum(-1)) / jnp.maximum(free.sum(-1), 1)
     return jnp.where(free, weight + tau[..., None], jnp.where(floor, lo, hi))
+
+
+CAP_ITERS = 48
+"""Sign-adaptive steps on the prices of the on-demand availability caps in :func:`capped_reserve`."""
+LOWER_SWEEPS = 2
+"""Passes of lowering each pool's reserve towards its own optimum within the room the caps leave."""
+RAISE_BISECTION_STEPS = 40
+"""Bisection steps of the reserve raise that brings a pool type within its on-demand caps."""
+
+
+def reserve_level_periods(need: jnp.ndarray, period_ratio: jnp.ndarray, idle_ratio) -> jnp.ndarray:
+    """(…,) the optimal reserve of a pool whose on-demand GPU-hour costs ``period_ratio`` (…, T)
+    reserved rents in each period (:func:`reserve_level` with a per-period κ_t).
+
+    The cost ``R + (1/T) Σ_t max(κ_t (n_t − R), ν (n_t − R))`` has right derivative
+    ``1 − (1/T) [Σ_{n_t > R} κ_t + Σ_{n_t ≤ R} ν]`` in ``R``, increasing; the optimum is the lowest
+    need (or 0) at which it is ≥ 0: ``Σ_{n_t > R} (κ_t − ν) ≤ T (1 − ν)``. With a constant κ this is
+    the k-th largest need of :func:`reserve_level`.
+    """
+    T = need.shape[-1]
+    kappa = jnp.broadcast_to(jnp.asarray(period_ratio), need.shape)
+    nu = jnp.asarray(idle_ratio)[..., None]
+    room = T * (1.0 - nu) * (1.0 + 1e-12)
+    above = jnp.where(need[..., None, :] > need[..., :, None], kappa[..., None, :] - nu[..., None], 0.0).sum(-1)  # (…, T)
+    level = jnp.min(jnp.where(above <= room, need, jnp.inf), -1)
+    at_zero = jnp.where(need > 0.0, kappa - nu, 0.0).sum(-1) <= room[..., 0]
+    return jnp.where(at_zero, 0.0, level)
+
+
+def on_demand_gpus(need: jnp.ndarray, reserved: jnp.ndarray) -> jnp.ndarray:
+    """(G, T) on-demand GPUs of each type in each period: ``Σ_p (n_pt − R_p)⁺`` over its pools
+    (``need`` (G, P, T), ``reserved`` (G, P))."""
+    return jnp.maximum(need - reserved[..., None], 0.0).sum(-2)
+
+
+def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndarray,
+                   iters: int = CAP_ITERS) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(reserved, price)``: reserves (G, P) of the pools (need (G, P, T) GPUs per period) of each
+    GPU type that keep its on-demand GPUs within ``cap`` (G, T) in every period at least cost, and
+    the caps' prices (G, T) ≥ 0 (per on-demand GPU-hour, in reserved rents: on-demand in period t
+    costs ``κ + μ_t``).
+
+    The problem ``min Σ_p cost_p(R_p)`` s.t. ``Σ_p (n_pt − R_p)⁺ ≤ A_t`` (a small LP) is solved by
+    its Lagrangian dual: at prices ``μ`` every pool reserves alone at per-period rents ``κ + μ_t``
+    (:func:`reserve_level_periods`) and ``μ_t`` follows the cap's excess by sign-adaptive steps
+    (Rprop). Each iterate's reserves are raised until they are within the caps — each pool towards
+    its largest on-demand need in a period over its cap, by a common fraction found by bisection —
+    and the cheapest such feasible reserve is returned (feasible whatever the steps left; at the
+    dual optimum it is the LP's). ``price`` is the best dual iterate's. Pure; ``stop_gradient``
+    everywhere (the reserves are a decision, not a differentiable map: see
+    :func:`optimizer.economics.cycle_fleet_cost_per_pool` for the cost's gradient).
+    """
+    need = jax.lax.stop_gradient(need)
+    G, P, T = need.shape
+    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio, need.dtype), (G,))
+    nu = jnp.broadcast_to(jnp.asarray(idle_ratio, need.dtype), (G,))
+    cap = jnp.broadcast_to(jnp.asarray(cap, need.dtype), (G, T))
+    top = need.max(-1)  # (G, P): a reserve at each pool's peak needs no on-demand GPUs
+
+    def cost(reserved):
+        d = need - reserved[..., None]
+        return (reserved + jnp.mean(jnp.maximum(kappa[:, None, None] * d, nu[:, None, None] * d), -1)).sum(-1)
+
+    def dual_value(mu, reserved):
+        k = kappa[:, None, None] + mu[:, None, :]
+        d = need - reserved[..., None]
+        pools = reserved + jnp.mean(jnp.maximum(k * d, nu[:, None, None] * d), -1)
+        return pools.sum(-1) - jnp.mean(mu * cap, -1)
+
+    def fits(reserved):
+        return jnp.all(on_demand_gpus(need, reserved) <= cap * (1.0 + 1e-12) + 1e-9, -1)
+
+    def toward(reserved, lift):
+        """``reserved + s · lift`` with the least common ``s`` in [0, 1] per type that fits (1 if none)."""
+        def bisect(_, ab):
+            a, b = ab
+            mid = 0.5 * (a + b)
+            ok = fits(reserved + mid[:, None] * lift)
+            return jnp.where(ok, a, mid), jnp.where(ok, mid, b)
+
+        a, b = jax.lax.fori_loop(0, RAISE_BISECTION_STEPS, bisect, (jnp.zeros(G, need.dtype), jnp.ones(G, need.dtype)))
+        b = jnp.where(fits(reserved), 0.0, b)
+        return reserved + b[:, None] * lift
+
+    def raise_within(reserved):
+        over = on_demand_gpus(need, reserved) > cap  # (G, T)
+        lift = jnp.max(jnp.where(over[:, None, :], need - reserved[..., None], 0.0), -1)  # (G, P)
+        return jnp.minimum(toward(reserved, lift), top)
+
+    scale = jnp.maximum(kappa, 1.0)
+
+    def step(k, c):
+        mu, size, sign, best_r, best_cost, best_mu, best_dual, mean_r = c
+        r = reserve_level_periods(need, kappa[:, None, None] + mu[:, None, :], nu[:, None])
+        excess = on_demand_gpus(need, r) - cap
+        value = dual_value(mu, r)
+        mean_r = mean_r + (r - mean_r) / (k + 1.0)  # the iterates' mean: near the LP's reserve at a tie
+        # the reserves optimal at prices within one step of μ bracket the LP's when μ is near μ*:
+        # split the difference as the caps ask (the tie-break complementary slackness needs)
+        lo = reserve_level_periods(need, kappa[:, None, None] + jnp.maximum(mu - size, 0.0)[:, None, :], nu[:, None])
+        hi = reserve_level_periods(need, kappa[:, None, None] + (mu + size)[:, None, :], nu[:, None])
+        cands = jnp.stack([raise_within(r), raise_within(mean_r), raise_within(toward(lo, jnp.maximum(hi - lo, 0.0)))])
+        costs = jax.vmap(cost)(cands)
+        pick = jnp.argmin(costs, 0)
+        feasible = jnp.take_along_axis(cands, pick[None, :, None], 0)[0]
+        c_new = jnp.min(costs, 0)
+        better = c_new < best_cost
+        up = value > best_dual
+        s = jnp.sign(excess)
+        size = jnp.where(s * sign > 0, size * 1.2, jnp.where(s * sign < 0, size * 0.5, size))
+        mu_next = jnp.maximum(mu + size * s, 0.0)
+        return (mu_next, size, s, jnp.where(better[:, None], feasible, best_r), jnp.minimum(c_new, best_cost),
+                jnp.where(up[:, None], mu, best_mu), jnp.maximum(value, best_dual), mean_r)
+
+    mu0 = jnp.zeros((G, T), need.dtype)
+    init = (mu0, 0.05 * scale[:, None] * jnp.ones((G, T), need.dtype), jnp.zeros((G, T), need.dtype), top,
+            cost(top), mu0, jnp.full((G,), -jnp.inf, need.dtype), jnp.zeros((G, P), need.dtype))
+    _, _, _, best_r, _, best_mu, _, _ = jax.lax.fori_loop(0, iters, step, init)
+    # lowering a pool's reserve towards its own optimum (where the caps leave room) only saves:
+    # first towards the lowest reserve optimal at the best prices (the Lagrangian is flat there, so
+    # each GPU of room used is the caps' price saved), then towards its optimum without caps
+    priced = reserve_level_periods(need, kappa[:, None, None] + best_mu[:, None, :], nu[:, None])
+    alone = reserve_level(need, kappa[:, None], nu[:, None])
+
+    def lower(goal):
+        def one(i, r):
+            p = i % P
+            others = on_demand_gpus(need, r) - jnp.maximum(need[:, p] - r[:, p, None], 0.0)
+            floor = jnp.max(need[:, p] - (cap - others), -1)
+            return r.at[:, p].set(jnp.clip(jnp.maximum(goal[:, p], floor), 0.0, r[:, p]))
+        return one
+
+    best_r = jax.lax.fori_loop(0, LOWER_SWEEPS * P, lower(priced), best_r)
+    best_r = jax.lax.fori_loop(0, LOWER_SWEEPS * P, lower(alone), best_r)
+    return best_r, best_mu

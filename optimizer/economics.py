@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.capacity import cycle_cost, reserve_level, water_fill
+from kernels.capacity import capped_reserve, cycle_cost, reserve_level, reserve_level_periods, water_fill
 from kernels.smooth import smooth_max_pos
 
 SECONDS_PER_DAY = 86400.0
@@ -111,23 +111,72 @@ def pool_ratios(prob):
     return (jnp.asarray(prob.on_demand_ratio)[:, None, None], jnp.asarray(prob.idle_ratio)[:, None, None])
 
 
+def has_on_demand_caps(prob) -> bool:
+    """Whether some GPU type's on-demand GPUs are capped per period (static: the caps' shape)."""
+    return int(prob.on_demand_cap.shape[-1]) > 0
+
+
+def capped_pools(need, prob):
+    """``(reserved, price)``: the least-cost reserves (G, J, K) of pools needing ``need`` (G, J, K, T)
+    that keep each type's on-demand GPUs within its per-period cap, and the caps' prices (G, T) in
+    reserved rents per on-demand GPU-hour (:func:`kernels.capacity.capped_reserve`)."""
+    G, J, K, T = need.shape
+    kappa, nu = prob.on_demand_ratio, prob.idle_ratio
+    r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap)
+    return r.reshape(G, J, K), price
+
+
 def reserved_gpus(need, prob):
-    """(G, J, K) reserved GPUs of pools needing ``need`` (G, J, K, T) GPUs per period (load-duration rule)."""
+    """(G, J, K) reserved GPUs of pools needing ``need`` (G, J, K, T) GPUs per period: the load-duration
+    rule, raised where a type's on-demand GPUs would exceed its per-period cap (:func:`capped_pools`)."""
+    if has_on_demand_caps(prob):
+        return capped_pools(need, prob)[0]
     return reserve_level(need, *pool_ratios(prob))
 
 
 def cycle_fleet_cost_per_pool(need, prob, reserved=None):
     """(G, J, K) USD/day of pools needing ``need`` (G, J, K, T) GPUs per period: ``reserved`` (G, J, K;
-    default the load-duration optimum, :func:`reserved_gpus`), on-demand above it (and idle
-    reserved GPU-hours credited at their value)."""
+    default :func:`reserved_gpus`), on-demand above it (and idle reserved GPU-hours credited at their
+    value). The gradient in ``need`` is the cost's own (the reserve is re-optimised, an envelope)
+    only for the default reserve; see :func:`cycle_fleet`."""
     kappa, nu = pool_ratios(prob)
-    reserved = reserve_level(need, kappa, nu) if reserved is None else reserved
+    reserved = reserved_gpus(need, prob) if reserved is None else reserved
     return cycle_cost(need, reserved, kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
 
 
+def cycle_fleet(need, prob):
+    """``(reserved, cost)``: the least-cost reserves (G, J, K) of pools needing ``need`` (G, J, K, T) and
+    their USD/day, with the gradient of the optimal cost in ``need`` (what the fleet's last GPU-hour
+    in each period costs).
+
+    Without on-demand caps that is the load-duration cost's own gradient. With them the reserves
+    solve a small LP, so the cost is differentiated by its envelope: on-demand GPU-hours in period t
+    cost ``κ + μ_t`` (μ: the caps' prices), reserved ones ν below the reserve optimal at those
+    prices [the LP's dual; ECONOMICS.md §2.7 with a capacity limit on the peaking technology]."""
+    if not has_on_demand_caps(prob):
+        reserved = reserved_gpus(need, prob)
+        return reserved, cycle_fleet_cost(need, prob, reserved)
+    reserved, price = capped_pools(need, prob)
+    kappa, nu = pool_ratios(prob)
+    value = cycle_fleet_cost(need, prob, jax.lax.stop_gradient(reserved))
+    priced = kappa[..., None] + price[:, None, None, :]  # (G, 1, 1, T)
+    level = jax.lax.stop_gradient(reserve_level_periods(need, priced, nu))
+    d = need - level[..., None]
+    lag = jnp.sum((level + jnp.mean(jnp.maximum(priced * d, nu[..., None] * d), -1)) * usd_per_gpu_day(prob)[:, None, None])
+    return reserved, jax.lax.stop_gradient(value) + lag - jax.lax.stop_gradient(lag)
+
+
 def cycle_fleet_cost(need, prob, reserved=None):
-    """USD/day of pools needing ``need`` (G, J, K, T) GPUs per period (:func:`cycle_fleet_cost_per_pool`)."""
+    """USD/day of pools needing ``need`` (G, J, K, T) GPUs per period at ``reserved`` (default: the
+    least-cost reserves, :func:`cycle_fleet`)."""
+    if reserved is None:
+        return cycle_fleet(need, prob)[1]
     return jnp.sum(cycle_fleet_cost_per_pool(need, prob, reserved))
+
+
+def on_demand_per_type(need, reserved):
+    """(G, T) on-demand GPUs of each type in each period: ``Σ_{j,k} (need − reserved)⁺``."""
+    return jnp.maximum(need - reserved[..., None], 0.0).sum((1, 2))
 
 
 def provisioned(need, fleet, tp):

@@ -62,6 +62,7 @@ class Problem(NamedTuple):
     idle_ratio: jnp.ndarray  # (G,) value of an idle reserved GPU-hour / reserved rent (in [0, 1))
     served_latency_ms: jnp.ndarray  # (S,) TPOT the segment is served at (its SLO, or its reference)
     gpu_cap: jnp.ndarray  # (G,) max GPUs (NO_CAP if none)
+    on_demand_cap: jnp.ndarray  # (G, T) on-demand GPUs available per period (NO_CAP if none); (G, 0) when no type has a cap
     budget_usd_per_day: jnp.ndarray  # () (NO_CAP if none)
     capex_budget_usd: jnp.ndarray  # () (NO_CAP if none)
     min_quality: jnp.ndarray  # (S,) (0 if none)
@@ -242,6 +243,8 @@ class Numbers(NamedTuple):
     idle_value_usd_per_gpu_hour: jnp.ndarray  # (G,) value of an idle reserved GPU-hour
     capex_per_gpu: jnp.ndarray  # (G,)
     gpu_cap: jnp.ndarray  # (G,)
+    on_demand_cap: jnp.ndarray  # (G,) on-demand GPUs available in a period (NO_CAP if none)
+    on_demand_cap_profile: jnp.ndarray  # (T,) share of the cap available in each period; (0,) when no type has a cap
     budget_usd_per_day: jnp.ndarray  # ()
     capex_budget_usd: jnp.ndarray  # ()
     peak_utilization: jnp.ndarray  # ()
@@ -288,7 +291,7 @@ def _validate_fleet(fl) -> None:
             raise ConfigError(f"fleet.precisions contains '{k}'; accepted: {list(PRECISION_KEYS)}")
     if not fl.gpus:
         raise ConfigError("fleet.gpus is empty; list at least one GPU key, e.g. [h100-sxm, h200-sxm, b200]")
-    for name in ("gpu_caps", "price_usd_per_gpu_hour", "on_demand_usd_per_gpu_hour"):
+    for name in ("gpu_caps", "price_usd_per_gpu_hour", "on_demand_usd_per_gpu_hour", "on_demand_cap"):
         for g, v in getattr(fl, name).items():
             if v is not None and g not in fl.gpus:
                 raise ConfigError(f"fleet.{name}.{g} = {v} names GPU '{g}', which is not in fleet.gpus "
@@ -654,6 +657,8 @@ def scenario_inputs(cfg: RunConfig) -> tuple[Numbers, Pools, Labels]:
         idle_value_usd_per_gpu_hour=f64([fl.idle_value_usd_per_gpu_hour] * len(hws)),
         capex_per_gpu=f64([hw.capex_usd_per_gpu or 0.0 for hw in hws]),
         gpu_cap=f64([opt(fl.gpu_caps.get(hw.key), NO_CAP) for hw in hws]),
+        on_demand_cap=f64([opt(fl.on_demand_cap.get(hw.key), NO_CAP) for hw in hws]),
+        on_demand_cap_profile=f64(_on_demand_cap_profile(fl, hws, cfg.time.periods)),
         budget_usd_per_day=f64(opt(fl.budget_usd_per_day, NO_CAP)), capex_budget_usd=f64(opt(fl.capex_budget_usd, NO_CAP)),
         peak_utilization=f64(fl.peak_utilization), daily_utilization=f64(fl.daily_utilization),
         quality=f64([[getattr(mc.quality, pc.key) for pc in precs] for mc in mcs]),
@@ -813,11 +818,40 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
         batch_at_slo=batch_t, tpot_ms=tpot_t, deployment=choice_t, prefill_share=prefill_t, usd_per_gpu_hour=n.usd_per_gpu_hour, capex_per_gpu=n.capex_per_gpu,
         tp=jnp.where(pool_gpus > 0, pool_gpus, pools.tp), is_batch=pools.is_batch, peak_to_mean=n.peak_to_mean,
         profile=n.profile, window=n.window, on_demand_ratio=on_demand_ratio(n), idle_ratio=idle_ratio(n), served_latency_ms=served_lat,
-        gpu_cap=n.gpu_cap, budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
+        gpu_cap=n.gpu_cap, on_demand_cap=n.on_demand_cap[:, None] * n.on_demand_cap_profile[None, :],
+        budget_usd_per_day=n.budget_usd_per_day, capex_budget_usd=n.capex_budget_usd,
         min_quality=n.min_quality, log_mu_lo=jnp.log(n.product_floor), log_mu_hi=jnp.log(n.product_ceiling),
         log_band=jnp.log(jnp.maximum(n.product_band, 1.0 + 1e-9)),
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale,
         tokens=tokens, flow_product=pools.flow_product, sheet_ref=sheet, sheet_tie=pools.sheet_tie)
+
+
+def _on_demand_cap_profile(fl, hws, periods: int) -> np.ndarray:
+    """(T,) share of each on-demand cap available per period; (0,) when no GPU type has a cap (the
+    shape tells every consumer, statically, that the caps' reserve problem can be skipped)."""
+    capped = [hw.key for hw in hws if fl.on_demand_cap.get(hw.key) is not None]
+    prof = fl.on_demand_cap_profile
+    if prof is not None:
+        if len(prof) != periods:
+            raise ConfigError(f"fleet.on_demand_cap_profile has {len(prof)} values; accepted: one share per period "
+                              f"(time.periods = {periods}), each in [0, 1], or null (the whole cap in every period)")
+        bad = [v for v in prof if not (0.0 <= float(v) <= 1.0)]
+        if bad:
+            raise ConfigError(f"fleet.on_demand_cap_profile contains {bad[0]}; accepted: shares in [0, 1]")
+        if not capped:
+            raise ConfigError("fleet.on_demand_cap_profile is set but no fleet.on_demand_cap.<gpu> is; set a cap "
+                              "(e.g. fleet.on_demand_cap.h100-sxm=64) or drop the profile")
+    if capped and not fl.on_demand:
+        raise ConfigError(f"fleet.on_demand_cap is set for {capped} but fleet.on_demand is false (no on-demand "
+                          f"GPUs to cap); set fleet.on_demand=true or drop the caps")
+    unpriced = [k for k in capped if next(h for h in hws if h.key == k).on_demand_usd_per_gpu_hour is None
+                and fl.on_demand_usd_per_gpu_hour.get(k) is None]
+    if unpriced:
+        raise ConfigError(f"fleet.on_demand_cap.{unpriced[0]} caps on-demand GPUs that have no on-demand rent (none in "
+                          f"the catalog, fleet.on_demand_usd_per_gpu_hour.{unpriced[0]} null); set that rent or drop the cap")
+    if not capped:
+        return np.zeros(0)
+    return np.ones(periods) if prof is None else np.asarray(prof, float)
 
 
 def on_demand_ratio(n: Numbers) -> jnp.ndarray:

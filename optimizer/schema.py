@@ -457,6 +457,13 @@ class FleetConfig:
     on_demand_usd_per_gpu_hour: dict[str, Optional[float]] = accepts(
         default_factory=lambda: dict.fromkeys(catalog_keys("hardware")), **NON_NEGATIVE)  # USD/GPU-hour (null = catalog)
     idle_value_usd_per_gpu_hour: float = accepts(0.0, **NON_NEGATIVE)  # value of an idle reserved GPU-hour put to other use (research, training)
+    # GPUs of each type a cloud can lend on demand in any one period (null = as many as asked for): a
+    # provider's account limit or a market's scarcity. Reserves rise where the cap binds.
+    on_demand_cap: dict[str, Optional[float]] = accepts(
+        default_factory=lambda: dict.fromkeys(catalog_keys("hardware")), **NON_NEGATIVE)
+    # share of each type's on-demand cap available in each period (length time.periods; null = all of it
+    # in every period), e.g. less at the market's own busy hours
+    on_demand_cap_profile: Optional[list[float]] = None
 
 
 @dataclass

@@ -362,6 +362,22 @@ def limit_value(limit_price: jnp.ndarray, prob: Problem, mask: jnp.ndarray) -> j
     return jnp.where(mask > 0, limit_terms(limit_price, prob), 0.0).sum()
 
 
+def on_demand_value(od_price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """USD/day: ``Σ_g rent_g · (1/T) Σ_t μ_gt A_gt``, the on-demand caps' term of the Lagrangian (their
+    prices ``μ`` (G, T) in reserved rents per on-demand GPU-hour; 0 without caps)."""
+    if not econ.has_on_demand_caps(prob):
+        return jnp.zeros((), prob.usd_per_gpu_hour.dtype)
+    return jnp.sum(econ.usd_per_gpu_day(prob) * jnp.mean(od_price * prob.on_demand_cap, -1))
+
+
+def period_ratio(kappa: jnp.ndarray, od_price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
+    """On-demand / reserved rent per pool (G, 1, 1), or per pool and period (G, 1, 1, T) with the
+    on-demand caps' prices ``od_price`` (G, T) added: the weight set's ceiling ``π_t ≤ κ_t / T``."""
+    if not econ.has_on_demand_caps(prob):
+        return kappa
+    return kappa[..., None] + od_price[:, None, None, :]
+
+
 def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
     """(G + 2,) relative excess of the fleet over each active limit (−1 where inactive), with
     pools sized by the same smooth max as :func:`optimizer.objective.evaluate`."""
@@ -399,6 +415,8 @@ class DualStart(NamedTuple):
     age: jnp.ndarray | None = None  # () Frank–Wolfe steps these charges have taken (a continued solve's steps
     # are 2 / (age + k + 4 + offset)); None: 0, a new solve from a neighbour's charges (a solve returns its age)
     cap_weight: jnp.ndarray | None = None  # (G, J, K, T) the GPU caps' period weights (None: ``weight``)
+    od_price: jnp.ndarray | None = None  # (G, T) prices of the on-demand caps per period, in reserved rents per
+    # on-demand GPU-hour (None: 0); (G, 0) without caps
 
 
 class DualState(NamedTuple):
@@ -440,9 +458,13 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     mask = limit_mask(prob, active)
     params0 = (y0.split, y0.limit_price * mask)
     kappa, nu = econ.pool_ratios(prob)
+    capped = econ.has_on_demand_caps(prob)
+    od0 = (jnp.zeros(np.shape(prob.on_demand_cap), dtype) if y0.od_price is None
+           else jnp.maximum(jnp.asarray(y0.od_price, dtype), 0.0))
     # a neighbour's weights may lie outside this scenario's set (another on-demand / reserved rent
     # ratio), where the dual function bounds nothing: project them in
-    weight0 = uniform_weight(y0.split.shape, dtype) if y0.weight is None else project_weights(y0.weight, kappa, nu)
+    weight0 = (uniform_weight(y0.split.shape, dtype) if y0.weight is None
+               else project_weights(y0.weight, period_ratio(kappa, od0, prob), nu))
     # the caps' weights lie in the simplex whatever the rents, so a neighbour's stay valid
     cap_weight0 = weight0 if y0.cap_weight is None else jnp.asarray(y0.cap_weight, dtype)
     periods = y0.split.shape[-1]
@@ -465,6 +487,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         best_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
         cap_weight: jnp.ndarray  # (G, J, K, T) the caps' period weights (Frank–Wolfe iterate; periods > 1)
         best_cap_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
+        od_price: jnp.ndarray  # (G, T) the on-demand caps' prices (Frank–Wolfe iterate, with the weights)
+        best_od_price: jnp.ndarray  # (G, T) the best iterate's
 
     def rates(lam, split, cap_weight):
         """(rate, cap charges, cap rate): over several periods a cap's price is charged on its own
@@ -483,6 +507,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         weight = jnp.where(use_best, c.best_weight, c.weight)
         cap_weight = jnp.where(use_best, c.best_cap_weight, c.cap_weight)
+        od_price = jnp.where(use_best, c.best_od_price, c.od_price)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
         iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
@@ -499,7 +524,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                               best_t=jnp.where(better, t, c.best_t),
                               best_sheet=jnp.where(better, x.log_mu, c.best_sheet),
                               best_weight=jnp.where(better, weight, c.best_weight),
-                              best_cap_weight=jnp.where(better, cap_weight, c.best_cap_weight))
+                              best_cap_weight=jnp.where(better, cap_weight, c.best_cap_weight),
+                              best_od_price=jnp.where(better, od_price, c.best_od_price))
 
         def update(c):
             e = (x.peak_need - x.daily_need) / jnp.maximum(x.peak_need + x.daily_need, 1e-9)
@@ -509,8 +535,14 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             if periods > 1:  # a Frank–Wolfe step of the charges (π s, π (1 − s)) towards the ones
                 # this solution should pay (the linear minimiser of the dual over the charge set)
                 width = WEIGHT_WIDTH * t / t0  # the smoothing narrows with the temperature
-                goal = charge_target(x, kappa, nu, width)
+                if capped:  # the caps' prices at this solution's needs: the other half of the linear
+                    # minimiser over the charge set {(π, μ): ν/T ≤ π_t ≤ (κ + μ_t)/T}
+                    od_goal = econ.capped_pools(jnp.maximum(x.peak_need, x.daily_need), prob)[1]
+                else:
+                    od_goal = od_price
+                goal = charge_target(x, period_ratio(kappa, od_goal, prob), nu, width)
                 eta = 2.0 / (k + 4.0 + solver.charge_offset + age)
+                od_moved = od_price + eta * (od_goal - od_price)
                 peak = weight * split + eta * (goal.peak - weight * split)
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
                 moved = peak + daily
@@ -523,16 +555,19 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                     at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, width * top[..., 0])
                     cap_moved = cap_weight + eta * (at_peak - cap_weight)
             else:
-                moved, cap_moved = weight, cap_weight
-            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved)
+                moved, cap_moved, od_moved = weight, cap_weight, od_price
+            return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved,
+                                    od_price=od_moved)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
             take = (k == n) | ((k == n + 1) & (c.best_margin > -jnp.inf)
                                & ((x.margin >= c.final.margin) | ~c.final_ok))
-            dual_value = x.lagrangian + limit_value(lam, prob, mask)
-            local_value = x.local_lagrangian + limit_value(lam, prob, mask)
-            set_value = dual_value if as_set is None else x.lagrangian + limit_value(lam, as_set, mask)
+            od_value = on_demand_value(od_price, prob)
+            dual_value = x.lagrangian + limit_value(lam, prob, mask) + od_value
+            local_value = x.local_lagrangian + limit_value(lam, prob, mask) + od_value
+            set_value = dual_value if as_set is None else (x.lagrangian + limit_value(lam, as_set, mask)
+                                                            + on_demand_value(od_price, as_set))
             return c._replace(final=jax.tree.map(lambda a, b: jnp.where(take, a, b), x, c.final),
                               final_ok=jnp.where(take, feasible, c.final_ok),
                               bound=jnp.where(k >= n + 2, jnp.minimum(c.bound, dual_value), c.bound),
@@ -548,7 +583,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
                   jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0,
-                  cap_weight0, cap_weight0)
+                  cap_weight0, cap_weight0, od0, od0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
@@ -557,7 +592,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     # iterate of the charges (an average of their targets) and the limit prices where the steps left
     # them. The best plan's charges are one point of an oscillation between plans, a worse dual point
     # (restarting from them made every repair round of a `wide` sweep row raise its bound).
-    start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight)
+    start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight, c.od_price)
     return DualState(start, best, c.bound, gap, violation, c.local_bound, c.set_bound)
 
 
@@ -598,7 +633,7 @@ class Dual:
         R = np.shape(task.problem.sheet_ref)[0]
         shape = pool_period_shape(task.problem)
         return DualStart(np.full(shape, 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)), uniform_weight(shape, xp=np),
-                         None, uniform_weight(shape, xp=np))
+                         None, uniform_weight(shape, xp=np), np.zeros(np.shape(task.problem.on_demand_cap)))
 
     def start_from(self, task: Task, sol: Solution) -> DualStart:
         """An even split and the limit prices implied by a solution's multipliers of the GPU caps
@@ -610,7 +645,7 @@ class Dual:
         sheet = np.asarray(log_multiplier(np.asarray(sol.decision.price_raw), prob))
         shape = pool_period_shape(prob)
         return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np), None,
-                         uniform_weight(shape, xp=np))
+                         uniform_weight(shape, xp=np), np.zeros(np.shape(prob.on_demand_cap)))
 
     def solve(self, task: Task, y0: DualStart, as_set: Problem | None = None) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver

@@ -39,7 +39,7 @@ TIER_FIELDS = {"tpot_ms": "tier_tpot_ms", "ttft_ms": "tier_ttft_ms"}
 FLEET_SCALARS = {"budget_usd_per_day", "capex_budget_usd", "peak_utilization", "daily_utilization",
                  "idle_value_usd_per_gpu_hour"}
 FLEET_PER_GPU = {"price_usd_per_gpu_hour": "usd_per_gpu_hour", "gpu_caps": "gpu_cap",
-                 "on_demand_usd_per_gpu_hour": "on_demand_usd_per_gpu_hour"}
+                 "on_demand_usd_per_gpu_hour": "on_demand_usd_per_gpu_hour", "on_demand_cap": "on_demand_cap"}
 EFF_PER_FAMILY = {"bw_eff", "flops_eff", "prefill_flops_eff"}
 EFF_SCALARS = {"moe_eff", "step_overhead_ms", "mem_util"}
 PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<segment>.offers.<model>."
@@ -49,7 +49,7 @@ PATH_FORMS = ("demand.segments.<segment>.<numeric field>", "demand.segments.<seg
               f"demand.competitors.<competitor>.{{{','.join(COMPETITOR_FIELDS)}}}",
               f"demand.tiers.<tier>.{{{','.join(TIER_FIELDS)}}}", "fleet.price_usd_per_gpu_hour.<gpu>",
               "fleet.on_demand_usd_per_gpu_hour.<gpu>",
-              "fleet.gpu_caps.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
+              "fleet.gpu_caps.<gpu>", "fleet.on_demand_cap.<gpu>", f"fleet.{{{','.join(sorted(FLEET_SCALARS))}}}",
               "efficiency.{bw_eff,flops_eff,prefill_flops_eff}.<gpu family>",
               f"efficiency.{{{','.join(sorted(EFF_SCALARS))}}}", "quality.<model>.<precision>")
 
@@ -242,6 +242,12 @@ def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) 
         if ax.path.startswith("fleet.on_demand_usd_per_gpu_hour.") and not cfg.fleet.on_demand:
             raise ConfigError(f"sweep.axes.{n} (path {ax.path}) sweeps an on-demand rent, but fleet.on_demand is "
                               f"false; set fleet.on_demand=true (on-demand GPUs offered) or drop the axis")
+        if ax.path.startswith("fleet.on_demand_cap."):
+            gpu = ax.path[len("fleet.on_demand_cap."):]
+            if cfg.fleet.on_demand_cap.get(gpu) is None:
+                raise ConfigError(f"sweep.axes.{n} (path {ax.path}) sweeps the on-demand cap of {gpu}, which the base "
+                                  f"scenario does not set; set fleet.on_demand_cap.{gpu} (the cap the axis "
+                                  f"{'scales' if ax.relative else 'replaces'}) or drop the axis")
         dist = ax.uniform or ax.loguniform
         values = list(dist) if dist else sorted(set(plan[n].tolist()))
         check_axis_values(cfg, n, ax.path, values, bool(ax.relative), quality_rule=quality)
