@@ -99,13 +99,13 @@ def cycle_cost(need: jnp.ndarray, reserved: jnp.ndarray, on_demand_ratio, idle_r
 
 def charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.ndarray:
     """(…, T) a subgradient of the cycle cost (at its optimal reserve) w.r.t. each period's need:
-    ``κ/T`` above the reserve, ``ν/T`` below it, the rest shared by the periods at the reserve so
+    ``κ_t/T`` above the reserve (κ per pool, or per period where on-demand caps are priced), ``ν/T`` below it, the rest shared by the periods at the reserve so
     the weights sum to 1 (the price of one reserved GPU-day). The extreme points of the set of
     such weights are the linear pieces of the cost [the dual of the load-duration LP]."""
     T = need.shape[-1]
-    kappa = jnp.broadcast_to(jnp.asarray(on_demand_ratio), need.shape[:-1])[..., None]
+    kappa = _per_period(on_demand_ratio, need)
     nu = jnp.broadcast_to(jnp.asarray(idle_ratio), need.shape[:-1])[..., None]
-    level = reserve_level(need, kappa[..., 0], nu[..., 0])[..., None]
+    level = reserve_level_periods(need, kappa, nu[..., 0])[..., None]
     tol = 1e-9 * jnp.maximum(jnp.max(jnp.abs(need), -1, keepdims=True), 1e-30)
     above, below = need > level + tol, need < level - tol
     at = ~(above | below)

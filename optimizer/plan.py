@@ -19,7 +19,8 @@ from optimizer import aot
 from optimizer import economics as econ
 from optimizer.economics import HOURS_PER_DAY
 from optimizer.objective import Breakdown
-from optimizer.problem import PRICE_BOUND_TOL, Labels, Problem
+from optimizer.errors import SolverFailure
+from optimizer.problem import NO_CAP, PRICE_BOUND_TOL, Labels, Problem
 
 
 class TableArrays(NamedTuple):
@@ -161,16 +162,40 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     pool_cost = table_arrays(prob, b).pool_cost
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
+    on_demand = np.maximum(per_period - reserved[..., None], 0).sum((1, 2))  # (G, T)
+    capped = econ.has_on_demand_caps(prob)
+    caps = np.asarray(prob.on_demand_cap, float) if capped else None
     rows = []
     for g, name in enumerate(labels.gpus):
         if by_type[g].max() <= 1e-6:
             continue
-        rows.append({"gpu": name, "reserved_gpus": _r(reserved[g].sum(), 3), "peak_gpus": _r(by_type[g].max(), 3),
-                     "mean_gpus": _r(by_type[g].mean(), 3),
-                     "on_demand_gpu_hours_per_day": _r(np.maximum(per_period[g] - reserved[g][..., None], 0).sum() * hours, 2),
-                     "cost_usd_per_day": _r(pool_cost[g].sum(), 2)})
-    return pd.DataFrame(rows, columns=["gpu", "reserved_gpus", "peak_gpus", "mean_gpus", "on_demand_gpu_hours_per_day",
-                                       "cost_usd_per_day"])
+        row = {"gpu": name, "reserved_gpus": _r(reserved[g].sum(), 3), "peak_gpus": _r(by_type[g].max(), 3),
+               "mean_gpus": _r(by_type[g].mean(), 3), "peak_on_demand_gpus": _r(on_demand[g].max(), 3),
+               "on_demand_gpu_hours_per_day": _r(on_demand[g].sum() * hours, 2),
+               "cost_usd_per_day": _r(pool_cost[g].sum(), 2)}
+        if capped:  # the cap (its tightest period) and the hours in which it binds
+            limited = caps[g] < NO_CAP / 10
+            row["on_demand_cap_gpus"] = _r(caps[g].min(), 3) if limited.any() else np.nan
+            row["hours_at_on_demand_cap"] = (float((limited & (on_demand[g] >= caps[g] * (1 - 1e-6) - 1e-9)).sum() * hours)
+                                             if limited.any() else 0.0)
+        rows.append(row)
+    columns = ["gpu", "reserved_gpus", "peak_gpus", "mean_gpus", "peak_on_demand_gpus", "on_demand_gpu_hours_per_day",
+               "cost_usd_per_day"] + (["on_demand_cap_gpus", "hours_at_on_demand_cap"] if capped else [])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def check_on_demand_caps(prob: Problem, labels: Labels, b: Breakdown) -> None:
+    """Raise :class:`~optimizer.errors.SolverFailure` where a plan's on-demand GPUs of a type exceed
+    its cap in some period (the reserves are chosen within the caps, so this guards the export)."""
+    if not econ.has_on_demand_caps(prob):
+        return
+    on_demand = np.asarray(econ.on_demand_per_type(jnp.asarray(b.period_gpus), jnp.asarray(b.reserved)), float)
+    caps = np.asarray(prob.on_demand_cap, float)
+    over = on_demand > caps * (1 + 1e-6) + 1e-6
+    if over.any():
+        g, t = map(int, np.argwhere(over)[0])
+        raise SolverFailure(f"the plan runs {on_demand[g, t]:.4g} on-demand {labels.gpus[g]} GPUs in period {t}, "
+                            f"over fleet.on_demand_cap.{labels.gpus[g]} ({caps[g, t]:.4g} in that period); not exported")
 
 
 def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
@@ -257,7 +282,11 @@ def _table_arrays(prob: Problem, work, period_gpus, reserved):
     by_work = work / jnp.maximum(work.sum(0, keepdims=True), 1e-300)  # periods without load: by mean load
     share = jnp.where(total > 0, contrib / jnp.maximum(total, 1e-300), by_work[..., None])
     kappa, nu = econ.pool_ratios(prob)
-    weight = charge_weights(period_gpus, kappa, nu)
+    if econ.has_on_demand_caps(prob):  # a capped period's on-demand GPU-hour costs its cap's price too
+        weight = charge_weights(period_gpus, kappa[..., None] + econ.capped_pools(period_gpus, prob)[1][:, None, None],
+                                nu)
+    else:
+        weight = charge_weights(period_gpus, kappa, nu)
     pool_cost = econ.cycle_fleet_cost_per_pool(period_gpus, prob, reserved)
     return peak_f, daily_need, kappa, nu, share, weight, pool_cost
 

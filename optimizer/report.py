@@ -49,7 +49,7 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
               f"GPUs paid around the clock (reserved), against the peak and mean GPUs run over "
               f"{summary['periods']['count']} periods of {summary['periods']['hours_each']:g} h; the rest "
               f"is on-demand, paid per hour used.", "",
-              reserved.to_markdown(index=False, floatfmt=",.4g"), ""] if reserved is not None and len(reserved) else []),
+              reserved.astype(object).where(reserved.notna(), "no cap").to_markdown(index=False, floatfmt=",.4g"), ""] if reserved is not None and len(reserved) else []),
            "## Prices, mix and margin per segment and model", "",
            plan.drop(columns=["gpus_by_type"]).to_markdown(index=False, floatfmt=",.4g"), "",
            "## Per segment (USD/day)", "", segments.to_markdown(index=False, floatfmt=",.2f"), "",

@@ -15,7 +15,7 @@ from optimizer import progress as progress_mod
 from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
 from optimizer.errors import SolverFailure
-from optimizer.plan import (fleet_hourly_table, fleet_table, plan_table, prepare_tables, reserved_commitment,
+from optimizer.plan import (check_on_demand_caps, fleet_hourly_table, fleet_table, plan_table, prepare_tables, reserved_commitment,
                             segment_summary)
 from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
 from optimizer.report import console_summary, markdown_report, plots
@@ -153,6 +153,7 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper) -> dict:
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
 
     if res.ok:  # a NaN or inf is reported, never exported as a plan
+        check_on_demand_caps(res.prob, res.labels, res.final_breakdown)
         io.check_finite(plan, "the plan")
         io.check_finite(fleet, "the fleet table")
         io.check_finite(hourly, "the hourly fleet table")

@@ -43,6 +43,9 @@ def lp_reserve(need, kappa, nu, cap):
     return res.fun, res.x[:P]
 
 
+capped_reserve_jit = jax.jit(capped_reserve)
+
+
 def random_type(rng, P=5, T=24, tight=(0.1, 0.9)):
     """Needs of P pools with shifted daily cycles, rents and a per-period cap below the free on-demand peak."""
     base = rng.uniform(5, 50, (P, 1))
@@ -79,7 +82,7 @@ def test_capped_reserves_keep_the_caps_at_the_lps_cost():
     excess = []
     for _ in range(25):
         need, kappa, nu, cap = random_type(rng)
-        r, price = capped_reserve(jnp.asarray(need[None]), kappa, nu, jnp.asarray(cap[None]))
+        r, price = capped_reserve_jit(jnp.asarray(need[None]), kappa, nu, jnp.asarray(cap[None]))
         r = np.asarray(r[0])
         assert (np.asarray(on_demand_gpus(jnp.asarray(need[None]), jnp.asarray(r[None])))[0] <= cap * (1 + 1e-9) + 1e-6).all()
         assert (r >= -1e-12).all() and (r <= need.max(-1) + 1e-9).all()
@@ -97,7 +100,7 @@ def test_one_pool_reserves_to_its_peak_above_the_cap():
     for _ in range(10):
         need, kappa, nu, cap = random_type(rng, P=1)
         free = float(reserve_level(jnp.asarray(need[0]), kappa, nu))
-        r, _ = capped_reserve(jnp.asarray(need[None]), kappa, nu, jnp.asarray(cap[None]))
+        r, _ = capped_reserve_jit(jnp.asarray(need[None]), kappa, nu, jnp.asarray(cap[None]))
         assert float(r[0, 0]) == pytest.approx(max(free, float((need[0] - cap).max())), rel=1e-9)
 
 
@@ -187,23 +190,30 @@ def test_a_capped_plan_keeps_the_cap_and_is_the_brute_force_optimum():
     assert float(b.margin) < float(b0.margin)  # the cap costs something
 
 
-@pytest.mark.parametrize("method", ["dual", "auglag"])
-def test_each_solver_prices_an_on_demand_cap(method):
-    """Two segments with different daily cycles, two precisions: a binding cap (prices rise, so
-    the fleet may shrink) lowers the margin; each solver's plan keeps the cap, and both reach the same margin."""
+@pytest.fixture(scope="module")
+def free_and_capped():
+    """The dual's plans of :data:`CHAT` without a cap and with one at 40 % of the free plan's peak on-demand GPUs."""
     free = optimize(_capped(None, method="dual"))
     b0 = free.relaxed_breakdown
-    peak_od = float(np.asarray(econ.on_demand_per_type(b0.period_gpus, b0.reserved)).max())
-    res = optimize(_capped(0.4 * peak_od, method=method))
+    cap = 0.4 * float(np.asarray(econ.on_demand_per_type(b0.period_gpus, b0.reserved)).max())
+    return free, cap, optimize(_capped(cap, method="dual"))
+
+
+@pytest.mark.parametrize("method", ["dual", "auglag"])
+def test_each_solver_prices_an_on_demand_cap(method, free_and_capped):
+    """Two segments with different daily cycles, two precisions: a binding cap (prices rise, so
+    the fleet may shrink) lowers the margin; each solver's plan keeps the cap, and both reach the
+    same margin."""
+    free, cap, dual = free_and_capped
+    res = dual if method == "dual" else optimize(_capped(cap, method=method))
     b = res.relaxed_breakdown
     od = np.asarray(econ.on_demand_per_type(b.period_gpus, b.reserved))
-    assert od.max() == pytest.approx(0.4 * peak_od, rel=1e-3) and od.max() <= 0.4 * peak_od * (1 + 1e-6)
-    assert float(b.margin) < float(b0.margin)
+    assert od.max() == pytest.approx(cap, rel=1e-3) and od.max() <= cap * (1 + 1e-6)
+    assert float(b.margin) < float(free.relaxed_breakdown.margin)
     if method == "dual":
         assert res.relaxed.result == 0
         assert float(res.relaxed.gap) <= 5e-3
     else:  # within the dual's certified bound of the same scenario
-        dual = optimize(_capped(0.4 * peak_od, method="dual"))
         assert float(b.margin) == pytest.approx(float(dual.relaxed_breakdown.margin), rel=3e-3)
         assert float(b.margin) <= float(dual.relaxed.bound) * (1 + 1e-9)
 
@@ -221,3 +231,27 @@ def test_on_demand_cap_config_errors():
     none = replace(_capped(None).fleet, on_demand_cap_profile=[1.0] * 24)
     with pytest.raises(ConfigError, match="no fleet.on_demand_cap.<gpu> is"):
         build_problem(replace(_capped(None), fleet=none))
+
+
+def test_a_sweep_over_the_on_demand_cap(tmp_path, free_and_capped):
+    """The cap as a sweep axis: every row converges, the margin never falls as the cap loosens, a
+    cap above the free plan's peak on-demand GPUs gives the free plan, and the row at the fixture's
+    cap is its single run."""
+    from optimizer.schema import AxisConfig, SweepConfig
+    from optimizer.sweep import run_sweep
+
+    free, cap, dual = free_and_capped
+    loose = 3.0 * cap
+    base = _capped(cap, method="dual")
+    axes = {"cap": AxisConfig(path="fleet.on_demand_cap.h100-sxm", values=[0.5 * cap, cap, loose])}
+    cfg = replace(base, sweep=SweepConfig(name="od-cap", axes=axes, chunk_size=4))
+    df = run_sweep(cfg, tmp_path / "out", tmp_path / "store", log=lambda m: None)
+    assert list(df["status"]) == ["converged"] * 3
+    m = df["margin_usd_per_day"].to_numpy()
+    assert m[0] < m[1] < m[2]
+    assert m[1] == pytest.approx(float(dual.relaxed_breakdown.margin), rel=3e-3)
+    assert m[2] == pytest.approx(float(free.relaxed_breakdown.margin), rel=3e-3)
+    bad = replace(_capped(None, method="dual"), sweep=SweepConfig(name="od-cap", axes=axes, chunk_size=4))
+    with pytest.raises(ConfigError, match=r"sweep.axes.cap \(path fleet.on_demand_cap.h100-sxm\) sweeps the on-demand "
+                                          r"cap of h100-sxm, which the base scenario does not set"):
+        run_sweep(bad, tmp_path / "out2", tmp_path / "store", log=lambda m: None)
