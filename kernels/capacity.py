@@ -17,6 +17,8 @@ leading axis is a pool. Loads and needs are in GPUs (busy GPU-seconds per second
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -180,8 +182,15 @@ def project_weights(weight: jnp.ndarray, on_demand_ratio, idle_ratio) -> jnp.nda
     return jnp.where(free, weight + tau[..., None], jnp.where(floor, lo, hi))
 
 
-CAP_ITERS = 48
-"""Sign-adaptive steps on the prices of the on-demand availability caps in :func:`capped_reserve`."""
+CAP_ITERS = 64
+"""Adaptive steps on the prices of the on-demand availability caps in :func:`capped_reserve`."""
+PRICE_STEP0, PRICE_GROW, PRICE_SHRINK = 0.5, 1.5, 0.5
+"""The caps' prices' first step (× κ) and the factors its size grows by while a period's excess keeps
+its sign and shrinks by when it flips. Chosen on 40 random five-pool types against the LP (SciPy
+HiGHS): the cost within 0.11 % (median 2e-5); with pure sign steps (Rprop: 0.05, 1.2, 0.5) the
+dual stalled up to 0.5 % short and the cost was up to 0.5 % high."""
+CAP_FEASIBLE_ITERS = 8
+"""The last price steps whose reserves are made feasible (the best kept): where the prices have settled."""
 LOWER_SWEEPS = 2
 """Passes of lowering each pool's reserve towards its own optimum within the room the caps leave."""
 RAISE_BISECTION_STEPS = 40
@@ -213,6 +222,19 @@ def on_demand_gpus(need: jnp.ndarray, reserved: jnp.ndarray) -> jnp.ndarray:
     return jnp.maximum(need - reserved[..., None], 0.0).sum(-2)
 
 
+class CapCarry(NamedTuple):
+    """The state of :func:`capped_reserve`'s price steps."""
+
+    mu: jnp.ndarray  # (G, T) the caps' prices
+    size: jnp.ndarray  # (G, T) their step sizes
+    sign: jnp.ndarray  # (G, T) the last step's direction
+    best_r: jnp.ndarray  # (G, P) the cheapest feasible reserves found
+    best_cost: jnp.ndarray  # (G,) their cost
+    best_mu: jnp.ndarray  # (G, T) the prices of the highest dual value
+    best_dual: jnp.ndarray  # (G,) that value (a lower bound on the cost)
+    mean_r: jnp.ndarray  # (G, P) the mean of the iterates' reserves
+
+
 def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndarray,
                    iters: int = CAP_ITERS) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(reserved, price)``: reserves (G, P) of the pools (need (G, P, T) GPUs per period) of each
@@ -222,11 +244,15 @@ def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndar
 
     The problem ``min Σ_p cost_p(R_p)`` s.t. ``Σ_p (n_pt − R_p)⁺ ≤ A_t`` (a small LP) is solved by
     its Lagrangian dual: at prices ``μ`` every pool reserves alone at per-period rents ``κ + μ_t``
-    (:func:`reserve_level_periods`) and ``μ_t`` follows the cap's excess by sign-adaptive steps
-    (Rprop). Each iterate's reserves are raised until they are within the caps — each pool towards
-    its largest on-demand need in a period over its cap, by a common fraction found by bisection —
-    and the cheapest such feasible reserve is returned (feasible whatever the steps left; at the
-    dual optimum it is the LP's). ``price`` is the best dual iterate's. Pure; ``stop_gradient``
+    (:func:`reserve_level_periods`) and ``μ_t`` follows the cap's excess (scaled by the type's
+    largest) by steps whose size adapts per period as in Rprop. In the last
+    :data:`CAP_FEASIBLE_ITERS` steps, three candidate reserves — the iterate's, the iterates' mean,
+    and the reserves optimal within one step of μ split as the caps ask — are raised until they are
+    within the caps (each pool towards its largest on-demand need in a period over its cap, by a
+    common fraction found by bisection) and the cheapest is kept; then each pool is lowered towards
+    its own optimum where the caps leave room. The result is feasible whatever the steps left, and
+    within 0.11 % of the LP's cost on random instances (``tests/test_on_demand_cap.py``). ``price``
+    is the best dual iterate's. Pure; ``stop_gradient``
     everywhere (the reserves are a decision, not a differentiable map: see
     :func:`optimizer.economics.cycle_fleet_cost_per_pool` for the cost's gradient).
     """
@@ -269,12 +295,24 @@ def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndar
 
     scale = jnp.maximum(kappa, 1.0)
 
-    def step(k, c):
+    def price_step(k, c):
+        """An adaptive step of the caps' prices (and the dual's bookkeeping)."""
         mu, size, sign, best_r, best_cost, best_mu, best_dual, mean_r = c
         r = reserve_level_periods(need, kappa[:, None, None] + mu[:, None, :], nu[:, None])
         excess = on_demand_gpus(need, r) - cap
         value = dual_value(mu, r)
-        mean_r = mean_r + (r - mean_r) / (k + 1.0)  # the iterates' mean: near the LP's reserve at a tie
+        up = value > best_dual
+        s = jnp.sign(excess)
+        size = jnp.where(s * sign > 0, size * PRICE_GROW, jnp.where(s * sign < 0, size * PRICE_SHRINK, size))
+        mu_next = jnp.maximum(mu + size * jnp.clip(excess / jnp.maximum(jnp.abs(excess).max(-1, keepdims=True), 1e-12), -1.0, 1.0), 0.0)
+        return CapCarry(mu_next, size, s, best_r, best_cost, jnp.where(up[:, None], mu, best_mu),
+                        jnp.maximum(value, best_dual), mean_r + (r - mean_r) / (k + 1.0)), r
+
+    def step(k, c):
+        """A price step, with the reserves it brackets made feasible (the last iterations only)."""
+        mu, size = c.mu, c.size
+        c, r = price_step(k, c)
+        best_r, best_cost, mean_r = c.best_r, c.best_cost, c.mean_r
         # the reserves optimal at prices within one step of μ bracket the LP's when μ is near μ*:
         # split the difference as the caps ask (the tie-break complementary slackness needs)
         lo = reserve_level_periods(need, kappa[:, None, None] + jnp.maximum(mu - size, 0.0)[:, None, :], nu[:, None])
@@ -285,17 +323,15 @@ def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndar
         feasible = jnp.take_along_axis(cands, pick[None, :, None], 0)[0]
         c_new = jnp.min(costs, 0)
         better = c_new < best_cost
-        up = value > best_dual
-        s = jnp.sign(excess)
-        size = jnp.where(s * sign > 0, size * 1.2, jnp.where(s * sign < 0, size * 0.5, size))
-        mu_next = jnp.maximum(mu + size * s, 0.0)
-        return (mu_next, size, s, jnp.where(better[:, None], feasible, best_r), jnp.minimum(c_new, best_cost),
-                jnp.where(up[:, None], mu, best_mu), jnp.maximum(value, best_dual), mean_r)
+        return c._replace(best_r=jnp.where(better[:, None], feasible, best_r), best_cost=jnp.minimum(c_new, best_cost))
 
     mu0 = jnp.zeros((G, T), need.dtype)
-    init = (mu0, 0.05 * scale[:, None] * jnp.ones((G, T), need.dtype), jnp.zeros((G, T), need.dtype), top,
-            cost(top), mu0, jnp.full((G,), -jnp.inf, need.dtype), jnp.zeros((G, P), need.dtype))
-    _, _, _, best_r, _, best_mu, _, _ = jax.lax.fori_loop(0, iters, step, init)
+    init = CapCarry(mu0, PRICE_STEP0 * scale[:, None] * jnp.ones((G, T), need.dtype), jnp.zeros((G, T), need.dtype), top,
+                    cost(top), mu0, jnp.full((G,), -jnp.inf, need.dtype), jnp.zeros((G, P), need.dtype))
+    tail = min(CAP_FEASIBLE_ITERS, iters)
+    c = jax.lax.fori_loop(0, iters - tail, lambda k, c: price_step(k, c)[0], init)
+    c = jax.lax.fori_loop(iters - tail, iters, step, c)
+    best_r, best_mu = c.best_r, c.best_mu
     # lowering a pool's reserve towards its own optimum (where the caps leave room) only saves:
     # first towards the lowest reserve optimal at the best prices (the Lagrangian is flat there, so
     # each GPU of room used is the caps' price saved), then towards its optimum without caps

@@ -144,7 +144,7 @@ def cycle_fleet_cost_per_pool(need, prob, reserved=None):
     return cycle_cost(need, reserved, kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
 
 
-def cycle_fleet(need, prob):
+def cycle_fleet(need, prob, whole=False):
     """``(reserved, cost)``: the least-cost reserves (G, J, K) of pools needing ``need`` (G, J, K, T) and
     their USD/day, with the gradient of the optimal cost in ``need`` (what the fleet's last GPU-hour
     in each period costs).
@@ -152,11 +152,15 @@ def cycle_fleet(need, prob):
     Without on-demand caps that is the load-duration cost's own gradient. With them the reserves
     solve a small LP, so the cost is differentiated by its envelope: on-demand GPU-hours in period t
     cost ``κ + μ_t`` (μ: the caps' prices), reserved ones ν below the reserve optimal at those
-    prices [the LP's dual; ECONOMICS.md §2.7 with a capacity limit on the peaking technology]."""
+    prices [the LP's dual; ECONOMICS.md §2.7 with a capacity limit on the peaking technology].
+    ``whole`` (a bool, possibly traced): a fixed fleet of whole replicas per period, whose reserves
+    under the caps are rounded up to whole GPUs (still within the caps: a higher reserve rents fewer
+    on-demand GPUs)."""
     if not has_on_demand_caps(prob):
         reserved = reserved_gpus(need, prob)
         return reserved, cycle_fleet_cost(need, prob, reserved)
     reserved, price = capped_pools(need, prob)
+    reserved = jnp.where(whole, jnp.minimum(jnp.ceil(reserved - 1e-9), jax.lax.stop_gradient(need).max(-1)), reserved)
     kappa, nu = pool_ratios(prob)
     value = cycle_fleet_cost(need, prob, jax.lax.stop_gradient(reserved))
     priced = kappa[..., None] + price[:, None, None, :]  # (G, 1, 1, T)

@@ -75,7 +75,7 @@ def evaluate(dec: Decision, prob: Problem, fleet: jnp.ndarray | None = None,
     derived = need.max(-1)
     gpus = derived if fleet is None else jnp.where(fixed, fleet, derived)
     per_period = need if fleet is None else jnp.where(fixed, econ.provisioned(need, fleet, prob.tp), need)
-    reserved, gpu_cost = econ.cycle_fleet(per_period, prob)
+    reserved, gpu_cost = econ.cycle_fleet(per_period, prob, whole=False if fleet is None else fixed)
     margin = revenue.sum() - gpu_cost
     peak = need_peak.max(-1) * prob.peak_utilization
     daily = jnp.einsum("sjkg->gjk", work)

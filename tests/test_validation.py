@@ -373,7 +373,7 @@ def test_plan_flags_price_at_bound_and_whole_fleet():
         prob = NS(log_mu_lo=jnp.full(3, lo), log_mu_hi=jnp.full(3, hi), sheet_ref=jnp.ones((3, 3)),
                   flow_product=jnp.asarray([[0, 1, 2]]), tp=jnp.asarray(rep, float).reshape(1, 1, 1),
                   gpu_cap=jnp.asarray([cap], float), usd_per_gpu_hour=jnp.asarray([2.0]),
-                  on_demand_ratio=jnp.asarray([1e6]), idle_ratio=jnp.asarray([0.0]),
+                  on_demand_ratio=jnp.asarray([1e6]), idle_ratio=jnp.asarray([0.0]), on_demand_cap=jnp.zeros((1, 0)),
                   budget_usd_per_day=jnp.asarray(1e30), capex_budget_usd=jnp.asarray(1e30), capex_per_gpu=jnp.asarray([0.0]))
         at, ok = jax.jit(lambda b_, p_: plan_flags(NS(**b_), NS(**p_)))(vars(b), vars(prob))
         return list(np.asarray(at)[0]), bool(ok)

@@ -159,6 +159,8 @@ class Primal(NamedTuple):
     margin: jnp.ndarray  # () USD/day: revenue − cost of the fleet (per period max(peak, daily)) this solution needs
     local_lagrangian: jnp.ndarray  # () USD/day: the Lagrangian at the shared sheets found (= lagrangian for contracts)
     sheet_gain: jnp.ndarray  # () relative profit the last Newton step on the sheets predicted (0 for contracts)
+    od_price: jnp.ndarray  # (G, T) the on-demand caps' prices at these needs ((G, 0) without caps)
+    fleet_cost: jnp.ndarray  # () USD/day of the fleet these needs take (within the on-demand caps)
 
 
 def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
@@ -257,8 +259,14 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
     peak_need, interactive_need, batch_need = econ.period_need_parts(econ.work_of(reqs, mix, route, prob), prob)
     daily_need = interactive_need + batch_need
     revenue = (price * reqs).sum()
-    margin = revenue - econ.cycle_fleet_cost(jnp.maximum(peak_need, daily_need), prob)
-    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, batch_need, lagrangian, margin, local, gain)
+    need = jnp.maximum(peak_need, daily_need)
+    if econ.has_on_demand_caps(prob):
+        reserved, od_price = econ.capped_pools(need, prob)
+        fleet_cost = econ.cycle_fleet_cost(need, prob, reserved)
+    else:
+        od_price, fleet_cost = jnp.zeros(np.shape(prob.on_demand_cap), need.dtype), econ.cycle_fleet_cost(need, prob)
+    return Primal(price, log_mu, mix, route, reqs, peak_need, daily_need, batch_need, lagrangian, revenue - fleet_cost,
+                  local, gain, od_price, fleet_cost)
 
 
 def sheet_start(price: jnp.ndarray, prob: Problem) -> jnp.ndarray:
@@ -383,7 +391,8 @@ def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
     pools sized by the same smooth max as :func:`optimizer.objective.evaluate`."""
     need = econ.pool_gpus(x.peak_need, x.daily_need)
     per_type = econ.gpus_per_type(need.max(-1))
-    spend = econ.cycle_fleet_cost(need, prob)
+    # with on-demand caps the plan's own cost (hard max of the needs: ≤ 0.014 % below) spares a second LP
+    spend = x.fleet_cost if econ.has_on_demand_caps(prob) else econ.cycle_fleet_cost(need, prob)
     used = jnp.concatenate([per_type, spend[None], econ.fleet_capex(per_type, prob)[None]])
     limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
     return jnp.where(mask > 0, (used - limit) / limit, -1.0)
@@ -537,7 +546,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                 width = WEIGHT_WIDTH * t / t0  # the smoothing narrows with the temperature
                 if capped:  # the caps' prices at this solution's needs: the other half of the linear
                     # minimiser over the charge set {(π, μ): ν/T ≤ π_t ≤ (κ + μ_t)/T}
-                    od_goal = econ.capped_pools(jnp.maximum(x.peak_need, x.daily_need), prob)[1]
+                    od_goal = x.od_price
                 else:
                     od_goal = od_price
                 goal = charge_target(x, period_ratio(kappa, od_goal, prob), nu, width)
