@@ -104,14 +104,21 @@ def fleet_hourly(data: dict, plt):
     types = list(dict.fromkeys(hourly["gpu"]))
     fig, axes = plt.subplots(1, len(types), figsize=(5.2 * len(types), 3.6), squeeze=False)
     for i, g in enumerate(types):
-        d = hourly[hourly["gpu"] == g].groupby("start_hour")[["reserved_gpus", "on_demand_gpus", "busy_gpus",
-                                                               "gpus"]].sum()
+        cols = ["reserved_gpus", "on_demand_gpus", "busy_gpus", "gpus"] + (
+            ["idle_reserved_gpus"] if "idle_reserved_gpus" in hourly else [])
+        d = hourly[hourly["gpu"] == g].groupby("start_hour")[cols].sum()
         ax = axes[0, i]
         x = d.index.to_numpy(float)
         width = float(np.diff(x).min()) if len(x) > 1 else 1.0
         ax.bar(x, d["reserved_gpus"], width=width * 0.9, align="edge", color="tab:blue", label="reserved")
         ax.bar(x, d["on_demand_gpus"], width=width * 0.9, align="edge", bottom=d["reserved_gpus"],
                color="tab:orange", hatch="//", label="on-demand")
+        cap = data.get("on_demand_caps", {}).get(g)
+        if cap is not None:  # the most the cloud lends on demand: reserved GPUs + the cap, per period
+            held = d["reserved_gpus"] + (d["idle_reserved_gpus"] if "idle_reserved_gpus" in d else 0.0)
+            top = held.to_numpy(float) + np.asarray(cap, float)[:len(x)]
+            ax.step(np.append(x, x[-1] + width), np.append(top, top[-1]), where="post", color="tab:red", lw=1,
+                    ls="--", label="reserved + on-demand cap")
         ax.set_xlabel("hour of the cycle")
         ax.set_ylabel("GPUs")
         ax.set_title(g, fontsize=9)
@@ -120,7 +127,7 @@ def fleet_hourly(data: dict, plt):
         ax2.plot(x + width / 2, 100 * util, color="black", lw=1, marker=".", label="utilisation")
         ax2.set_ylim(0, 100)
         ax2.set_ylabel("utilisation (%)")
-        if i == 0:
+        if i == 0 or cap is not None:
             ax.legend(loc="upper left", fontsize=7)
     margins(fig, left=0.75, right=0.75, bottom=0.6, top=0.35, wspace=1.2)
     return fig

@@ -186,5 +186,10 @@ def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
     out.append(figs.Figure("fleet", {"fleet": fleet[["gpu", "model", "precision", "gpus"]].copy()},
                            outdir / "fleet.png"))
     if hourly is not None and len(hourly) and hourly["period"].nunique() > 1:
-        out.append(figs.Figure("fleet_hourly", {"hourly": hourly.copy()}, outdir / "fleet_hourly.png"))
+        caps = {}
+        if int(np.shape(prob.on_demand_cap)[-1]):  # each capped type's on-demand cap per period, drawn over the bars
+            cap = np.asarray(prob.on_demand_cap, float)
+            caps = {g: cap[i].tolist() for i, g in enumerate(labels.gpus) if (cap[i] < 1e29).any()}
+        out.append(figs.Figure("fleet_hourly", {"hourly": hourly.copy(), "on_demand_caps": caps},
+                               outdir / "fleet_hourly.png"))
     return out

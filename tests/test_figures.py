@@ -24,7 +24,7 @@ def some_figures(where):
     return [Figure("demand_margin_vs_price", {"multiples": mults, "panels": panels}, where / "a.png"),
             Figure("cost_per_mtok", {"table": table}, where / "b.png"),
             Figure("fleet", {"fleet": fleet}, where / "c.png"),
-            Figure("fleet_hourly", {"hourly": hourly}, where / "d.png")]
+            Figure("fleet_hourly", {"hourly": hourly, "on_demand_caps": {"b200": [3.0, 3.0, 1.0, 3.0]}}, where / "d.png")]
 
 
 def test_a_helper_draws_its_share_while_the_run_draws_the_rest(tmp_path):
