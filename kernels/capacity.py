@@ -189,6 +189,10 @@ PRICE_STEP0, PRICE_GROW, PRICE_SHRINK = 0.5, 1.5, 0.5
 its sign and shrinks by when it flips. Chosen on 40 random five-pool types against the LP (SciPy
 HiGHS): the cost within 0.11 % (median 2e-5); with pure sign steps (Rprop: 0.05, 1.2, 0.5) the
 dual stalled up to 0.5 % short and the cost was up to 0.5 % high."""
+PRICE_WARM_STEP0 = 0.05
+"""The first step (× κ) of prices warm-started from nearby needs' (the dual solver's previous step)."""
+CAP_WARM_ITERS, CAP_WARM_FEASIBLE_ITERS = 8, 2
+"""Price steps, and of them the last made feasible, of a warm-started :func:`capped_reserve`."""
 CAP_FEASIBLE_ITERS = 8
 """The last price steps whose reserves are made feasible (the best kept): where the prices have settled."""
 LOWER_SWEEPS = 2
@@ -236,7 +240,8 @@ class CapCarry(NamedTuple):
 
 
 def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndarray,
-                   iters: int = CAP_ITERS) -> tuple[jnp.ndarray, jnp.ndarray]:
+                   iters: int = CAP_ITERS, start: jnp.ndarray | None = None,
+                   tail: int = CAP_FEASIBLE_ITERS) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(reserved, price)``: reserves (G, P) of the pools (need (G, P, T) GPUs per period) of each
     GPU type that keep its on-demand GPUs within ``cap`` (G, T) in every period at least cost, and
     the caps' prices (G, T) ≥ 0 (per on-demand GPU-hour, in reserved rents: on-demand in period t
@@ -252,7 +257,8 @@ def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndar
     common fraction found by bisection) and the cheapest is kept; then each pool is lowered towards
     its own optimum where the caps leave room. The result is feasible whatever the steps left, and
     within 0.11 % of the LP's cost on random instances (``tests/test_on_demand_cap.py``). ``price``
-    is the best dual iterate's. Pure; ``stop_gradient``
+    is the best dual iterate's. ``start``: prices to start from (e.g. those at nearby needs; first
+    steps of :data:`PRICE_WARM_STEP0`), with ``iters`` and ``tail`` (the last steps made feasible). Pure; ``stop_gradient``
     everywhere (the reserves are a decision, not a differentiable map: see
     :func:`optimizer.economics.cycle_fleet_cost_per_pool` for the cost's gradient).
     """
@@ -325,10 +331,13 @@ def capped_reserve(need: jnp.ndarray, on_demand_ratio, idle_ratio, cap: jnp.ndar
         better = c_new < best_cost
         return c._replace(best_r=jnp.where(better[:, None], feasible, best_r), best_cost=jnp.minimum(c_new, best_cost))
 
-    mu0 = jnp.zeros((G, T), need.dtype)
-    init = CapCarry(mu0, PRICE_STEP0 * scale[:, None] * jnp.ones((G, T), need.dtype), jnp.zeros((G, T), need.dtype), top,
+    if start is None:
+        mu0, size0 = jnp.zeros((G, T), need.dtype), PRICE_STEP0
+    else:  # a warm start (the prices at nearby needs): smaller first steps
+        mu0, size0 = jnp.maximum(jax.lax.stop_gradient(jnp.asarray(start, need.dtype)), 0.0), PRICE_WARM_STEP0
+    init = CapCarry(mu0, size0 * scale[:, None] * jnp.ones((G, T), need.dtype), jnp.zeros((G, T), need.dtype), top,
                     cost(top), mu0, jnp.full((G,), -jnp.inf, need.dtype), jnp.zeros((G, P), need.dtype))
-    tail = min(CAP_FEASIBLE_ITERS, iters)
+    tail = min(tail, iters)
     c = jax.lax.fori_loop(0, iters - tail, lambda k, c: price_step(k, c)[0], init)
     c = jax.lax.fori_loop(iters - tail, iters, step, c)
     best_r, best_mu = c.best_r, c.best_mu

@@ -19,7 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.capacity import capped_reserve, cycle_cost, reserve_level, reserve_level_periods, water_fill
+from kernels.capacity import (CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS, capped_reserve, cycle_cost, reserve_level,
+                              reserve_level_periods, water_fill)
 from kernels.smooth import smooth_max_pos
 
 SECONDS_PER_DAY = 86400.0
@@ -116,13 +117,18 @@ def has_on_demand_caps(prob) -> bool:
     return int(prob.on_demand_cap.shape[-1]) > 0
 
 
-def capped_pools(need, prob):
+def capped_pools(need, prob, start=None):
     """``(reserved, price)``: the least-cost reserves (G, J, K) of pools needing ``need`` (G, J, K, T)
     that keep each type's on-demand GPUs within its per-period cap, and the caps' prices (G, T) in
-    reserved rents per on-demand GPU-hour (:func:`kernels.capacity.capped_reserve`)."""
+    reserved rents per on-demand GPU-hour (:func:`kernels.capacity.capped_reserve`). ``start``: the
+    prices at nearby needs (G, T) to warm-start a few steps from (an iterative solver's previous step)."""
     G, J, K, T = need.shape
     kappa, nu = prob.on_demand_ratio, prob.idle_ratio
-    r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap)
+    if start is None:
+        r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap)
+    else:
+        r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap, CAP_WARM_ITERS, start,
+                                  CAP_WARM_FEASIBLE_ITERS)
     return r.reshape(G, J, K), price
 
 

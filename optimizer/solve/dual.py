@@ -165,7 +165,8 @@ class Primal(NamedTuple):
 
 def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp.ndarray | None = None,
            sheet_steps: int = 0, sheet_init: jnp.ndarray | None = None, sheet_iters=None,
-           cap_charges: Charges | None = None, cap_rate: jnp.ndarray | None = None) -> Primal:
+           cap_charges: Charges | None = None, cap_rate: jnp.ndarray | None = None,
+           od_start: jnp.ndarray | None = None) -> Primal:
     """Optimal prices, mix and routing when pool ``(g, j, k)`` charges ``charges`` (rent-days per GPU
     of need, per period) on the GPUs its peak and its mean load need.
 
@@ -179,6 +180,8 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
         overrides the count; ``sheet_init`` (R, 3) warm-starts the sheets.
       cap_charges, cap_rate: the GPU caps' prices (G,) USD per GPU-hour, charged on their own
         period weights (a cap binds at each pool's peak, not over the day like the rent).
+      od_start: (G, T) the on-demand caps' prices at nearby needs (the previous step's), from which
+        the capped reserves of ``margin`` take a few warm steps (None: a full solve).
     """
     d = prob.demand
     share = charge_share(charges, prob)
@@ -261,7 +264,7 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
     revenue = (price * reqs).sum()
     need = jnp.maximum(peak_need, daily_need)
     if econ.has_on_demand_caps(prob):
-        reserved, od_price = econ.capped_pools(need, prob)
+        reserved, od_price = econ.capped_pools(need, prob, od_start)
         fleet_cost = econ.cycle_fleet_cost(need, prob, reserved)
     else:
         od_price, fleet_cost = jnp.zeros(np.shape(prob.on_demand_cap), need.dtype), econ.cycle_fleet_cost(need, prob)
@@ -497,6 +500,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         cap_weight: jnp.ndarray  # (G, J, K, T) the caps' period weights (Frank–Wolfe iterate; periods > 1)
         best_cap_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
         od_price: jnp.ndarray  # (G, T) the on-demand caps' prices (Frank–Wolfe iterate, with the weights)
+        od_last: jnp.ndarray  # (G, T) the caps' prices at the last step's needs (a warm start for the next)
         best_od_price: jnp.ndarray  # (G, T) the best iterate's
 
     def rates(lam, split, cap_weight):
@@ -522,7 +526,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
         rate, cap_charges, cap_rate = rates(lam, split, cap_weight)
         x = primal(split_charges(split, weight), prob, t, rate, solver.sheet_steps,
-                   jnp.where(use_best, c.best_sheet, c.sheet), iters, cap_charges, cap_rate)
+                   jnp.where(use_best, c.best_sheet, c.sheet), iters, cap_charges, cap_rate, c.od_last)
         excess = limit_excess(x, prob, mask)
         feasible = jnp.max(excess) <= solver.tol_feasibility
         better = feasible & (x.margin > c.best_margin)  # every feasible primal point is a plan: keep the best
@@ -566,7 +570,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
             else:
                 moved, cap_moved, od_moved = weight, cap_weight, od_price
             return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved,
-                                    od_price=od_moved)
+                                    od_price=od_moved, od_last=x.od_price)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
@@ -592,7 +596,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
                   jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0,
-                  cap_weight0, cap_weight0, od0, od0)
+                  cap_weight0, cap_weight0, od0, od0, od0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)

@@ -41,8 +41,10 @@ def fleet_primal(prices: FleetStart, prob: Problem, fleet: jnp.ndarray, temperat
                  sheet_init=None, sheet_iters=None) -> Primal:
     """Optimal prices, mix and routing when pool ``p`` charges ``rent × (peak price × peak GPUs +
     daily price × daily GPUs)`` of its load in every period (``prob`` restricted by :func:`_fleet_problem`)."""
+    # the fleet's own cost is priced apart (solve_fleet_dual), so the capped reserves of ``margin``
+    # take only a few steps from unpriced caps
     return primal(Charges(prices.peak_price, prices.daily_price), prob, temperature, None, sheet_steps,
-                  sheet_init, sheet_iters)
+                  sheet_init, sheet_iters, od_start=jnp.zeros(np.shape(prob.on_demand_cap)))
 
 
 def solve_fleet_dual(prob: Problem, fleet: jnp.ndarray, y0: FleetStart, solver: "FleetDual") -> DualState:
