@@ -255,3 +255,23 @@ def test_a_sweep_over_the_on_demand_cap(tmp_path, free_and_capped):
     with pytest.raises(ConfigError, match=r"sweep.axes.cap \(path fleet.on_demand_cap.h100-sxm\) sweeps the on-demand "
                                           r"cap of h100-sxm, which the base scenario does not set"):
         run_sweep(bad, tmp_path / "out2", tmp_path / "store", log=lambda m: None)
+
+
+def test_a_warm_start_from_nearby_needs_prices_stays_feasible_and_close():
+    """The dual solver re-solves the caps' LP at every step from the last step's prices, in a few
+    steps: within the caps always, and near the LP's cost when the needs moved little."""
+    from kernels.capacity import CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS
+
+    warm = jax.jit(lambda n, k, v, c, s: capped_reserve(n, k, v, c, CAP_WARM_ITERS, s, CAP_WARM_FEASIBLE_ITERS))
+    rng = np.random.default_rng(6)
+    excess = []
+    for _ in range(15):
+        need, kappa, nu, cap = random_type(rng)
+        _, price = capped_reserve_jit(jnp.asarray(need[None]), kappa, nu, jnp.asarray(cap[None]))
+        moved = need * rng.uniform(0.98, 1.02, need.shape)  # the next step's needs
+        r, _ = warm(jnp.asarray(moved[None]), kappa, nu, jnp.asarray(cap[None]), price)
+        od = np.asarray(on_demand_gpus(jnp.asarray(moved[None]), r))[0]
+        assert (od <= cap * (1 + 1e-9) + 1e-6).all()
+        got = float(np.asarray(cycle_cost(jnp.asarray(moved), r[0], kappa, nu)).sum())
+        excess.append(got / lp_reserve(moved, kappa, nu, cap)[0] - 1)
+    assert min(excess) > -1e-9 and max(excess) < 5e-3 and np.median(excess) < 1e-4, excess
