@@ -394,8 +394,10 @@ def limit_excess(x: Primal, prob: Problem, mask: jnp.ndarray) -> jnp.ndarray:
     pools sized by the same smooth max as :func:`optimizer.objective.evaluate`."""
     need = econ.pool_gpus(x.peak_need, x.daily_need)
     per_type = econ.gpus_per_type(need.max(-1))
-    # with on-demand caps the plan's own cost (hard max of the needs: ≤ 0.014 % below) spares a second LP
-    spend = x.fleet_cost if econ.has_on_demand_caps(prob) else econ.cycle_fleet_cost(need, prob)
+    if econ.has_on_demand_caps(prob):  # the caps' LP at these (smooth) needs, warm from the plan's prices
+        spend = econ.cycle_fleet_cost(need, prob, econ.capped_pools(need, prob, x.od_price)[0])
+    else:
+        spend = econ.cycle_fleet_cost(need, prob)
     used = jnp.concatenate([per_type, spend[None], econ.fleet_capex(per_type, prob)[None]])
     limit = jnp.concatenate([prob.gpu_cap, prob.budget_usd_per_day[None], prob.capex_budget_usd[None]])
     return jnp.where(mask > 0, (used - limit) / limit, -1.0)
