@@ -19,8 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.capacity import (CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS, capped_reserve, cycle_cost, reserve_level,
-                              reserve_level_periods, water_fill)
+from kernels.capacity import (CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS, capped_reserve, cycle_cost, on_demand_gpus,
+                              reserve_level, reserve_level_periods, water_fill)
 from kernels.smooth import smooth_max_pos
 
 SECONDS_PER_DAY = 86400.0
@@ -143,8 +143,8 @@ def reserved_gpus(need, prob):
 def cycle_fleet_cost_per_pool(need, prob, reserved=None):
     """(G, J, K) USD/day of pools needing ``need`` (G, J, K, T) GPUs per period: ``reserved`` (G, J, K;
     default :func:`reserved_gpus`), on-demand above it (and idle reserved GPU-hours credited at their
-    value). The gradient in ``need`` is the cost's own (the reserve is re-optimised, an envelope)
-    only for the default reserve; see :func:`cycle_fleet`."""
+    value). Without on-demand caps the default reserve's gradient is the cost's own (an envelope);
+    with them the reserve is held fixed, so differentiate :func:`cycle_fleet` instead."""
     kappa, nu = pool_ratios(prob)
     reserved = reserved_gpus(need, prob) if reserved is None else reserved
     return cycle_cost(need, reserved, kappa, nu) * usd_per_gpu_day(prob)[:, None, None]
@@ -186,7 +186,8 @@ def cycle_fleet_cost(need, prob, reserved=None):
 
 def on_demand_per_type(need, reserved):
     """(G, T) on-demand GPUs of each type in each period: ``Σ_{j,k} (need − reserved)⁺``."""
-    return jnp.maximum(need - reserved[..., None], 0.0).sum((1, 2))
+    G, T = need.shape[0], need.shape[-1]
+    return on_demand_gpus(jnp.reshape(need, (G, -1, T)), jnp.reshape(reserved, (G, -1)))
 
 
 def provisioned(need, fleet, tp):

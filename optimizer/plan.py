@@ -162,7 +162,7 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     pool_cost = table_arrays(prob, b).pool_cost
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
-    on_demand = np.maximum(per_period - reserved[..., None], 0).sum((1, 2))  # (G, T)
+    on_demand = np.asarray(econ.on_demand_per_type(per_period, reserved), float)  # (G, T)
     capped = econ.has_on_demand_caps(prob)
     caps = np.asarray(prob.on_demand_cap, float) if capped else None
     rows = []
