@@ -222,8 +222,9 @@ def reserve_level_periods(need: jnp.ndarray, period_ratio: jnp.ndarray, idle_rat
 
 def on_demand_gpus(need: jnp.ndarray, reserved: jnp.ndarray) -> jnp.ndarray:
     """(G, T) on-demand GPUs of each type in each period: ``Σ_p (n_pt − R_p)⁺`` over its pools
-    (``need`` (G, P, T), ``reserved`` (G, P))."""
-    return jnp.maximum(need - reserved[..., None], 0.0).sum(-2)
+    (``need`` (G, P, T), ``reserved`` (G, P)). Array methods only: NumPy arrays give a NumPy result
+    (the reports call it on a finished plan without JAX)."""
+    return (need - reserved[..., None]).clip(min=0.0).sum(-2)
 
 
 class CapCarry(NamedTuple):

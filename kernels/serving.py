@@ -44,7 +44,7 @@ class Speculation(NamedTuple):
     draft_cost_ratio: jnp.ndarray  # c_d: a draft step's body (excl. fixed overheads) / a target step's body
 
 
-NO_SPECULATION = Speculation(jnp.asarray(0.0), jnp.asarray(1.0), jnp.asarray(0.0))
+NO_SPECULATION = Speculation(0.0, 1.0, 0.0)  # Python floats: weakly typed, no device work on import
 
 
 class ServingPoint(NamedTuple):

@@ -137,24 +137,38 @@ def _load(path: Path):
         return None
 
 
-COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 """XLA options every exported program is compiled with (part of its key). XLA:CPU's MLIR fusion
 emitters (its default in JAX 0.10) take about 1.5× the compile time of its elemental emitters on
 these programs (the dual solve: 10.8 s against 7.2 s on the 2-core CI machine), for the same run
-time (``benchmarks/single_run.py``, ``benchmarks/sweep_speed.py``). An XLA that no longer knows an
-option compiles without it."""
+time; LLVM's optimisation level 1 instead of 2 compiles the dual solve in about 0.8× the time (3.2
+against 4.0 s alone), and it runs as fast (``benchmarks/single_run.py``,
+``benchmarks/sweep_speed.py``). An XLA that no longer knows an option compiles without it."""
 
 
-def _path(name: str, static: str, args: tuple) -> Path | None:
+QUICK_OPTIONS = {**COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
+"""Options of a program a run calls a few times and that runs in milliseconds
+(``exported(..., quick=True)``: the plan's evaluation, its tables, the report's price response, the
+decision's decoding). Without LLVM's optimisation passes XLA:CPU compiles them 2–9× faster. The
+solvers' loops keep :data:`COMPILER_OPTIONS` (at level 0 the dual solve runs about 5× slower), and
+so does the cost model's assembly (about 3× slower at level 0, on every warm run)."""
+
+
+def options(quick: bool) -> dict:
+    """The XLA options a program is compiled with (part of its key)."""
+    return QUICK_OPTIONS if quick else COMPILER_OPTIONS
+
+
+def _path(name: str, static: str, args: tuple, quick: bool = False) -> Path | None:
     where = export_dir()
     if where is None:
         return None
-    return where / f"{name}-{program_key(name, static + repr(sorted(COMPILER_OPTIONS.items())), args)}{SUFFIX}"
+    return where / f"{name}-{program_key(name, static + repr(sorted(options(quick).items())), args)}{SUFFIX}"
 
 
-def stored(name: str, args: tuple, static: str = "") -> bool:
+def stored(name: str, args: tuple, static: str = "", quick: bool = False) -> bool:
     """Whether :func:`exported` would find the program stored (on disk or in this process)."""
-    path = _path(name, static, args)
+    path = _path(name, static, args, quick)
     return path is not None and (path in _PROGRAMS or path.exists())
 
 
@@ -162,22 +176,23 @@ NEXT = ".next"
 """Suffix of the file beside a program naming the program a run needed after it (:func:`remember_next`)."""
 
 
-def remember_next(name: str, args: tuple, then: tuple[str, tuple, str], static: str = "") -> None:
+def remember_next(name: str, args: tuple, then: tuple[str, tuple, str], static: str = "",
+                  quick: bool = False) -> None:
     """Record that a run which needs program ``name`` (on ``args``) needs ``then`` = ``(name, args,
     static)`` next, so that a later run can load that one while it loads and runs the first
     (:func:`prefetch_next`)."""
     then_name, then_args, then_static = then
-    first, second = _path(name, static, args), _path(then_name, then_static, then_args)
+    first, second = _path(name, static, args, quick), _path(then_name, then_static, then_args)
     if first is not None and second is not None:
         io.atomic_write(first.with_name(first.name + NEXT), lambda p: p.write_text(second.name))
 
 
-def prefetch_next(name: str, args: tuple, static: str = "") -> bool:
+def prefetch_next(name: str, args: tuple, static: str = "", quick: bool = False) -> bool:
     """Load (deserialise) the program recorded as following ``name`` on ``args``, if it is stored,
     so that :func:`exported` finds it loaded (a caller waits while it loads). Deserialising releases
     the GIL, so a thread can do it while another loads or runs the first program. Returns whether
     a program was loaded."""
-    first = _path(name, static, args)
+    first = _path(name, static, args, quick)
     if first is None:
         return False
     try:
@@ -200,7 +215,7 @@ def prefetch_next(name: str, args: tuple, static: str = "") -> bool:
     return True
 
 
-def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable:
+def exported(name: str, fn: Callable, args: tuple, static: str = "", quick: bool = False) -> Callable:
     """A callable equal to ``fn`` on arguments shaped like ``args``, traced and compiled at most once
     per machine.
 
@@ -209,10 +224,11 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
       args: example arguments (arrays, ``jax.ShapeDtypeStruct`` or pytrees of them; only shapes and
         dtypes are used, so a program can be compiled before its inputs exist).
       static: a string of every static setting that ``fn`` closes over (part of the key).
+      quick: compile with :data:`QUICK_OPTIONS` (a program called a few times per run).
 
     Thread-safe: a program another thread is compiling is waited for, not compiled twice.
     """
-    path = _path(name, static, args)
+    path = _path(name, static, args, quick)
     if path is None:
         return fn
     with _LOCK:
@@ -223,10 +239,10 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "") -> Callable
         with _LOCK:
             if path in _PROGRAMS:
                 return _PROGRAMS[path]
-        return _remember(path, _compile_or_load(path, name, fn, args))
+        return _remember(path, _compile_or_load(path, name, fn, args, options(quick)))
 
 
-def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple) -> Program:
+def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple, opts: dict) -> Program:
     with _LOCK:
         loaded = _LOADED.pop(path, None)
     if loaded is not None:  # prefetched
@@ -242,7 +258,7 @@ def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple) -> Progra
     with jax_cache.fresh():  # an executable from JAX's own cache would serialise into a broken file
         lowered = fn.lower(*jax.tree.map(_spec, args))
         try:
-            compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+            compiled = lowered.compile(compiler_options=opts)
         except jax.errors.JaxRuntimeError as e:  # an XLA without one of the options
             log.debug("program %s: %s; compiling with XLA's defaults", name, str(e).splitlines()[0])
             compiled = lowered.compile()

@@ -185,9 +185,10 @@ def cycle_fleet_cost(need, prob, reserved=None):
 
 
 def on_demand_per_type(need, reserved):
-    """(G, T) on-demand GPUs of each type in each period: ``Σ_{j,k} (need − reserved)⁺``."""
+    """(G, T) on-demand GPUs of each type in each period: ``Σ_{j,k} (need − reserved)⁺`` (NumPy
+    arrays (G, J, K, T) and (G, J, K) give a NumPy result)."""
     G, T = need.shape[0], need.shape[-1]
-    return on_demand_gpus(jnp.reshape(need, (G, -1, T)), jnp.reshape(reserved, (G, -1)))
+    return on_demand_gpus(need.reshape(G, -1, T), reserved.reshape(G, -1))
 
 
 def provisioned(need, fleet, tp):

@@ -157,7 +157,8 @@ def _fleet_program(inner, task, y0, width: int):
 def evaluate_program(prob: Problem):
     """The compiled :func:`optimizer.objective.evaluate_plan`: a relaxed or a fixed-fleet plan."""
     fleet = np.zeros(np.shape(prob.tp))
-    return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)))
+    return aot.exported("evaluate", evaluate_plan_jit, (reference_decision(prob), prob, fleet, np.asarray(False)),
+                        quick=True)
 
 
 _decode, _encode = jax.jit(decode), jax.jit(encode)  # exported: eager operations would each compile on a run
@@ -169,7 +170,8 @@ KEEP_POOL = 0.5
 def consolidated(dec, prob: Problem, keep: np.ndarray):
     """``dec`` with each flow's routing restricted to the pools in ``keep`` (G, J, K) (renormalised;
     a flow with no kept pool keeps its largest), so small softmax tails do not each cost a replica."""
-    log_mu, mix, route = (np.asarray(x, float) for x in aot.exported("decode", _decode, (dec, prob))(dec, prob))
+    decoded = aot.exported("decode", _decode, (dec, prob), quick=True)(dec, prob)
+    log_mu, mix, route = (np.asarray(x, float) for x in decoded)
     kept = np.transpose(keep, (1, 2, 0))[None]  # (1, J, K, G)
     top = route >= route.max(-1, keepdims=True)
     r = np.where(kept | (~kept.any(-1, keepdims=True) & top), route, 0.0)
@@ -177,7 +179,7 @@ def consolidated(dec, prob: Problem, keep: np.ndarray):
     pool_ok = (np.where(kept, route, 0.0).sum(-1) > 0)  # (S, J, K): precision k still has a kept pool
     m = np.where(pool_ok | ~pool_ok.any(-1, keepdims=True), mix, 0.0)
     m = m / np.maximum(m.sum(-1, keepdims=True), 1e-300)
-    return aot.exported("encode", _encode, (log_mu, m, r, prob))(log_mu, m, r, prob)
+    return aot.exported("encode", _encode, (log_mu, m, r, prob), quick=True)(log_mu, m, r, prob)
 
 
 class Rounded(NamedTuple):
@@ -208,7 +210,7 @@ def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate) -> R
     viol = float(np.max(g, initial=0.0))
     limits = g[:np.shape(prob.gpu_cap)[0] + N_LIMITS]  # GPU caps, budget, capex budget: kept exactly (tightened() can)
     ok = bool(np.isfinite(float(fb.margin))) and viol <= 1e-4 and bool((limits <= 1e-9).all())
-    sol = relaxed._replace(decision=dec, margin=fb.margin, objective=-fb.margin / prob.scale, violation=np.maximum(viol, 0.0),
+    sol = relaxed._replace(decision=dec, margin=fb.margin, objective=np.asarray(-float(fb.margin) / float(prob.scale)), violation=np.maximum(viol, 0.0),
                            bound=np.asarray(np.nan), gap=np.asarray(np.nan))
     return Rounded(sol, fleet, fb, derived, ok)
 
@@ -269,6 +271,8 @@ def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, als
     run needs beside it: the relaxed solve while the assembly compiles (from the problem's shapes),
     then the later stages' programs while the relaxed solve compiles (compilation releases the GIL)."""
     def before(n, p, lab):
+        if aot.export_dir() is not None and not aot.stored("assemble", (n, p)):
+            jax.eval_shape(assemble_jit, n, p)  # traced once, here: the early compile and the assembly share it
         pool.submit(compile_relaxed_early, n, p, lab, cfg)  # a failure here is the main thread's to report
 
     prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p), before)

@@ -164,21 +164,30 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-HELPER_FIGURES = frozenset({"demand_margin_vs_price", "fleet"})
-"""The figures a helper draws: about half of the default run's drawing time (1.2 of 2.5 s)."""
+EARLY_FIGURES = frozenset({"cost_per_mtok"})
+"""The figures a run knows before it solves (they show the problem, not the plan): handed to the
+helper as soon as the problem is built, so that it draws them while the solve runs."""
+
+HELPER_FIGURES = frozenset({"demand_margin_vs_price"})
+"""The figures a helper draws once the plan is known, beside the :data:`EARLY_FIGURES` it drew
+during the solve, while the run draws the others (the default run: 0.8 s of drawing each side)."""
 
 
-def draw_all(figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES) -> list[Path]:
+def draw_all(figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES,
+             early: frozenset[Path] = frozenset()) -> list[Path]:
     """Draw ``figures``: those of the kinds ``handed`` by ``helper`` (if any) while this process draws
-    the others, then here whatever the helper did not write. Returns the paths in ``figures``' order."""
-    given = [f for f in figures if f.kind in handed] if helper is not None else []
+    the others, then here whatever the helper did not write. ``early``: the paths among ``figures``
+    handed to ``helper`` before (:meth:`Helper.draw`), not handed again. Returns the paths in
+    ``figures``' order."""
+    helping = helper is not None and helper.running()
+    given = [f for f in figures if f.kind in handed and f.path not in early] if helping else []
     if given and not helper.draw(given):
         given = []
-    mine = {f.path for f in figures} - {f.path for f in given}
-    done = {draw(f) for f in figures if f.path in mine}
-    if given:
+    theirs = {f.path for f in given} | (set(early) if helping else set())
+    done = {draw(f) for f in figures if f.path not in theirs}
+    if theirs:
         done |= set(helper.wait())
-    done |= {draw(f) for f in given if f.path not in done}
+    done |= {draw(f) for f in figures if f.path not in done}
     return [f.path for f in figures if f.path in done]
 
 
@@ -186,9 +195,13 @@ class Helper:
     """A second Python process that draws figures (see the module docstring).
 
     ``Helper()`` starts it (``python -m optimizer.figures``: it imports matplotlib and pandas, then
-    waits); :meth:`draw` hands it figures and returns at once; :meth:`wait` returns the paths it
-    wrote (an empty list if it failed: the caller draws those). :meth:`close` ends it, whatever its
-    state; a helper never handed figures exits when its input closes.
+    waits); :meth:`draw` hands it figures and returns at once (it can be called again: the helper
+    draws each batch as it comes); :meth:`wait` ends its input and returns the paths it wrote (an
+    empty list if it failed: the caller draws those). :meth:`close` ends it, whatever its state; a
+    helper never handed figures exits when its input closes.
+
+    Its input is a sequence of frames, each an 8-byte big-endian length and a pickled list of
+    :class:`Figure`; its output, once its input ends, the pickled list of the paths it wrote.
     """
 
     def __init__(self):
@@ -200,22 +213,33 @@ class Helper:
         except OSError:
             self.proc = None
 
+    def running(self) -> bool:
+        """Whether the helper can still be handed figures (started, not exited, input open)."""
+        return self.proc is not None and self.proc.poll() is None and self.proc.stdin is not None
+
     def draw(self, figures: list[Figure]) -> bool:
         """Hand ``figures`` to the helper; False if it is not running (the caller draws them)."""
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.running():
             return False
+        body = pickle.dumps(figures)
         try:
-            self.proc.stdin.write(pickle.dumps(figures))
-            self.proc.stdin.close()
+            self.proc.stdin.write(len(body).to_bytes(FRAME_HEADER, "big") + body)
+            self.proc.stdin.flush()
         except OSError:
             return False
-        self.proc.stdin = None  # closed: its end of the input (communicate() would flush it again)
         return True
 
     def wait(self, timeout: float = HELPER_TIMEOUT_S) -> list[Path]:
-        """The paths the helper wrote, once it has exited ([] if it failed or timed out)."""
+        """End the helper's input and return the paths it wrote, once it has exited ([] if it failed
+        or timed out)."""
         if self.proc is None:
             return []
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.stdin = None  # closed: its end of the input (communicate() would flush it again)
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         except (subprocess.TimeoutExpired, OSError, ValueError):
@@ -275,16 +299,25 @@ def helper_for(plots: bool) -> Helper | None:
     return early if early is not None else Helper()
 
 
+FRAME_HEADER = 8
+"""Bytes of a frame's length on the helper's input (:class:`Helper`)."""
+
+
 def serve() -> None:
-    """The helper's main: import what drawing needs, read a pickled list of :class:`Figure` from
-    stdin (empty input: exit), draw each and write the pickled list of paths to stdout."""
+    """The helper's main: import what drawing needs, then draw each frame's figures as it arrives
+    on stdin; when stdin ends, write the pickled list of the paths drawn to stdout (no frame: exit
+    without output; a truncated frame: exit 1, so that the run draws them itself)."""
     pyplot()
-    data = sys.stdin.buffer.read()
-    if not data:
-        return
-    paths = [str(draw(f)) for f in pickle.loads(data)]
-    sys.stdout.buffer.write(pickle.dumps(paths))
-    sys.stdout.buffer.flush()
+    stdin, paths, frames = sys.stdin.buffer, [], 0
+    while header := stdin.read(FRAME_HEADER):
+        body = stdin.read(int.from_bytes(header, "big")) if len(header) == FRAME_HEADER else b""
+        if len(header) < FRAME_HEADER or len(body) < int.from_bytes(header, "big"):
+            sys.exit(1)
+        paths += [str(draw(f)) for f in pickle.loads(body)]
+        frames += 1
+    if frames:
+        sys.stdout.buffer.write(pickle.dumps(paths))
+        sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":

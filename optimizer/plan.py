@@ -39,7 +39,7 @@ _LAST: list = []  # [(prob, breakdown, TableArrays)] of the latest plan: its tab
 
 
 def _table_args(prob: Problem, work, period_gpus, reserved) -> tuple:
-    return prob, jnp.asarray(work), jnp.asarray(period_gpus), jnp.asarray(reserved)
+    return prob, np.asarray(work, float), np.asarray(period_gpus, float), np.asarray(reserved, float)
 
 
 def prepare_tables(prob: Problem) -> None:
@@ -47,7 +47,7 @@ def prepare_tables(prob: Problem) -> None:
     G, J, K = np.shape(prob.tp)
     S, T = np.shape(prob.window)
     args = _table_args(prob, np.zeros((S, J, K, G)), np.zeros((G, J, K, T)), np.zeros((G, J, K)))
-    aot.exported("plan_tables", _table_arrays, args)
+    aot.exported("plan_tables", _table_arrays, args, quick=True)
 
 
 def table_arrays(prob: Problem, b: Breakdown) -> TableArrays:
@@ -56,7 +56,7 @@ def table_arrays(prob: Problem, b: Breakdown) -> TableArrays:
     if _LAST and _LAST[0][0] is prob and _LAST[0][1] is b:
         return _LAST[0][2]
     args = _table_args(prob, b.work, b.period_gpus, b.reserved)
-    out = TableArrays(*(np.asarray(x, float) for x in aot.exported("plan_tables", _table_arrays, args)(*args)))
+    out = TableArrays(*(np.asarray(x, float) for x in aot.exported("plan_tables", _table_arrays, args, quick=True)(*args)))
     _LAST[:] = [(prob, b, out)]
     return out
 
@@ -162,7 +162,7 @@ def reserved_commitment(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataF
     pool_cost = table_arrays(prob, b).pool_cost
     hours = HOURS_PER_DAY / per_period.shape[-1]
     by_type = per_period.sum((1, 2))  # (G, T)
-    on_demand = np.asarray(econ.on_demand_per_type(per_period, reserved), float)  # (G, T)
+    on_demand = econ.on_demand_per_type(per_period, reserved)  # (G, T)
     capped = econ.has_on_demand_caps(prob)
     caps = np.asarray(prob.on_demand_cap, float) if capped else None
     rows = []
@@ -189,7 +189,7 @@ def check_on_demand_caps(prob: Problem, labels: Labels, b: Breakdown) -> None:
     its cap in some period (the reserves are chosen within the caps, so this guards the export)."""
     if not econ.has_on_demand_caps(prob):
         return
-    on_demand = np.asarray(econ.on_demand_per_type(jnp.asarray(b.period_gpus), jnp.asarray(b.reserved)), float)
+    on_demand = econ.on_demand_per_type(np.asarray(b.period_gpus, float), np.asarray(b.reserved, float))
     caps = np.asarray(prob.on_demand_cap, float)
     over = on_demand > caps * (1 + 1e-6) + 1e-6
     if over.any():

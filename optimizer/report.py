@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def price_response_program(prob, dec):
     for r in range(R):
         deltas[r, :, r] = np.log(PRICE_MULTIPLES)
     deltas = deltas.reshape(R * n, R)
-    return aot.exported("price_response", price_response_jit, (dec, prob, deltas)), deltas
+    return aot.exported("price_response", price_response_jit, (dec, prob, deltas), quick=True), deltas
 
 
 def competitor_marks(prob, labels, price: np.ndarray, r: int) -> list[tuple[str, float]]:
@@ -138,18 +139,47 @@ def _solver_line(stage: dict, summary: dict) -> str:
 
 
 def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
-          helper=None) -> list[Path]:
+          helper=None, early: list | None = None) -> list[Path]:
     """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet
     mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type.
 
     ``helper``: an :class:`optimizer.figures.Helper` that draws some of them while this process
-    draws the rest (:func:`optimizer.figures.draw_all`)."""
-    return figs.draw_all(figures(outdir, result, plan, fleet, hourly), helper)
+    draws the rest (:func:`optimizer.figures.draw_all`). ``early``: the :func:`early_figures` handed
+    to it during the solve (written elsewhere: each is moved into ``outdir`` once drawn)."""
+    early = early or []
+    drawn = figs.draw_all(figures(outdir, result, plan, fleet, hourly, early), helper,
+                          early=frozenset(f.path for f in early))
+    out = []
+    for p in drawn:
+        if p.parent != outdir:
+            p = Path(shutil.move(p, outdir / p.name))
+        out.append(p)
+    return out
+
+
+def early_figures(folder: Path, prob, labels) -> list:
+    """The figures that show the problem rather than the plan (:data:`optimizer.figures.EARLY_FIGURES`),
+    to be written in ``folder``: 2. the GPU cost per million tokens of each pool at each segment's
+    shape (interactive at its SLO)."""
+    S = np.shape(prob.gpu_s_per_request)[0]
+    rows = []
+    gsr = np.asarray(prob.gpu_s_per_request)
+    price_h = np.asarray(prob.usd_per_gpu_hour)
+    for s in range(S):
+        tokens = labels.isl[s] + labels.osl[s]
+        for (j, k, g), v in np.ndenumerate(gsr[s]):
+            if v > 0:
+                rows.append((f"{labels.gpus[g]}/{labels.models[j]}/{labels.precisions[k]}", labels.segments[s],
+                             usd_per_gpu_second(v * price_h[g]) / tokens * 1e6))
+    df = pd.DataFrame(rows, columns=["pool", "segment", "usd_per_mtok"])
+    return [figs.Figure("cost_per_mtok", {"table": df.pivot_table(index="pool", columns="segment", values="usd_per_mtok")},
+                        folder / "cost_per_mtok.png")]
 
 
 def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
-            hourly: pd.DataFrame | None = None) -> list:
-    """What each figure of a run shows, as plain data (:class:`optimizer.figures.Figure`)."""
+            hourly: pd.DataFrame | None = None, early: list | None = None) -> list:
+    """What each figure of a run shows, as plain data (:class:`optimizer.figures.Figure`);
+    ``early``: the :func:`early_figures` of ``result``'s problem already made (else made here)."""
     prob, labels = result.prob, result.labels
     dec = result.final.decision
     S, J = np.asarray(prob.demand.offer_mask).shape
@@ -168,20 +198,7 @@ def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
                "marks": competitor_marks(prob, labels, price, r), "title": labels.products[r]} for r in shown]
     out = [figs.Figure("demand_margin_vs_price", {"multiples": np.asarray(mults), "panels": panels},
                        outdir / "demand_margin_vs_price.png")]
-    # 2. cost per million tokens of each pool at each segment's shape (interactive at SLO)
-    rows = []
-    gsr = np.asarray(prob.gpu_s_per_request)
-    price_h = np.asarray(prob.usd_per_gpu_hour)
-    for s in range(S):
-        tokens = labels.isl[s] + labels.osl[s]
-        for (j, k, g), v in np.ndenumerate(gsr[s]):
-            if v > 0:
-                rows.append((f"{labels.gpus[g]}/{labels.models[j]}/{labels.precisions[k]}", labels.segments[s],
-                             usd_per_gpu_second(v * price_h[g]) / tokens * 1e6))
-    df = pd.DataFrame(rows, columns=["pool", "segment", "usd_per_mtok"])
-    out.append(figs.Figure("cost_per_mtok", {"table": df.pivot_table(index="pool", columns="segment",
-                                                                     values="usd_per_mtok")},
-                           outdir / "cost_per_mtok.png"))
+    out += early or early_figures(outdir, prob, labels)  # 2. cost per million tokens of each pool
     # 3. fleet composition; 4. the fleet over the day
     out.append(figs.Figure("fleet", {"fleet": fleet[["gpu", "model", "precision", "gpus"]].copy()},
                            outdir / "fleet.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -125,22 +126,29 @@ def run(cfg, outdir: Path) -> dict:
     try:
         if c.sweep.axes:
             return run_sweep_job(c, cfg, outdir)
-        return _single_run(c, cfg, outdir, helper)
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".staging-figures-", dir=outdir) as scratch:
+            return _single_run(c, cfg, Path(outdir), helper, Path(scratch))
     finally:
         if helper is not None:
             helper.close()
 
 
-def _single_run(c: RunConfig, cfg, outdir: Path, helper) -> dict:
-    """A single run: solve, then publish the plan (figures drawn with ``helper``'s help)."""
+def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
+    """A single run: solve, then publish the plan (figures drawn with ``helper``'s help; those it
+    draws during the solve are written in the folder ``scratch``, then moved into the plan)."""
     t0 = time.perf_counter()
     show = progress_mod.enabled(c.output.progress)
     from optimizer import report
+
+    early = []  # figures of the problem, drawn by the helper in ``scratch`` while the solve runs
 
     def prepare(prob, labels) -> None:  # in the background, while the relaxed solve runs
         io.import_writers()
         prepare_tables(prob)
         if c.output.plots:
+            if helper is not None and helper.draw(made := report.early_figures(scratch, prob, labels)):
+                early.extend(made)
             report.prepare(prob, labels)
 
     res = optimize(c, show_bar=show, also_compile=prepare)
@@ -172,7 +180,7 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper) -> dict:
             io.write_text(stage / "price_sheet.md", price_sheet_markdown(sheet, res.labels.scenario))
             io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan), reserved))
             if c.output.plots:
-                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly, helper)]
+                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly, helper, early)]
         io.write_json(stage / "summary.json", summary)
 
     io.publish(outdir, write, status=res.status)

@@ -49,6 +49,19 @@ def test_corrupt_export_is_rewritten(export_dir):
     np.testing.assert_array_equal(np.asarray(aot.exported("g", f, (x,))(x)), [1.0, 2.0, 3.0])
 
 
+def test_a_quick_program_is_stored_apart_and_computes_the_same(export_dir):
+    """``quick=True`` (no LLVM optimisation) is another program, with the same numbers up to rounding."""
+    f = jax.jit(lambda x: jnp.sum(jnp.exp(jnp.sin(x)) * x) + jnp.cumsum(x ** 2))
+    x = np.linspace(-2.0, 3.0, 257)
+    full = np.asarray(aot.exported("p", f, (x,))(x))
+    assert not aot.stored("p", (x,), quick=True)
+    quick = np.asarray(aot.exported("p", f, (x,), quick=True)(x))
+    assert aot.stored("p", (x,), quick=True) and len(list(export_dir.glob("p-*.xla"))) == 2
+    np.testing.assert_allclose(quick, full, rtol=1e-13)
+    np.testing.assert_allclose(quick, np.sum(np.exp(np.sin(x)) * x) + np.cumsum(x ** 2), rtol=1e-13)
+    assert aot.options(True)["xla_backend_optimization_level"] == 0 and aot.options(False) == aot.COMPILER_OPTIONS
+
+
 def test_no_cache_dir_means_plain_jit(monkeypatch):
     monkeypatch.setattr(aot, "export_dir", lambda: None)
     f = jax.jit(lambda x: x)

@@ -68,11 +68,44 @@ def test_figures_a_dead_helper_did_not_draw_are_drawn_by_the_run(tmp_path):
     assert all(f.path.read_bytes()[:8] == PNG for f in todo)
 
 
+def test_a_helper_draws_batches_as_they_come_and_the_run_only_what_it_did_not(tmp_path):
+    """Figures handed early (during the solve) and later are all drawn by the helper, once; the
+    run draws the rest, and draws the early ones itself when the helper died after taking them."""
+    todo = some_figures(tmp_path)
+    helper = Helper()
+    try:
+        assert helper.draw([todo[1]])  # early: while the solve runs
+        while not todo[1].path.exists():  # drawn before anything else is handed
+            assert helper.proc.poll() is None
+        paths = draw_all(todo, helper, handed={"demand_margin_vs_price"}, early=frozenset({todo[1].path}))
+    finally:
+        helper.close()
+    assert paths == [f.path for f in todo] and helper.proc.returncode == 0
+    assert all(f.path.read_bytes()[:8] == PNG for f in todo)
+    for f in todo:
+        f.path.unlink()
+    dead = Helper()
+    assert dead.draw([todo[1]])
+    dead.proc.kill()
+    dead.proc.wait()
+    assert not dead.running() and not dead.draw([todo[0]])
+    assert draw_all(todo, dead, early=frozenset({todo[1].path})) == [f.path for f in todo]
+    assert all(f.path.read_bytes()[:8] == PNG for f in todo)
+
+
+def test_a_truncated_frame_fails_the_helper_and_the_run_draws(tmp_path):
+    todo = some_figures(tmp_path)[:1]
+    helper = Helper()
+    helper.proc.stdin.write((1000).to_bytes(figures.FRAME_HEADER, "big") + b"short")
+    assert helper.wait() == [] and helper.proc.returncode == 1
+    assert draw_all(todo, helper) == [todo[0].path] and todo[0].path.read_bytes()[:8] == PNG
+
+
 def test_an_unused_helper_exits_when_closed():
     helper = Helper()
     helper.close()
     assert helper.proc.poll() is not None
-    assert figures.HELPER_FIGURES <= set(figures.DRAW)
+    assert figures.HELPER_FIGURES | figures.EARLY_FIGURES <= set(figures.DRAW)
 
 
 def test_the_console_run_starts_a_helper_only_where_a_single_run_draws():

@@ -141,8 +141,13 @@ def test_cli_default_run_writes_plots(tmp_path, cli_jax_cache):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "status: converged" in r.stdout
-    for png in ("demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png"):
+    for png in ("demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png", "fleet_hourly.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # the figure drawn during the solve is in the plan's manifest, and its scratch folder is gone
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["plots"] == ["demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png", "fleet_hourly.png"]
+    assert set(summary["plots"]) <= set(json.loads((tmp_path / "manifest.json").read_text())["files"])
+    assert not list(tmp_path.glob(".staging-*"))
     assert "Pricing plan" in (tmp_path / "plan.md").read_text()
 
 

@@ -298,6 +298,18 @@ SHEET_STEP_SIZES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
 """Fractions of the Newton step tried each iteration (the best is kept, so no step loses profit)."""
 
 
+def value_grad_hessian(f, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """``(f(x), ∇f(x), ∇²f(x))`` of a scalar ``f`` of a vector ``x`` (n,) in one forward-over-reverse
+    pass: the value and gradient are the primal outputs of the gradient's directional derivatives
+    along the n unit vectors, which are the Hessian's columns (``jax.hessian`` traces the same pass
+    without returning them, so a separate ``value_and_grad`` would trace ``f`` once more)."""
+    def along(v):
+        return jax.jvp(jax.value_and_grad(f), (x,), (v,))
+
+    (value, grad), (_, hess) = jax.vmap(along, out_axes=((None, None), (0, 0)))(jnp.eye(x.shape[0], dtype=x.dtype))
+    return value, grad, hess
+
+
 def sheet_newton(log_mu: jnp.ndarray, profit, prob: Problem, steps) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Maximise ``profit(log_mu)`` over the products' price parameters (level and tilts, R × 3; see
     :func:`optimizer.decision.sheet_log_mu`) in their boxes by
@@ -315,8 +327,7 @@ def sheet_newton(log_mu: jnp.ndarray, profit, prob: Problem, steps) -> tuple[jnp
 
     def body(_, carry):
         x, _gain = carry
-        value, g = jax.value_and_grad(flat)(x)
-        h = jax.hessian(flat)(x)
+        value, g, h = value_grad_hessian(flat, x)
         # projected Newton: parameters at a bound that the gradient pushes outward stay there
         free = ~(((x <= lo + 1e-12) & (g < 0)) | ((x >= hi - 1e-12) & (g > 0)))
         scale = jnp.max(jnp.abs(h)) + 1e-300
