@@ -284,8 +284,8 @@ def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, als
         out = {"evaluate": evaluate_program(prob)}
         if cfg.solver.integer_fleet and not labels.time_varying:  # (an hourly plan is rounded, not re-priced)
             out["fleet"] = _fleet_program(inner, fixed, inner.init(fixed), repair.width)
-        if also_compile is not None:
-            also_compile(prob, labels)
+        if also_compile is not None:  # beside the integer stage: waited for once the plan is done
+            out["also"] = pool.submit(also_compile, prob, labels)
         return out
 
     programs = pool.submit(later)
@@ -302,16 +302,26 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
       cfg: the validated run config.
       progress: optional callable ``progress(stage: str)`` called between stages.
       show_bar: show a tqdm bar of the augmented Lagrangian's outer steps.
-      also_compile: optional ``f(prob, labels)`` run in the background with the later programs
-        (e.g. the report's), while the relaxed solve compiles.
+      also_compile: optional ``f(prob, labels)`` run in the background once the later programs
+        are ready (e.g. the report's), beside the relaxed solve and the integer stage; waited for
+        (and its errors raised) before this returns.
 
     Programs of the later stages (the plan's evaluation, the integer repair's fixed-fleet solve)
     are prepared in a background thread while the relaxed solve's program is: compilation releases
     the GIL, so on a first run the two compile at once.
     """
     with ThreadPoolExecutor(2) as pool:
-        (prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method, programs,
-         t0) = _relaxed_stage(cfg, pool, show_bar, also_compile)
+        relaxed_stage = _relaxed_stage(cfg, pool, show_bar, also_compile)
+        result = _integer_stage(cfg, progress, relaxed_stage)
+        if "also" in relaxed_stage.programs:
+            relaxed_stage.programs["also"].result()  # its errors are the run's
+        return result
+
+
+def _integer_stage(cfg: RunConfig, progress, stage: RelaxedStage) -> Result:
+    """Whole replicas for the relaxed plan of :func:`optimize` (the relaxed plan itself without
+    ``solver.integer_fleet``)."""
+    prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method, programs, t0 = stage
     names = constraint_names(labels)
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))
