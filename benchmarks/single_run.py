@@ -1,7 +1,8 @@
 """Wall time of the default ``tokenmargin`` run, plots included, as a user sees it from the shell.
 
 Each measurement is a fresh process running the installed console script (``.venv/bin/tokenmargin``,
-or ``python -c 'from optimizer.cli import main; main()'`` when it is missing) on the built-in
+or ``python -c`` calling the console script's entry, ``optimizer.cli.console_main`` (``main`` in a
+checkout before it), when it is missing) on the built-in
 default scenario:
 
 * **cold** — an empty JAX cache folder (``TOKENMARGIN_JAX_CACHE`` set to a new temporary folder), so
@@ -44,7 +45,7 @@ def command(code: Path | None = None) -> list[str]:
     exe = ROOT / ".venv" / "bin" / "tokenmargin"
     if exe.exists() and code is None:
         return [str(exe)]
-    return [sys.executable, "-c", "from optimizer.cli import main; main()"]
+    return [sys.executable, "-c", "from optimizer import cli; getattr(cli, 'console_main', cli.main)()"]
 
 
 def timed(args: list[str], env: dict, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:

@@ -135,6 +135,48 @@ def test_infeasible_result_is_reported_and_no_plan_written(tmp_path):
         assert not (tmp_path / name).exists()
 
 
+ENTRY_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from optimizer.cli import ends_the_process
+out = Path(sys.argv[1])
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("joined")
+def app():
+    atexit.register(lambda: (out / "atexit").write_text("ran"))
+    threading.Thread(target=late).start()
+    print("printed, not yet flushed", end="")
+    sys.exit(int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2] or None)
+ends_the_process(app)()
+"""
+
+
+@pytest.mark.parametrize("status, code", [("", 0), ("3", 3), ("a message", 1)])
+def test_a_console_entry_ends_the_process_after_its_threads_and_exit_handlers(tmp_path, status, code):
+    """The console scripts skip the interpreter's teardown (``optimizer.cli.ends_the_process``), but
+    keep what a normal exit does: the exit status, threads joined, ``atexit`` handlers, output flushed."""
+    r = subprocess.run([sys.executable, "-c", ENTRY_PROBE, str(tmp_path), status], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == code and r.stdout == "printed, not yet flushed"
+    assert (tmp_path / "thread").read_text() == "joined" and (tmp_path / "atexit").read_text() == "ran"
+    assert ("a message" in r.stderr) == (status == "a message")
+
+
+def test_the_console_scripts_are_the_process_ending_entries():
+    """``pyproject.toml`` points each console script at its ``ends_the_process`` wrapper."""
+    import tomllib
+
+    from optimizer import cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, app in (("tokenmargin", cli.main), ("tokenmargin-estimate", cli.estimate_main),
+                      ("tokenmargin-calibrate", cli.calibrate_main)):
+        module, _, attr = scripts[name].partition(":")
+        entry = getattr(cli, attr)
+        assert module == "optimizer.cli" and entry is not app and entry.__wrapped__ is app
+
+
 def test_cli_default_run_writes_plots(tmp_path, cli_jax_cache):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": cli_jax_cache}
     r = subprocess.run([sys.executable, "-c", "from optimizer.cli import main; main()", f"hydra.run.dir={tmp_path}"],
