@@ -54,6 +54,15 @@ def timed(args: list[str], env: dict, cwd: Path) -> tuple[float, subprocess.Comp
     return time.perf_counter() - t, r
 
 
+def compile_bytecode(tree: Path) -> None:
+    """Byte-compile a checkout's packages, as their first import on a user's machine leaves them: a
+    process started with ``PYTHONDONTWRITEBYTECODE=1`` (as on the CI machine) never writes ``.pyc``
+    files, so a fresh worktree would compile every module on every run and the side-by-side
+    comparison would favour the checkout that happens to have them."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "optimizer"), str(tree / "kernels")],
+                   check=True, capture_output=True)
+
+
 def one_round(work: Path, k: int, code: Path | None = None) -> dict:
     """A cold run, a warm run and the import floor, side by side (``code``: another checkout's
     package, imported first through PYTHONPATH, e.g. the commit before a change)."""
@@ -87,6 +96,7 @@ def main() -> None:
                     help="also time this git revision side by side (same machine, same packages), e.g. ef16148")
     args = ap.parse_args()
     before: list[dict] = []
+    compile_bytecode(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for k in range(args.repeats):  # alternate, so machine noise hits both alike
@@ -95,6 +105,7 @@ def main() -> None:
                 if not tree.exists():
                     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.before], cwd=ROOT,
                                    check=True)
+                    compile_bytecode(tree)
                 before.append(one_round(Path(tmp), k, tree))
             rows.append(one_round(Path(tmp), k))
         if args.before:

@@ -173,22 +173,35 @@ HELPER_FIGURES = frozenset({"demand_margin_vs_price"})
 during the solve, while the run draws the others (the default run: 0.8 s of drawing each side)."""
 
 
+class Drawing:
+    """``figures`` being drawn: those of the kinds ``handed`` go to ``helper`` (if any) at once;
+    :meth:`finish` draws the others here, waits for the helper, and draws whatever it did not write.
+    ``early``: the paths among ``figures`` handed to ``helper`` before (:meth:`Helper.draw`), not
+    handed again."""
+
+    def __init__(self, figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES,
+                 early: frozenset[Path] = frozenset()):
+        self.figures = figures
+        self.helper = helper if helper is not None and helper.running() else None
+        given = [f for f in figures if f.kind in handed and f.path not in early] if self.helper else []
+        if given and not self.helper.draw(given):
+            given = []
+        self.theirs = {f.path for f in given} | (set(early) if self.helper else set())
+
+    def finish(self) -> list[Path]:
+        """Draw this process's share, then the figures the helper did not write; the paths in
+        ``figures``' order."""
+        done = {draw(f) for f in self.figures if f.path not in self.theirs}
+        if self.theirs:
+            done |= set(self.helper.wait())
+        done |= {draw(f) for f in self.figures if f.path not in done}
+        return [f.path for f in self.figures if f.path in done]
+
+
 def draw_all(figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES,
              early: frozenset[Path] = frozenset()) -> list[Path]:
-    """Draw ``figures``: those of the kinds ``handed`` by ``helper`` (if any) while this process draws
-    the others, then here whatever the helper did not write. ``early``: the paths among ``figures``
-    handed to ``helper`` before (:meth:`Helper.draw`), not handed again. Returns the paths in
-    ``figures``' order."""
-    helping = helper is not None and helper.running()
-    given = [f for f in figures if f.kind in handed and f.path not in early] if helping else []
-    if given and not helper.draw(given):
-        given = []
-    theirs = {f.path for f in given} | (set(early) if helping else set())
-    done = {draw(f) for f in figures if f.path not in theirs}
-    if theirs:
-        done |= set(helper.wait())
-    done |= {draw(f) for f in figures if f.path not in done}
-    return [f.path for f in figures if f.path in done]
+    """Draw ``figures`` with ``helper``'s help, all at once (:class:`Drawing`); their paths."""
+    return Drawing(figures, helper, handed, early).finish()
 
 
 class Helper:

@@ -139,22 +139,27 @@ def _solver_line(stage: dict, summary: dict) -> str:
 
 
 def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
-          helper=None, early: list | None = None) -> list[Path]:
+          helper=None) -> list[Path]:
     """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet
-    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type.
+    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type, drawn in
+    ``outdir`` (``helper``: an :class:`optimizer.figures.Helper` that draws some of them while this
+    process draws the rest). A run starts them earlier: :func:`start_plots`, :func:`finish_plots`."""
+    return figs.draw_all(figures(outdir, result, plan, fleet, hourly), helper)
 
-    ``helper``: an :class:`optimizer.figures.Helper` that draws some of them while this process
-    draws the rest (:func:`optimizer.figures.draw_all`). ``early``: the :func:`early_figures` handed
-    to it during the solve (written elsewhere: each is moved into ``outdir`` once drawn)."""
+
+def start_plots(folder: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
+                helper=None, early: list | None = None) -> figs.Drawing:
+    """The figures of :func:`plots`, to be written in ``folder``: ``helper`` starts on its share at
+    once (beside the :func:`early_figures` ``early`` it was handed during the solve), while the run
+    writes its other files; :func:`finish_plots` draws the rest."""
     early = early or []
-    drawn = figs.draw_all(figures(outdir, result, plan, fleet, hourly, early), helper,
-                          early=frozenset(f.path for f in early))
-    out = []
-    for p in drawn:
-        if p.parent != outdir:
-            p = Path(shutil.move(p, outdir / p.name))
-        out.append(p)
-    return out
+    return figs.Drawing(figures(folder, result, plan, fleet, hourly, early), helper,
+                        early=frozenset(f.path for f in early))
+
+
+def finish_plots(drawing: figs.Drawing, outdir: Path) -> list[Path]:
+    """Draw what is left of ``drawing`` and move every figure into ``outdir``; the new paths."""
+    return [Path(shutil.move(p, outdir / p.name)) for p in drawing.finish()]
 
 
 def early_figures(folder: Path, prob, labels) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from optimizer.errors import SolverFailure
 from optimizer.plan import (check_on_demand_caps, fleet_hourly_table, fleet_table, plan_table, prepare_tables, reserved_commitment,
                             segment_summary)
 from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
-from optimizer.report import console_summary, markdown_report, plots
+from optimizer.report import console_summary, markdown_report
 from optimizer.schema import RunConfig
 
 log = logging.getLogger("tokenmargin")
@@ -128,7 +129,11 @@ def run(cfg, outdir: Path) -> dict:
             return run_sweep_job(c, cfg, outdir)
         Path(outdir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".staging-figures-", dir=outdir) as scratch:
-            return _single_run(c, cfg, Path(outdir), helper, Path(scratch))
+            try:
+                return _single_run(c, cfg, Path(outdir), helper, Path(scratch))
+            finally:  # it may be writing in ``scratch``: ended before that is removed
+                if helper is not None:
+                    helper.close()
     finally:
         if helper is not None:
             helper.close()
@@ -142,6 +147,7 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
     from optimizer import report
 
     early = []  # figures of the problem, drawn by the helper in ``scratch`` while the solve runs
+    plotting = []  # the report's program and matplotlib, loaded beside the rest of the run
 
     def prepare(prob, labels) -> None:  # in the background, while the relaxed solve runs
         io.import_writers()
@@ -149,7 +155,8 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
         if c.output.plots:
             if helper is not None and helper.draw(made := report.early_figures(scratch, prob, labels)):
                 early.extend(made)
-            report.prepare(prob, labels)
+            plotting.append(threading.Thread(target=report.prepare, args=(prob, labels), name="plots-prepare"))
+            plotting[-1].start()
 
     res = optimize(c, show_bar=show, also_compile=prepare)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
@@ -166,6 +173,9 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
         io.check_finite(fleet, "the fleet table")
         io.check_finite(hourly, "the hourly fleet table")
         io.check_finite(sheet[PRICE_COLUMNS], "the price sheet")
+    drawing = None
+    if res.ok and c.output.plots:  # the helper draws its share while the files below are written
+        drawing = report.start_plots(scratch, res, plan, fleet, hourly, helper, early)
 
     def write(stage: Path) -> None:
         io.write_text(stage / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -179,8 +189,10 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
             io.write_frame(stage / "price_sheet.json", sheet)
             io.write_text(stage / "price_sheet.md", price_sheet_markdown(sheet, res.labels.scenario))
             io.write_text(stage / "plan.md", markdown_report(summary, plan, fleet, segment_summary(plan), reserved))
-            if c.output.plots:
-                summary["plots"] = [p.name for p in plots(stage, res, plan, fleet, hourly, helper, early)]
+            if drawing is not None:
+                for thread in plotting:  # matplotlib imported (what it failed to import fails again here)
+                    thread.join()
+                summary["plots"] = [p.name for p in report.finish_plots(drawing, stage)]
         io.write_json(stage / "summary.json", summary)
 
     io.publish(outdir, write, status=res.status)
