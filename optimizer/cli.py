@@ -162,12 +162,15 @@ def calibrate_main(cfg: DictConfig) -> None:
 
 
 def ends_the_process(app):
-    """``app`` as a console script's entry point: run it, wait for its threads, run the exit handlers
-    (``atexit``: logs flushed and closed, file locks released, JAX's backends shut down), then end the
-    process with its exit status *without tearing the interpreter down*. Freeing the modules of JAX,
-    pandas and matplotlib object by object took about 0.5 s of a 5–6 s warm run on the 2-core CI
-    machine (``benchmarks/single_run.py``), for memory the OS reclaims at once. Only for an entry
-    point: a caller in the same process would never get control back (``main`` itself returns)."""
+    """``app`` as a console script's entry point: run it, then do what the interpreter's exit does
+    before its teardown — threading's shutdown (its exit callbacks, e.g. joblib's and
+    ``concurrent.futures``' executors stopping their workers, then every non-daemon thread joined),
+    the exit handlers (``atexit``: logs flushed and closed, file locks released, JAX's backends shut
+    down), the output flushed — and end the process with its exit status *without tearing the
+    interpreter down*. Freeing the modules of JAX, pandas and matplotlib object by object took about
+    0.5 s of a 5–6 s warm run on the 2-core CI machine (``benchmarks/single_run.py``), for memory the
+    OS reclaims at once. Only for an entry point: a caller in the same process would never get
+    control back (``main`` itself returns). A Python without ``threading._shutdown`` exits normally."""
     @functools.wraps(app)
     def run():
         try:
@@ -180,10 +183,11 @@ def ends_the_process(app):
         elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
             print(code, file=sys.stderr)
             code = 1
-        for thread in threading.enumerate():  # as the interpreter's shutdown does
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
-        atexit._run_exitfuncs()  # CPython's own exit-handler runner (what a normal exit calls)
+        shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit calls first
+        if shutdown is None:
+            sys.exit(code)
+        shutdown()
+        atexit._run_exitfuncs()  # then CPython's own exit-handler runner
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

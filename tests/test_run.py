@@ -143,9 +143,15 @@ out = Path(sys.argv[1])
 def late():
     time.sleep(0.3)
     (out / "thread").write_text("joined")
+stop = threading.Event()
+def worker():  # a pool's worker (joblib, concurrent.futures): stopped by threading's exit callback
+    stop.wait()
+    (out / "worker").write_text("stopped")
 def app():
     atexit.register(lambda: (out / "atexit").write_text("ran"))
     threading.Thread(target=late).start()
+    threading.Thread(target=worker).start()
+    threading._register_atexit(stop.set)
     print("printed, not yet flushed", end="")
     sys.exit(int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2] or None)
 ends_the_process(app)()
@@ -157,9 +163,10 @@ def test_a_console_entry_ends_the_process_after_its_threads_and_exit_handlers(tm
     """The console scripts skip the interpreter's teardown (``optimizer.cli.ends_the_process``), but
     keep what a normal exit does: the exit status, threads joined, ``atexit`` handlers, output flushed."""
     r = subprocess.run([sys.executable, "-c", ENTRY_PROBE, str(tmp_path), status], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=60)
     assert r.returncode == code and r.stdout == "printed, not yet flushed"
     assert (tmp_path / "thread").read_text() == "joined" and (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "worker").read_text() == "stopped"  # (joining it first would hang: timeout)
     assert ("a message" in r.stderr) == (status == "a message")
 
 
