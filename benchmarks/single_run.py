@@ -1,9 +1,9 @@
 """Wall time of the default ``tokenmargin`` run, plots included, as a user sees it from the shell.
 
-Each measurement is a fresh process running the installed console script (``.venv/bin/tokenmargin``,
-or ``python -c`` calling the console script's entry, ``optimizer.cli.console_main`` (``main`` in a
-checkout before it), when it is missing) on the built-in
-default scenario:
+Each measurement is a fresh process running the installed console script (``.venv/bin/tokenmargin``;
+where it is missing, or for another checkout, ``python -c`` calling its entry ``optimizer.cli.console_main``,
+or ``main`` in a checkout before it) on the built-in default scenario, with both checkouts'
+packages byte-compiled first:
 
 * **cold** — an empty JAX cache folder (``TOKENMARGIN_JAX_CACHE`` set to a new temporary folder), so
   every program is traced, exported and compiled;
