@@ -19,8 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.capacity import (CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS, capped_reserve, cycle_cost, on_demand_gpus,
-                              reserve_level, reserve_level_periods, water_fill)
+from kernels.capacity import (CAP_FEASIBLE_ITERS, CAP_ITERS, CAP_WARM_FEASIBLE_ITERS, CAP_WARM_ITERS, capped_reserve,
+                              cycle_cost, on_demand_gpus, reserve_level, reserve_level_periods, water_fill)
 from kernels.smooth import smooth_max_pos
 
 SECONDS_PER_DAY = 86400.0
@@ -123,12 +123,9 @@ def capped_pools(need, prob, start=None):
     reserved rents per on-demand GPU-hour (:func:`kernels.capacity.capped_reserve`). ``start``: the
     prices at nearby needs (G, T) to warm-start a few steps from (an iterative solver's previous step)."""
     G, J, K, T = need.shape
-    kappa, nu = prob.on_demand_ratio, prob.idle_ratio
-    if start is None:
-        r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap)
-    else:
-        r, price = capped_reserve(need.reshape(G, J * K, T), kappa, nu, prob.on_demand_cap, CAP_WARM_ITERS, start,
-                                  CAP_WARM_FEASIBLE_ITERS)
+    iters, tail = (CAP_ITERS, CAP_FEASIBLE_ITERS) if start is None else (CAP_WARM_ITERS, CAP_WARM_FEASIBLE_ITERS)
+    r, price = capped_reserve(need.reshape(G, J * K, T), prob.on_demand_ratio, prob.idle_ratio, prob.on_demand_cap,
+                              iters, start, tail)
     return r.reshape(G, J, K), price
 
 

@@ -210,8 +210,8 @@ def hourly_fleet(prob: Problem, relaxed: Solution, rb: Breakdown, evaluate) -> R
     viol = float(np.max(g, initial=0.0))
     limits = g[:np.shape(prob.gpu_cap)[0] + N_LIMITS]  # GPU caps, budget, capex budget: kept exactly (tightened() can)
     ok = bool(np.isfinite(float(fb.margin))) and viol <= 1e-4 and bool((limits <= 1e-9).all())
-    sol = relaxed._replace(decision=dec, margin=fb.margin, objective=np.asarray(-float(fb.margin) / float(prob.scale)), violation=np.maximum(viol, 0.0),
-                           bound=np.asarray(np.nan), gap=np.asarray(np.nan))
+    sol = relaxed._replace(decision=dec, margin=fb.margin, objective=np.asarray(-float(fb.margin) / float(prob.scale)),
+                           violation=np.maximum(viol, 0.0), bound=np.asarray(np.nan), gap=np.asarray(np.nan))
     return Rounded(sol, fleet, fb, derived, ok)
 
 

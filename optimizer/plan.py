@@ -56,7 +56,8 @@ def table_arrays(prob: Problem, b: Breakdown) -> TableArrays:
     if _LAST and _LAST[0][0] is prob and _LAST[0][1] is b:
         return _LAST[0][2]
     args = _table_args(prob, b.work, b.period_gpus, b.reserved)
-    out = TableArrays(*(np.asarray(x, float) for x in aot.exported("plan_tables", _table_arrays, args, quick=True)(*args)))
+    program = aot.exported("plan_tables", _table_arrays, args, quick=True)
+    out = TableArrays(*(np.asarray(x, float) for x in program(*args)))
     _LAST[:] = [(prob, b, out)]
     return out
 

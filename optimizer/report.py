@@ -138,20 +138,13 @@ def _solver_line(stage: dict, summary: dict) -> str:
     return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
 
 
-def plots(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
-          helper=None) -> list[Path]:
-    """Demand and margin vs price per segment (chosen price marked), cost per Mtok per pool, fleet
-    mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per GPU type, drawn in
-    ``outdir`` (``helper``: an :class:`optimizer.figures.Helper` that draws some of them while this
-    process draws the rest). A run starts them earlier: :func:`start_plots`, :func:`finish_plots`."""
-    return figs.draw_all(figures(outdir, result, plan, fleet, hourly), helper)
-
-
 def start_plots(folder: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
                 helper=None, early: list | None = None) -> figs.Drawing:
-    """The figures of :func:`plots`, to be written in ``folder``: ``helper`` starts on its share at
-    once (beside the :func:`early_figures` ``early`` it was handed during the solve), while the run
-    writes its other files; :func:`finish_plots` draws the rest."""
+    """The run's plots — demand and margin vs price per product (chosen price marked), cost per Mtok
+    per pool, fleet mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per
+    GPU type — to be written in ``folder``: ``helper`` (an :class:`optimizer.figures.Helper`) starts
+    on its share at once (beside the :func:`early_figures` ``early`` it was handed during the solve),
+    while the run writes its other files; :func:`finish_plots` draws the rest."""
     early = early or []
     return figs.Drawing(figures(folder, result, plan, fleet, hourly, early), helper,
                         early=frozenset(f.path for f in early))
