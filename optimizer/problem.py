@@ -747,22 +747,47 @@ candidate_scores_jit = jax.jit(candidate_scores, static_argnames=("bisection_ste
 
 
 def prune_candidates(pools: Pools, gpu_s, ok) -> Pools:
-    """Give each (segment, pool) only the deployment it chooses at the base scenario (``gpu_s``, ``ok`` from
-    :func:`candidate_scores` there).
+    """Give each (segment, pool) only the deployments it chooses at the probed scenarios (``gpu_s``,
+    ``ok`` from :func:`candidate_scores`: (S, P, C) of one scenario, or (M, S, P, C) of M).
 
     Sweeps re-evaluate the serving table per scenario when a serving input is an axis; evaluating
-    one deployment per (segment, pool) instead of every candidate layout keeps that cost at the
-    (S, P) lanes of a single-layout model. Returns Pools whose ``dep``, ``spec``, ``disagg`` and
-    ``valid`` have a leading segment axis, (S, P, 1). The deployments stay those of the base
-    scenario across the sweep (a sweep prices the base plan's deployments under changed inputs;
-    a change of deployment is a structural choice, for multirun or a single run).
+    the few deployments that win somewhere (the union of each probe's argmin: one or two of the
+    dozens of candidate layouts on the `risk` design) instead of every candidate keeps that cost
+    near the (S, P) lanes of a single-layout model. Each scenario then takes the best of those by
+    the same exact argmin as a single run, which is the single run's own choice wherever the probes
+    cover the serving axes (:func:`optimizer.sweep.axes.probe_rows`).
+
+    Returns Pools whose ``dep``, ``spec``, ``disagg`` and ``valid`` have a leading segment axis,
+    (S, P, W) with W the largest union (shorter ones padded with a repeat of their first: a tie
+    the argmin resolves the same way). A (segment, pool) that no probe can serve keeps one
+    candidate marked invalid. Host-side (NumPy).
     """
-    score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)  # (S, P, C)
-    best = np.argmin(score, axis=-1)[..., None]  # (S, P, 1)
-    rows = np.arange(score.shape[1])[None, :, None]
-    sub = lambda x: np.asarray(x)[rows, best]  # noqa: E731  (P, C, ...) -> (S, P, 1, ...), host-side
+    idx, valid = kept_candidates(gpu_s, ok)
+    rows = np.arange(idx.shape[1])[None, :, None]
+    sub = lambda x: np.asarray(x)[rows, idx]  # noqa: E731  (P, C, ...) -> (S, P, W, ...), host-side
     return jax.device_put(pools._replace(dep=jax.tree.map(sub, pools.dep), spec=jax.tree.map(sub, pools.spec),
-                                         disagg=sub(pools.disagg), valid=np.isfinite(np.min(score, -1))[..., None]))
+                                         disagg=sub(pools.disagg), valid=valid))
+
+
+def kept_candidates(gpu_s, ok) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, valid)``, each (S, P, W): the candidates :func:`prune_candidates` keeps (the union
+    of the argmins over the probes of ``gpu_s``, ``ok`` (S, P, C) or (M, S, P, C), in catalog order,
+    padded with a repeat of the first) and whether each is one (False only where no probe can serve
+    the pool). Host-side (NumPy)."""
+    score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)
+    score = score[None] if score.ndim == 3 else score  # (M, S, P, C)
+    M, S, P, C = score.shape
+    kept = np.zeros((S, P, C), bool)
+    best = np.argmin(score, axis=-1)  # (M, S, P)
+    servable = np.isfinite(np.min(score, axis=-1))
+    s_idx, p_idx = np.meshgrid(np.arange(S), np.arange(P), indexing="ij")
+    for m in range(M):
+        kept[s_idx, p_idx, best[m]] |= servable[m]
+    width = max(1, int(kept.sum(-1).max()))
+    order = np.argsort(~kept, axis=-1, kind="stable")[..., :width]  # kept candidates first, in catalog order
+    n_kept = kept.sum(-1, keepdims=True)
+    idx = np.where(np.arange(width) < np.maximum(n_kept, 1), order, order[..., :1])
+    return idx, np.take_along_axis(kept, idx, axis=-1)
 
 
 def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISECTION_STEPS) -> Problem:

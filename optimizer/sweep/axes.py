@@ -318,3 +318,38 @@ def apply_axes(base: Numbers, targets: list[Target], relative: list[bool], value
         new = leaf[t.index] * v if rel else v
         fields[t.field] = leaf.at[t.index].set(new) if t.index else jnp.broadcast_to(jnp.asarray(new, leaf.dtype), leaf.shape)
     return Numbers(**fields)
+
+
+MAX_PROBES = 32
+"""Scenarios at most whose serving tables pick a sweep's deployments (:func:`probe_rows`)."""
+
+
+def probe_rows(plan: pd.DataFrame, serving: list[bool], max_probes: int = MAX_PROBES) -> np.ndarray:
+    """Indices of the design rows whose deployments a sweep keeps (:func:`optimizer.problem.prune_candidates`):
+    every distinct combination of the serving axes' values (``serving``: one flag per column of
+    ``plan``) when there are at most ``max_probes``, else ``max_probes`` of them spread over their
+    range by farthest-point sampling (each column scaled to [0, 1]; the extremes come first).
+    Empty when no axis is a serving input.
+
+    A scenario between two probes takes the better of their deployments, which is its own best
+    wherever the best changes at most once between neighbouring probes; at a crossing the
+    candidates' GPU-s per request are equal, so a miss near one costs little.
+    """
+    cols = [c for c, s in zip(plan.columns, serving) if s]
+    if not cols:
+        return np.zeros(0, int)
+    x = plan[cols].to_numpy(float)
+    _, first = np.unique(x, axis=0, return_index=True)
+    first = np.sort(first)
+    if len(first) <= max_probes:
+        return first
+    u = x[first]
+    span = u.max(0) - u.min(0)
+    u = (u - u.min(0)) / np.where(span > 0, span, 1.0)
+    chosen = [int(np.argmin(u.sum(1)))]  # the lowest corner first
+    dist = np.linalg.norm(u - u[chosen[0]], axis=1)
+    while len(chosen) < max_probes:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(u - u[nxt], axis=1))
+    return np.sort(first[chosen])

@@ -24,7 +24,7 @@ from optimizer import aot
 from optimizer import economics as econ
 from optimizer.decision import warm_and_cold
 from optimizer.objective import evaluate
-from optimizer.problem import PRICE_BOUND_TOL, Labels, Numbers, Pools, assemble
+from optimizer.problem import PRICE_BOUND_TOL, Labels, Numbers, Pools, assemble, candidate_scores
 from optimizer.schema import RunConfig
 from optimizer.solve import AugLag, Dual, relaxed_task
 from optimizer.solve.dual import DualStart
@@ -172,6 +172,21 @@ def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, 
         return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve))(nums)
 
     return _sharded(run, mesh, 6, (1,))
+
+
+def probe_program(targets, relative):
+    """The compiled probe program: every candidate deployment's GPU-s per request and feasibility,
+    (M, S, P, C), at M design rows (:func:`optimizer.problem.candidate_scores`, at the sweep's SLO precision)."""
+    return _probe_program(tuple(targets), tuple(relative))
+
+
+@functools.lru_cache(maxsize=16)
+def _probe_program(targets: tuple[Target, ...], relative):
+    def run(base, values, pools):
+        nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
+        return jax.vmap(lambda n: candidate_scores(n, pools, SWEEP_BISECTION_STEPS))(nums)
+
+    return jax.jit(run)
 
 
 def repair_program(targets, relative, solver: Dual, mesh, reuse_serving: bool):

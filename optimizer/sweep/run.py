@@ -29,8 +29,9 @@ from optimizer.solve import Dual, choose, relaxed_task
 from optimizer.solve.auglag import multistart
 from optimizer.solve.choose import dual_of
 from optimizer.solve.dual import dual_program
-from optimizer.sweep.axes import activated, axes_of, check_axes, check_rents, design, resolve_path
-from optimizer.sweep.batch import chunk_program, repair_program, result_frame, sweep_key
+from optimizer.sweep.axes import (MAX_PROBES, activated, axes_of, check_axes, check_rents, design, probe_rows,
+                                  resolve_path)
+from optimizer.sweep.batch import chunk_program, probe_program, repair_program, result_frame, sweep_key
 from optimizer.sweep.repair import repair
 from optimizer.sweep.store import chunk_folder, chunk_lock, chunk_path, read_chunk, remove_stale_temporaries, try_lock
 
@@ -51,9 +52,6 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     if not sw.axes:
         raise ConfigError("sweep.axes is empty: pick a sweep (sweep=what-if) or add axes")
     numbers, pools, labels = scenario_inputs(cfg)  # validates every field, sweep.chunk_size and starts included
-    # each (segment, pool) keeps its base deployment (traced once per machine, like the other programs)
-    pools = prune_candidates(pools, *aot.exported("candidate_scores", candidate_scores_jit, (numbers, pools))(
-        numbers, pools))
     axes = axes_of(sw)
     names = list(axes)
     targets = [resolve_path(axes[n].path, labels) for n in names]
@@ -61,6 +59,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     check_axes(cfg, axes, plan)
     relative = [bool(axes[n].relative) for n in names]
     check_rents(numbers, targets, relative, plan, names, list(labels.gpus))
+    pools = prune_candidates(pools, *_candidate_scores(numbers, pools, plan, targets, relative))
     lab = activated(labels, targets)
     n_total = len(plan)
     base_prob = aot.exported("assemble", assemble_jit, (numbers, pools))(numbers, pools)
@@ -211,6 +210,23 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     log(f"sweep '{sw.name}': {n_solved} of {n_total} scenarios solved here ({n_total - n_solved} reused) in "
         f"{wall:.1f} s ({rate}, {len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
     return result
+
+
+def _candidate_scores(numbers, pools, plan: pd.DataFrame, targets, relative) -> tuple[np.ndarray, np.ndarray]:
+    """GPU-s per request and feasibility of every candidate deployment, (M, S, P, C), at the base
+    scenario and, when a serving input is an axis, at the design's probe rows
+    (:func:`optimizer.sweep.axes.probe_rows`); each program is traced once per machine."""
+    gpu_s, ok = aot.exported("candidate_scores", candidate_scores_jit, (numbers, pools))(numbers, pools)
+    gpu_s, ok = np.asarray(gpu_s)[None], np.asarray(ok)[None]
+    rows = probe_rows(plan, [t.field in SERVING_FIELDS for t in targets])
+    if len(rows):
+        values = plan.iloc[rows].to_numpy(float)
+        values = np.concatenate([values, np.repeat(values[-1:], MAX_PROBES - len(values), axis=0)])  # one shape
+        program = aot.exported("sweep_probes", probe_program(targets, relative), (numbers, values, pools),
+                               repr((targets, relative)))
+        g, o = program(numbers, values, pools)
+        gpu_s, ok = np.concatenate([gpu_s, np.asarray(g)]), np.concatenate([ok, np.asarray(o)])
+    return gpu_s, ok
 
 
 class _Repairer:
