@@ -1,7 +1,9 @@
 """Sweep axes and the experiment design: config paths → :class:`~optimizer.problem.Numbers` leaves.
 
 A sweep changes numeric leaves of one base scenario; the structure (segments, models, GPU types,
-precisions, deployments) stays fixed — structural choices go through Hydra multirun instead.
+precisions, candidate deployment layouts) stays fixed — structural choices go through Hydra
+multirun instead. Which layout serves a pool is chosen per scenario, among those that win at the
+probe rows (:func:`probe_rows`) when a serving input is an axis.
 """
 
 from __future__ import annotations
