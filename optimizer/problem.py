@@ -776,13 +776,9 @@ def kept_candidates(gpu_s, ok) -> tuple[np.ndarray, np.ndarray]:
     the pool). Host-side (NumPy)."""
     score = np.where(np.asarray(ok), np.asarray(gpu_s), np.inf)
     score = score[None] if score.ndim == 3 else score  # (M, S, P, C)
-    M, S, P, C = score.shape
-    kept = np.zeros((S, P, C), bool)
-    best = np.argmin(score, axis=-1)  # (M, S, P)
-    servable = np.isfinite(np.min(score, axis=-1))
-    s_idx, p_idx = np.meshgrid(np.arange(S), np.arange(P), indexing="ij")
-    for m in range(M):
-        kept[s_idx, p_idx, best[m]] |= servable[m]
+    best = np.argmin(score, axis=-1)[..., None]  # (M, S, P, 1)
+    servable = np.isfinite(np.min(score, axis=-1, keepdims=True))
+    kept = ((np.arange(score.shape[-1]) == best) & servable).any(0)  # (S, P, C): won at some probe
     width = max(1, int(kept.sum(-1).max()))
     order = np.argsort(~kept, axis=-1, kind="stable")[..., :width]  # kept candidates first, in catalog order
     n_kept = kept.sum(-1, keepdims=True)
