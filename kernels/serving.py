@@ -72,8 +72,12 @@ def _decode_token_time(dep, eff, batch, context, spec):
     step costing the fixed per-step overhead ``t_0`` plus ``c_d`` of the rest of a target step
     (its layers' overheads, weights, KV and collectives) [ECONOMICS.md §3.3].
     """
-    plain = decode_step(dep, eff, batch, context, 1.0)
-    verify = decode_step(dep, eff, batch, context, spec.draft_len + 1.0)
+    # the plain step and the verify pass as one lane pair: the step model is traced (and compiled) once
+    per_seq = jnp.stack(jnp.broadcast_arrays(jnp.ones_like(jnp.asarray(spec.draft_len, jnp.result_type(float))),
+                                             spec.draft_len + 1.0))
+    both = jax.vmap(lambda t: decode_step(dep, eff, batch, context, t))(per_seq)
+    plain = jax.tree.map(lambda x: x[0], both)
+    verify = jax.tree.map(lambda x: x[1], both)
     spec_on = spec.draft_len > 0
     draft_s = eff.step_overhead_s + spec.draft_cost_ratio * (plain.total_s - eff.step_overhead_s)
     round_s = jnp.where(spec_on, verify.total_s + spec.draft_len * draft_s, plain.total_s)
@@ -164,10 +168,10 @@ def _slo_root_jvp(steps, primals, tangents):
     return b, -dg_theta / dg_b
 
 
-def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarray,
+def slo_point(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarray,
               ttft_s: jnp.ndarray, spec: Speculation = NO_SPECULATION,
-              steps: int = BISECTION_STEPS, disaggregated: jnp.ndarray = False) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Largest batch in [1, B_max] whose TPOT ≤ ``tpot_s`` and TTFT ≤ ``ttft_s``.
+              steps: int = BISECTION_STEPS, disaggregated: jnp.ndarray = False) -> tuple[ServingPoint, jnp.ndarray]:
+    """The operating point at the largest batch in [1, B_max] whose TPOT ≤ ``tpot_s`` and TTFT ≤ ``ttft_s``.
 
     Both latencies increase with the batch, so the slack ``g(B) = max(TPOT/τ, TTFT/τ') − 1`` has
     one root; it is found by bisection on ``log B`` and differentiated implicitly
@@ -175,19 +179,36 @@ def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarra
     Pass ``inf`` for an absent target. ``steps`` (static) bisections leave the batch within
     ``log(B_max) · 2^-steps`` (relative, on the feasible side) of the root.
 
+    The points at both ends of the bracket (which decide feasibility and a batch capped by memory)
+    and at the root are one evaluation of three lanes, so the cost model appears twice in the
+    program (here and in the bisection's body) instead of three times.
+
     Returns:
-      ``(batch, feasible)``: ``feasible`` is False when even one sequence misses the SLO or the
-      deployment does not fit (``batch`` is then 1).
+      ``(point, feasible)``: :func:`operating_point` at that batch; ``feasible`` is False when even
+      one sequence misses the SLO or the deployment does not fit (the point is then at batch 1).
     """
     tpot_s, ttft_s = jnp.asarray(tpot_s), jnp.asarray(ttft_s)
     dis = jnp.asarray(disaggregated, jnp.result_type(float))
     b_max = max_batch(dep, eff, wl.isl + wl.osl)
     hi0 = jnp.maximum(b_max, 1.0)
-    # slack at both ends of [1, B_max] in one evaluation
-    ends = jnp.stack(jnp.broadcast_arrays(jnp.ones_like(hi0), hi0))
-    slack_ends = jax.lax.stop_gradient(_slo_slack(ends, dep, eff, wl, tpot_s, ttft_s, spec, dis))
-    at_cap = slack_ends[1] <= 0.0
     b_root = _slo_root(steps, jax.lax.stop_gradient(jnp.log(hi0)), dep, eff, wl, tpot_s, ttft_s, spec, dis)
-    batch = jnp.where(at_cap, hi0, b_root)
-    feasible = (b_max >= 1.0) & (slack_ends[0] <= 0.0)
-    return jnp.where(feasible, batch, 1.0), feasible
+    lanes = jnp.stack(jnp.broadcast_arrays(jnp.ones_like(hi0), hi0, b_root))  # 1, B_max, root
+    pts = jax.vmap(lambda b: operating_point(dep, eff, wl, b, spec, dis))(lanes)
+    slack = jax.lax.stop_gradient(jnp.maximum(pts.tpot_s / tpot_s, pts.ttft_s / ttft_s) - 1.0)
+    at_cap = slack[1] <= 0.0
+    feasible = (b_max >= 1.0) & (slack[0] <= 0.0)
+    point = jax.tree.map(lambda x: jnp.where(feasible, jnp.where(at_cap, x[1], x[2]), x[0]), pts)
+    return point, feasible
+
+
+def slo_batch(dep: Deployment, eff: Efficiency, wl: Workload, tpot_s: jnp.ndarray,
+              ttft_s: jnp.ndarray, spec: Speculation = NO_SPECULATION,
+              steps: int = BISECTION_STEPS, disaggregated: jnp.ndarray = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Largest batch in [1, B_max] whose TPOT ≤ ``tpot_s`` and TTFT ≤ ``ttft_s`` (:func:`slo_point`).
+
+    Returns:
+      ``(batch, feasible)``: ``feasible`` is False when even one sequence misses the SLO or the
+      deployment does not fit (``batch`` is then 1).
+    """
+    point, feasible = slo_point(dep, eff, wl, tpot_s, ttft_s, spec, steps, disaggregated)
+    return point.batch, feasible

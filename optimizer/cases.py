@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from kernels.roofline import Deployment
-from kernels.serving import Speculation, Workload, max_throughput_point, operating_point, slo_batch
+from kernels.serving import Speculation, Workload, max_throughput_point, operating_point, slo_point
 from optimizer import catalog
 from optimizer.deployments import candidate_layouts, with_draft_lengths
 from optimizer.errors import ConfigError, DataError
@@ -387,8 +387,7 @@ def _predict_one(mode: str, dep, spec, dis, wl, eff, batch, tpot):
         p = operating_point(dep, eff, wl, batch, spec, dis)
         ok = p.fits
     else:
-        b, ok = slo_batch(dep, eff, wl, tpot, jnp.inf, spec, disaggregated=dis)
-        p = operating_point(dep, eff, wl, b, spec, dis)
+        p, ok = slo_point(dep, eff, wl, tpot, jnp.inf, spec, disaggregated=dis)
         ok = ok & p.fits
     return p.output_tok_s, p.tpot_s, ok
 

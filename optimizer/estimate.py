@@ -16,7 +16,7 @@ import pandas as pd
 
 from kernels.cost import usd_per_mtok
 from kernels.roofline import weight_bytes_per_gpu
-from kernels.serving import max_throughput_point, operating_point, slo_batch
+from kernels.serving import max_throughput_point, operating_point, slo_point
 from optimizer import catalog
 from optimizer.cases import error_summary, predict_frame, read_cases
 from optimizer.errors import ConfigError, DoesNotFit, InfeasibleProblem
@@ -125,8 +125,7 @@ def _points(deps, specs, dis, eff, wl, batch, tpot_s, ttft_s, mode: str):
         if mode == "fixed":
             return operating_point(dep, eff, wl, batch, spec, x), jnp.asarray(True)
         if mode == "slo":
-            b, ok = slo_batch(dep, eff, wl, tpot_s, ttft_s, spec, disaggregated=x)
-            return operating_point(dep, eff, wl, b, spec, x), ok
+            return slo_point(dep, eff, wl, tpot_s, ttft_s, spec, disaggregated=x)
         return max_throughput_point(dep, eff, wl, spec, x), jnp.asarray(True)
 
     return jax.vmap(one)(deps, specs, dis)

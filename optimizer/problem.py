@@ -19,7 +19,7 @@ import numpy as np
 
 from kernels.demand import DemandParams, calibrate_logit
 from kernels.roofline import Deployment, Efficiency
-from kernels.serving import BISECTION_STEPS, Speculation, Workload, operating_point, slo_batch
+from kernels.serving import BISECTION_STEPS, Speculation, Workload, slo_point
 from optimizer import catalog
 from optimizer.errors import ConfigError
 from optimizer.decision import request_prices
@@ -162,9 +162,8 @@ def candidate_table(deps: Deployment, effs: Efficiency, specs: Speculation, disa
     per_segment = valid.ndim == 3
 
     def one(dep, eff, spec, dis, wl, tpot, ttft):
-        b, ok = slo_batch(dep, eff, wl, tpot, ttft, spec, steps=bisection_steps, disaggregated=dis)
-        p = operating_point(dep, eff, wl, b, spec, dis)
-        return p.gpu_s_per_request, ok & p.fits, b, p.tpot_s, p.gpu_s_prefill
+        p, ok = slo_point(dep, eff, wl, tpot, ttft, spec, steps=bisection_steps, disaggregated=dis)
+        return p.gpu_s_per_request, ok & p.fits, p.batch, p.tpot_s, p.gpu_s_prefill
 
     per_cand = jax.vmap(one, in_axes=(0, None, 0, 0, None, None, None))
     per_pool = jax.vmap(per_cand, in_axes=(0, 0, 0, 0, None, None, None))
@@ -182,7 +181,7 @@ def serving_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg
     Args:
       deps, specs, disagg, valid: stacked over (pool P, candidate C); ``valid`` masks the padding.
       effs: stacked over pools (P). wls, tpot_s, ttft_s: stacked over segments (S).
-      bisection_steps: static precision of the SLO batch (:func:`kernels.serving.slo_batch`).
+      bisection_steps: static precision of the SLO batch (:func:`kernels.serving.slo_point`).
 
     Returns:
       :class:`ServingTable`. Pure and jittable; the choice is an exact argmin (piecewise
@@ -792,7 +791,7 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     Runs the cost kernels at every (segment, pool) for the segment's shape and SLO (or reuses
     ``serving`` from :func:`serving_of` when no serving input changes), calibrates the demand to the
     reference point and gathers everything on the (S, J, K, G) grid. ``bisection_steps`` (static)
-    sets the precision of the SLO batches (:func:`kernels.serving.slo_batch`).
+    sets the precision of the SLO batches (:func:`kernels.serving.slo_point`).
     """
     S, J = pools.offer_mask.shape
     G, _, K = pools.tp.shape
@@ -800,14 +799,12 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
     gpu_s, ok, batch, tpot_served = table.gpu_s, table.feasible, table.batch, table.tpot_s
     offered = pools.offer_mask[:, pools.model] > 0  # (S, P)
     usable = ok & offered & jnp.isfinite(gpu_s)
-    put = lambda v: jnp.zeros((S, J, K, G)).at[:, pools.model, pools.precision, pools.gpu].set(v)  # noqa: E731
-    route = put(usable.astype(jnp.float64))
-    gpu_s_t = put(jnp.where(usable, gpu_s, 0.0))
-    batch_t = put(jnp.where(usable, batch, 0.0))
-    tpot_t = put(jnp.where(usable, tpot_served * 1e3, 0.0))
-    choice_t = put(jnp.where(usable, table.choice + 1.0, 0.0)) - 1.0
-    prefill_t = put(jnp.where(usable, table.prefill_share, 0.0))
-    replica = put(jnp.where(usable, table.replica_gpus, 0.0))  # (S, J, K, G)
+    # every (S, P) field onto the (S, J, K, G) grid in one scatter (zero where unusable)
+    fields = jnp.where(usable, jnp.stack([jnp.ones_like(gpu_s), gpu_s, batch, tpot_served * 1e3, table.choice + 1.0,
+                                          table.prefill_share, table.replica_gpus]), 0.0)
+    grid = jnp.zeros((fields.shape[0], S, J, K, G)).at[:, :, pools.model, pools.precision, pools.gpu].set(fields)
+    route, gpu_s_t, batch_t, tpot_t, choice_t, prefill_t, replica = grid  # each (S, J, K, G)
+    choice_t = choice_t - 1.0
     pool_gpus = jnp.transpose(replica.max(0), (2, 0, 1))  # (G, J, K) largest chosen replica per pool
     mix_mask = (route.sum(-1) > 0).astype(jnp.float64)
 

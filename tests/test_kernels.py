@@ -10,7 +10,7 @@ import pytest
 from kernels.cost import tco_gpu_hour, usd_per_mtok
 from kernels.moe import distinct_expert_fraction
 from kernels.roofline import Efficiency, decode_step, kv_bytes_per_sequence, max_batch, prefill_time
-from kernels.serving import (Speculation, Workload, max_throughput_point, operating_point, slo_batch)
+from kernels.serving import (Speculation, Workload, max_throughput_point, operating_point, slo_batch, slo_point)
 from kernels.smooth import smooth_max_pos, smooth_min_pos, soft_clip_below
 from kernels.speculative import expected_tokens_per_step
 from tests.helpers import assert_grad_matches_fd
@@ -201,6 +201,36 @@ def test_slo_batch_meets_target_and_is_largest(dep8b, eff, wl):
     # TTFT target binds too
     b_t, ok_t = slo_batch(dep8b, eff, wl, jnp.inf, 0.05)
     assert bool(ok_t) and float(operating_point(dep8b, eff, wl, b_t).ttft_s) <= 0.05 * (1 + 1e-6)
+
+
+def test_slo_point_is_the_operating_point_at_the_slo_batch(dep8b, dep_moe, eff, wl):
+    """``slo_point`` (the bracket's ends and the root in one evaluation) returns exactly the
+    operating point at ``slo_batch``'s batch — at a root, at the memory cap, where infeasible and
+    under a TTFT target — under jit and vmap over stacked layouts and speculation settings, and its
+    gradient matches finite differences."""
+    tpot = jnp.asarray([0.020, 10.0, 1e-4, jnp.inf])  # root, memory cap, infeasible, TTFT binds
+    ttft = jnp.asarray([jnp.inf, jnp.inf, jnp.inf, 0.05])
+    specs = Speculation(jnp.asarray([0.0, 3.0]), jnp.asarray([1.0, 2.4]), jnp.asarray([0.0, 0.1]))
+    deps = jax.tree.map(lambda a, b: jnp.stack([jnp.asarray(a, float), jnp.asarray(b, float)]), dep8b, dep_moe)
+
+    def grid(f):  # (speculation 2, layout 2, SLO 4)
+        return jax.jit(jax.vmap(jax.vmap(jax.vmap(f, (None, None, 0, 0)), (None, 0, None, None)),
+                                (0, None, None, None)))(specs, deps, tpot, ttft)
+
+    def old(sp, dep, tp, tt):
+        b, ok = slo_batch(dep, eff, wl, tp, tt, sp)
+        return operating_point(dep, eff, wl, b, sp), ok
+
+    got, ok = grid(lambda sp, dep, tp, tt: slo_point(dep, eff, wl, tp, tt, sp))
+    want, ok_want = grid(old)
+    np.testing.assert_array_equal(np.asarray(ok), np.asarray(ok_want))
+    assert np.asarray(ok)[..., [0, 1, 3]].all() and not np.asarray(ok)[..., 2].any()
+    np.testing.assert_allclose(np.asarray(got.batch)[..., 1], np.asarray(got.max_batch)[..., 1], rtol=1e-13)
+    for name, a, b in zip(got._fields, got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=0, err_msg=name)
+    spec = jax.tree.map(lambda x: x[1], specs)
+    f = jax.jit(lambda bw: slo_point(dep8b._replace(mem_bw=bw * 1e12), eff, wl, 0.020, jnp.inf, spec)[0].gpu_s_per_request)
+    assert_grad_matches_fd(f, 3.35, rtol=1e-3)
 
 
 def test_slo_batch_precision_follows_bisection_steps(dep8b, eff, wl):

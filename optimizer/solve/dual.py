@@ -254,7 +254,8 @@ def primal(charges: Charges, prob: Problem, temperature: float = 1e-2, rate: jnp
         profit = lambda u: sheet_profit(u, c, quality, prob)  # noqa: E731
         if sheet_init is not None:
             warm = sheet_log_mu(sheet_params(sheet_init, prob), prob)
-            log_mu = jnp.where(profit(warm) > profit(log_mu), warm, log_mu)
+            both = jax.vmap(profit)(jnp.stack([warm, log_mu]))  # one traced copy of the profit
+            log_mu = jnp.where(both[0] > both[1], warm, log_mu)
         log_mu, gain = sheet_newton(log_mu, profit, prob, sheet_steps if sheet_iters is None else sheet_iters)
         price = jnp.where(offered, flow_prices(log_mu, prob), d.ref_price)
         reqs = demand(price, quality, prob.served_latency_ms, d)
