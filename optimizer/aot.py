@@ -215,7 +215,8 @@ def prefetch_next(name: str, args: tuple, static: str = "", quick: bool = False)
     return True
 
 
-def exported(name: str, fn: Callable, args: tuple, static: str = "", quick: bool = False) -> Callable:
+def exported(name: str, fn: Callable, args: tuple, static: str = "", quick: bool = False,
+             lowered: Callable[[], None] | None = None) -> Callable:
     """A callable equal to ``fn`` on arguments shaped like ``args``, traced and compiled at most once
     per machine.
 
@@ -225,6 +226,8 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "", quick: bool
         dtypes are used, so a program can be compiled before its inputs exist).
       static: a string of every static setting that ``fn`` closes over (part of the key).
       quick: compile with :data:`QUICK_OPTIONS` (a program called a few times per run).
+      lowered: called once the program is traced and lowered, before XLA compiles it (not called
+        when it is loaded): the Python part of a compile is done, another thread may trace.
 
     Thread-safe: a program another thread is compiling is waited for, not compiled twice.
     """
@@ -239,10 +242,11 @@ def exported(name: str, fn: Callable, args: tuple, static: str = "", quick: bool
         with _LOCK:
             if path in _PROGRAMS:
                 return _PROGRAMS[path]
-        return _remember(path, _compile_or_load(path, name, fn, args, options(quick)))
+        return _remember(path, _compile_or_load(path, name, fn, args, options(quick), lowered))
 
 
-def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple, opts: dict) -> Program:
+def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple, opts: dict,
+                     then: Callable[[], None] | None = None) -> Program:
     with _LOCK:
         loaded = _LOADED.pop(path, None)
     if loaded is not None:  # prefetched
@@ -257,6 +261,8 @@ def _compile_or_load(path: Path, name: str, fn: Callable, args: tuple, opts: dic
 
     with jax_cache.fresh():  # an executable from JAX's own cache would serialise into a broken file
         lowered = fn.lower(*jax.tree.map(_spec, args))
+        if then is not None:
+            then()
         try:
             compiled = lowered.compile(compiler_options=opts)
         except jax.errors.JaxRuntimeError as e:  # an XLA without one of the options

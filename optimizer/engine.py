@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from optimizer import economics as econ
 from optimizer.constraints import active_mask, constraint_names
 from optimizer.decision import decode, encode, initial_decisions, reference_decision
 from optimizer.objective import Breakdown, evaluate_plan_jit
-from optimizer.problem import Labels, Problem, assemble_jit, build_problem
+from optimizer.problem import Labels, Problem, assemble_jit, build_problem, problem_shapes
 from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
 from optimizer.solve.auglag import multistart, run_starts_jit
@@ -107,33 +108,40 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
     return sol, solver.name
 
 
-def _dual_solve(solver: Dual, task, y0):
-    """The exported dual solve of ``solver`` for tasks shaped like ``task`` (arrays or shapes)."""
-    return aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver))
+def _dual_solve(solver: Dual, task, y0, lowered=None):
+    """The exported dual solve of ``solver`` for tasks shaped like ``task`` (arrays or shapes);
+    ``lowered``: see :func:`optimizer.aot.exported`."""
+    return aot.exported("dual_solve", dual_program(solver), (task, y0), repr(solver), lowered=lowered)
 
 
-def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig) -> bool:
+def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig, lowered: threading.Event | None = None) -> bool:
     """On a first run (the assemble program not yet stored), compile the relaxed dual solve from the
-    problem's shapes (``jax.eval_shape`` of the assembly), so that it compiles while the assembly
-    does, and record it as the assembly's next program. On a later run, load that recorded program
-    while the assembly loads and runs (:func:`optimizer.aot.prefetch_next`). Returns whether it
-    compiled."""
-    if aot.export_dir() is None:
-        return False
-    if aot.stored("assemble", (numbers, pools)):
-        aot.prefetch_next("assemble", (numbers, pools))
-        return False
-    spec = jax.eval_shape(assemble_jit, numbers, pools)
-    spec = spec._replace(demand=spec.demand._replace(offer_mask=np.asarray(pools.offer_mask)))
-    active = active_mask(labels, spec, fixed_fleet=False)
-    task = relaxed_task(spec, active)
-    solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
-    if not isinstance(solver, Dual):
-        return False
-    y0 = solver.init(task)
-    _dual_solve(solver, task, y0)
-    aot.remember_next("assemble", (numbers, pools), ("dual_solve", (task, y0), repr(solver)))
-    return True
+    problem's shapes (:func:`optimizer.problem.problem_shapes`, without tracing the cost kernels),
+    so that it compiles while the assembly is traced and compiled, and record it as the assembly's
+    next program. On a later run, load that recorded program while the assembly loads and runs
+    (:func:`optimizer.aot.prefetch_next`). ``lowered`` is set once the solve is lowered (the
+    longest compile can start; the caller may trace the assembly now) or once there is nothing to
+    lower. Returns whether it compiled."""
+    try:
+        if aot.export_dir() is None:
+            return False
+        if aot.stored("assemble", (numbers, pools)):
+            aot.prefetch_next("assemble", (numbers, pools))
+            return False
+        spec = problem_shapes(numbers, pools)
+        spec = spec._replace(demand=spec.demand._replace(offer_mask=np.asarray(pools.offer_mask)))
+        active = active_mask(labels, spec, fixed_fleet=False)
+        task = relaxed_task(spec, active)
+        solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
+        if not isinstance(solver, Dual):
+            return False
+        y0 = solver.init(task)
+        _dual_solve(solver, task, y0, lowered.set if lowered is not None else None)
+        aot.remember_next("assemble", (numbers, pools), ("dual_solve", (task, y0), repr(solver)))
+        return True
+    finally:
+        if lowered is not None:
+            lowered.set()
 
 
 @functools.lru_cache(maxsize=8)
@@ -266,14 +274,21 @@ class RelaxedStage(NamedTuple):
     t0: float  # when the relaxed solve started (perf_counter)
 
 
+LOWER_WAIT_S = 60.0
+"""Seconds a first run waits for the solve's program to be lowered before tracing the assembly anyway."""
+
+
 def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, also_compile) -> RelaxedStage:
     """Build the problem and solve its relaxation, compiling on ``pool`` (two threads) what a first
     run needs beside it: the relaxed solve while the assembly compiles (from the problem's shapes),
     then the later stages' programs while the relaxed solve compiles (compilation releases the GIL)."""
     def before(n, p, lab):
+        lowered = threading.Event()
+        pool.submit(compile_relaxed_early, n, p, lab, cfg, lowered)  # a failure here is the main thread's to report
         if aot.export_dir() is not None and not aot.stored("assemble", (n, p)):
-            jax.eval_shape(assemble_jit, n, p)  # traced once, here: the early compile and the assembly share it
-        pool.submit(compile_relaxed_early, n, p, lab, cfg)  # a failure here is the main thread's to report
+            # a first run: the solve's program is the longest compile, so trace it first, alone (tracing
+            # holds the GIL), and the assembly while it compiles
+            lowered.wait(LOWER_WAIT_S)
 
     prob, labels = build_problem(cfg, lambda n, p: aot.exported("assemble", assemble_jit, (n, p))(n, p), before)
     act_relaxed = active_mask(labels, prob, fixed_fleet=False)

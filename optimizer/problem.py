@@ -159,18 +159,16 @@ def candidate_table(deps: Deployment, effs: Efficiency, specs: Speculation, disa
 
     Candidates are shared by every segment (``valid`` of shape (P, C)) or given per segment
     (``valid`` (S, P, C), as :func:`prune_candidates` leaves them for sweeps)."""
-    per_segment = valid.ndim == 3
-
-    def one(dep, eff, spec, dis, wl, tpot, ttft):
-        p, ok = slo_point(dep, eff, wl, tpot, ttft, spec, steps=bisection_steps, disaggregated=dis)
-        return p.gpu_s_per_request, ok & p.fits, p.batch, p.tpot_s, p.gpu_s_prefill
-
-    per_cand = jax.vmap(one, in_axes=(0, None, 0, 0, None, None, None))
-    per_pool = jax.vmap(per_cand, in_axes=(0, 0, 0, 0, None, None, None))
-    seg = 0 if per_segment else None
-    gpu_s, ok, b, tpot, pre = jax.vmap(per_pool, in_axes=(seg, None, seg, seg, 0, 0, 0))(
-        deps, effs, specs, disagg, wls, tpot_s, ttft_s)
-    return gpu_s, ok & (valid if per_segment else valid[None]) & jnp.isfinite(gpu_s), b, tpot, pre
+    # the kernels are elementwise: segments (S, 1, 1) × pools (P, 1) × candidates (P, C) broadcast to
+    # (S, P, C) in one trace (three nested vmaps trace every operation through three batching rules)
+    seg = lambda x: jnp.asarray(x)[:, None, None]  # noqa: E731
+    eff = jax.tree.map(lambda x: jnp.asarray(x)[:, None], effs)
+    p, ok = slo_point(deps, eff, jax.tree.map(seg, wls), seg(tpot_s), seg(ttft_s), specs, steps=bisection_steps,
+                      disaggregated=disagg)
+    shape = np.broadcast_shapes(np.shape(tpot_s) + (1, 1), np.shape(valid))
+    gpu_s, ok, b, tpot, pre = (jnp.broadcast_to(x, shape) for x in
+                               (p.gpu_s_per_request, ok & p.fits, p.batch, p.tpot_s, p.gpu_s_prefill))
+    return gpu_s, ok & valid & jnp.isfinite(gpu_s), b, tpot, pre
 
 
 def serving_table(deps: Deployment, effs: Efficiency, specs: Speculation, disagg: jnp.ndarray,
@@ -842,6 +840,17 @@ def assemble(n: Numbers, pools: Pools, serving=None, bisection_steps: int = BISE
         log_band=jnp.log(jnp.maximum(n.product_band, 1.0 + 1e-9)),
         peak_utilization=n.peak_utilization, daily_utilization=n.daily_utilization, scale=scale,
         tokens=tokens, flow_product=pools.flow_product, sheet_ref=sheet, sheet_tie=pools.sheet_tie)
+
+
+def problem_shapes(n: Numbers, pools: Pools) -> Problem:
+    """The shapes and dtypes of ``assemble(n, pools)`` (a :class:`Problem` of ``jax.ShapeDtypeStruct``)
+    without tracing the cost kernels: the serving table enters as shapes, so only the gathering and
+    the demand calibration are traced (a few hundred operations against a few thousand). Lets a
+    first run trace and compile the solve before the assembly is traced."""
+    S, P = np.shape(pools.offer_mask)[0], np.shape(pools.model)[0]
+    x = jax.ShapeDtypeStruct((S, P), jnp.result_type(float))
+    table = ServingTable(x, jax.ShapeDtypeStruct((S, P), jnp.bool_), x, x, x, x, x)
+    return jax.eval_shape(lambda n, p, t: assemble(n, p, serving=t), n, pools, table)
 
 
 def _on_demand_cap_profile(fl, hws, periods: int) -> np.ndarray:

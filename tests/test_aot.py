@@ -91,6 +91,52 @@ def test_scenario_assembly_round_trips_through_export(export_dir):
     assert type(got) is type(want)
 
 
+@pytest.mark.parametrize("overrides", [[], ["time=day", "sweep=risk"]], ids=["default", "hourly-pruned"])
+def test_problem_shapes_match_the_assembly_without_tracing_the_cost_kernels(overrides):
+    """What a first run compiles the solve from: the shapes of ``assemble`` exactly, on the default
+    scenario and on per-segment candidate pools (a sweep's pruning), from a trace a tenth the size."""
+    from hydra import compose, initialize_config_dir
+
+    from optimizer import problem as problem_mod
+    from optimizer.catalog import to_schema
+    from optimizer.problem import candidate_scores_jit, problem_shapes, prune_candidates
+    from optimizer.schema import RunConfig, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(aot.ROOT / "conf"), version_base="1.3"):
+        cfg = to_schema(compose(config_name="config", overrides=overrides), RunConfig)
+    base, pools, _ = scenario_inputs(cfg)
+    if overrides:
+        pools = prune_candidates(pools, *candidate_scores_jit(base, pools, bisection_steps=8))
+        assert np.ndim(pools.valid) == 3  # (S, P, W): candidates per segment
+    want = jax.eval_shape(assemble_jit, base, pools)
+    got = problem_shapes(base, pools)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+
+    def no_kernels(*args, **kwargs):
+        raise AssertionError("problem_shapes traced the cost kernels")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(problem_mod, "serving_of", no_kernels)
+        assert jax.tree.structure(problem_shapes(base, pools)) == jax.tree.structure(want)
+
+
+def test_lowered_is_called_before_a_compile_and_not_on_a_load(export_dir):
+    """``exported(..., lowered=)`` tells a caller that the program's Python part is done: once, after
+    lowering a program it compiles; never for one it loads."""
+    calls = []
+    f = jax.jit(lambda x: 2.0 * x)
+    x = np.arange(3.0)
+    aot.exported("twice", f, (x,), lowered=lambda: calls.append("lowered"))
+    assert calls == ["lowered"]
+    aot.forget()
+    np.testing.assert_array_equal(np.asarray(aot.exported("twice", f, (x,), lowered=lambda: calls.append("again"))(x)),
+                                  2.0 * x)
+    assert calls == ["lowered"]
+
+
 STORE_PROBE = """
 import os, sys
 os.environ["TOKENMARGIN_JAX_CACHE"] = sys.argv[1]
