@@ -9,6 +9,7 @@ goes through :func:`optimizer.aot.exported`, so a warm run neither traces nor co
 from __future__ import annotations
 
 import dataclasses
+import logging
 import functools
 import threading
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from optimizer import aot
@@ -29,9 +31,11 @@ from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
 from optimizer.solve.auglag import multistart, run_starts_jit
 from optimizer.solve.base import result_name
-from optimizer.solve.choose import choose_fleet_solver
+from optimizer.solve.choose import choose_fleet_solver, dual_of
 from optimizer.solve.dual import N_LIMITS, dual_program
 from optimizer.solve.integer import fleet_rows_jit, limit_cut
+
+log = logging.getLogger("tokenmargin")
 
 INFEASIBLE_REPORT = 1e-4
 """Normalised violation above which a constraint is named as violated in reports."""
@@ -53,6 +57,7 @@ class Stage:
     bound_usd_per_day: float | None = None  # certified upper bound on the stage's optimum (dual)
     gap: float | None = None  # certified relative gap (bound − margin) / |bound|
     tightened: int = 0  # re-solves of the relaxation within limits lowered by the rounding (engine.tightened)
+    note: str = ""  # what else was tried (e.g. a stationary point of the augmented Lagrangian the dual's plan beat)
 
 
 @dataclass
@@ -88,8 +93,9 @@ def _stage(sol: Solution, b: Breakdown, names: list[str], active: np.ndarray, wa
 
 
 def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: bool = False,
-                  shared: bool = False) -> tuple[Solution, str]:
-    """The relaxed task solved by the chosen solver: ``(solution, solver name)``."""
+                  shared: bool = False) -> DualCheck:
+    """The relaxed task solved by the chosen solver: ``(solution, solver name, note)`` (the augmented
+    Lagrangian's plan checked against the dual's: :func:`against_dual`)."""
     from optimizer import progress as bar
 
     task = relaxed_task(prob, active)
@@ -97,15 +103,64 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
     if isinstance(solver, Dual):
         y0 = solver.init(task)
         sol, _ = _dual_solve(solver, task, y0)(task, y0)
-        return sol, solver.name
+        return DualCheck(sol, solver.name, "")
     s = cfg.solver
     if show_bar:  # a host callback cannot be exported: traced in this process
         with bar.bar(solver.outer_steps, "solving", True):
             sol, _ = multistart(dataclasses.replace(solver, progress=bar.outer_step), task, s.starts, s.seed)
-            return jax.block_until_ready(sol), solver.name
-    dec0 = initial_decisions(prob, s.starts, s.seed)
-    sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
-    return sol, solver.name
+            sol = jax.block_until_ready(sol)
+    else:
+        dec0 = initial_decisions(prob, s.starts, s.seed)
+        sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
+    return against_dual(prob, active, cfg, sol, shared)
+
+
+class DualCheck(NamedTuple):
+    """An augmented-Lagrangian plan checked against the dual (:func:`against_dual`)."""
+
+    solution: Solution  # the plan kept, with the dual's bound and its gap
+    method: str  # whose plan it is: auglag or dual
+    note: str  # what the check found, for the run's summary ("" when the augmented Lagrangian's plan stands)
+
+
+def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, shared: bool) -> DualCheck:
+    """An augmented-Lagrangian plan checked against the dual's.
+
+    The augmented Lagrangian stops at a stationary point of a margin that is not concave in the
+    prices: a product priced far above what its buyers pay sells nothing, and there the margin is
+    flat, so a plan that shuts a profitable product off can pass its convergence test (on a
+    `wide` scenario with a binding B200 cap it stopped, "converged", at $12,879/day where the dual
+    found $88,294). The dual, run on the same task with the quality floors relaxed (it prices GPU
+    caps and budgets, not floors) and started from the augmented Lagrangian's limit prices, gives an
+    upper bound on the task's optimum (relaxing a constraint can only raise it) and a second plan.
+
+    Returns the dual's plan (with its own status) when it meets every constraint of the task,
+    floors included, and earns more than ``solver.dual_tol_gap`` of the bound above the augmented
+    Lagrangian's; else the augmented Lagrangian's plan with the dual's bound and gap (its status
+    unchanged: where a floor binds, the bound can be loose).
+    """
+    G = int(np.shape(prob.usd_per_gpu_hour)[0])
+    relaxed = np.asarray(active).copy()
+    relaxed[G + N_LIMITS:] = 0.0  # quality floors (the dual cannot price them) relaxed: still a bound
+    dual = dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0))
+    task = relaxed_task(prob, relaxed)
+    y0 = dual.start_from(task, sol)
+    dsol, _ = _dual_solve(dual, task, y0)(task, y0)
+    bound = float(dsol.bound)
+    b = evaluate_program(prob)(dsol.decision, prob, np.zeros(np.shape(prob.tp)), np.asarray(False))
+    g = np.where(np.asarray(active) > 0, np.asarray(b.constraints), -np.inf)
+    dual_feasible = bool(np.isfinite(float(b.margin)) and (g.size == 0 or np.max(g) <= cfg.solver.tol_feasibility))
+    margin, dual_margin = float(sol.margin), float(b.margin)
+    if not np.isfinite(bound):
+        return DualCheck(sol, "auglag", "")
+    if dual_feasible and dual_margin > margin + cfg.solver.dual_tol_gap * abs(bound):
+        note = (f"the augmented Lagrangian stopped ({result_name(sol.result)}) at ${margin:,.0f}/day, "
+                f"{100 * (dual_margin - margin) / abs(dual_margin):.1f} % below the dual's plan (${dual_margin:,.0f}/day): "
+                "a stationary point of the non-concave margin; the dual's plan is kept")
+        log.warning(note)
+        return DualCheck(dsol, "dual", note)
+    gap = (bound - margin) / max(abs(bound), 1e-9)
+    return DualCheck(sol._replace(bound=jnp.asarray(bound), gap=jnp.asarray(gap)), "auglag", "")
 
 
 def _dual_solve(solver: Dual, task, y0, lowered=None):
@@ -272,6 +327,7 @@ class RelaxedStage(NamedTuple):
     method: str  # the relaxed solver's name
     programs: dict  # the later stages' programs (evaluate, fleet)
     t0: float  # when the relaxed solve started (perf_counter)
+    note: str = ""  # what the relaxed solve's check against the dual found (:func:`against_dual`)
 
 
 LOWER_WAIT_S = 60.0
@@ -305,9 +361,9 @@ def _relaxed_stage(cfg: RunConfig, pool: ThreadPoolExecutor, show_bar: bool, als
 
     programs = pool.submit(later)
     t0 = time.perf_counter()
-    relaxed, method = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
+    relaxed, method, note = solve_relaxed(prob, act_relaxed, cfg, show_bar, labels.has_shared_products)
     return RelaxedStage(prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method,
-                        programs.result(), t0)
+                        programs.result(), t0, note)
 
 
 def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile=None) -> Result:
@@ -336,12 +392,13 @@ def optimize(cfg: RunConfig, progress=None, show_bar: bool = False, also_compile
 def _integer_stage(cfg: RunConfig, progress, stage: RelaxedStage) -> Result:
     """Whole replicas for the relaxed plan of :func:`optimize` (the relaxed plan itself without
     ``solver.integer_fleet``)."""
-    prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method, programs, t0 = stage
+    prob, labels, act_relaxed, act_fixed, inner, repair, fixed, relaxed, method, programs, t0, note = stage
     names = constraint_names(labels)
     evaluate = programs["evaluate"]
     no_fleet = np.zeros(np.shape(prob.tp))
     rb = evaluate(relaxed.decision, prob, no_fleet, np.asarray(False))
-    stages = {"relaxed": _stage(relaxed, rb, names, act_relaxed, time.perf_counter() - t0, method)}
+    stages = {"relaxed": dataclasses.replace(_stage(relaxed, rb, names, act_relaxed, time.perf_counter() - t0, method),
+                                             note=note)}
     if progress:
         progress("relaxed solve done")
     final, fb, fleet, loss = relaxed, rb, None, None
@@ -353,7 +410,7 @@ def _integer_stage(cfg: RunConfig, progress, stage: RelaxedStage) -> Result:
             within = tightened(within, prob, hourly, rounds)
             if within is None:
                 break
-            again, _ = solve_relaxed(within, act_relaxed, cfg, False, labels.has_shared_products)
+            again = solve_relaxed(within, act_relaxed, cfg, False, labels.has_shared_products).solution
             rounds += 1
             if progress:
                 progress(f"limits tightened by the rounding, round {rounds}")

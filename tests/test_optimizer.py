@@ -211,3 +211,46 @@ def test_bad_inputs_give_clear_errors():
         build_problem(run_config({"chat": segment(tier="premium")}))
     with pytest.raises(ConfigError, match="fleet.precisions"):
         build_problem(run_config({"chat": segment()}, precisions=("fp16",)))
+
+
+def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_dual_earns_more():
+    """``against_dual``: an augmented-Lagrangian plan that prices every product far above what buyers
+    pay sells nothing and is flat there (stationary, so its own test can say converged); the check
+    replaces it with the dual's plan, which meets every constraint and earns more, and says so. A
+    plan as good as the dual's is kept, with the dual's bound (which bounds both) and its gap."""
+    import jax.numpy as jnp
+
+    from optimizer.catalog import to_schema
+    from optimizer.decision import raw_price, reference_decision
+    from optimizer.engine import against_dual
+    from optimizer.schema import RunConfig, register_configs
+    from optimizer.solve import RESULTS
+    from optimizer.solve.base import Solution, Stats
+    from hydra import compose, initialize_config_dir
+
+    from optimizer import aot
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(aot.ROOT / "conf"), version_base="1.3"):
+        cfg = to_schema(compose(config_name="config", overrides=["time=single", "solver.method=auglag"]), RunConfig)
+    prob, labels = build_problem(cfg)
+    active = active_mask(labels, prob, fixed_fleet=False)
+    R = np.shape(prob.sheet_ref)[0]
+    dead = reference_decision(prob)
+    dead = dead._replace(price_raw=raw_price(jnp.full((R, 3), np.log(5.0)), prob))  # 5x every list price
+    b = evaluate(dead, prob, None, active)
+    C = np.shape(active)[0]
+    stuck = Solution(dead, jnp.asarray(RESULTS.converged.value), -b.margin / prob.scale, b.margin, jnp.asarray(0.0),
+                     jnp.zeros(C), jnp.asarray(np.nan), jnp.asarray(np.nan), Stats(jnp.asarray(1), jnp.asarray(1), jnp.asarray(0.0)))
+    checked = against_dual(prob, active, cfg, stuck, labels.has_shared_products)
+    assert checked.method == "dual" and "below the dual's plan" in checked.note
+    assert float(checked.solution.margin) > 2.0 * float(b.margin) > 0.0
+    assert float(checked.solution.bound) >= float(checked.solution.margin)
+    # the dual's own plan, handed in as the augmented Lagrangian's, stands, bounded by the same bound
+    kept = against_dual(prob, active, cfg, checked.solution._replace(bound=jnp.asarray(np.nan)), labels.has_shared_products)
+    assert kept.method == "auglag" and kept.note == ""
+    assert float(kept.solution.margin) == float(checked.solution.margin)
+    assert float(kept.solution.bound) >= float(kept.solution.margin)
+    bound, margin = float(kept.solution.bound), float(kept.solution.margin)
+    assert float(kept.solution.gap) == pytest.approx((bound - margin) / bound, rel=1e-12)
+    assert 0.0 <= float(kept.solution.gap) < 0.1  # shared sheets: the bound includes per-segment pricing's value
