@@ -9,8 +9,8 @@ goes through :func:`optimizer.aot.exported`, so a warm run neither traces nor co
 from __future__ import annotations
 
 import dataclasses
-import logging
 import functools
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
