@@ -142,6 +142,7 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
     G = int(np.shape(prob.usd_per_gpu_hour)[0])
     relaxed = np.asarray(active).copy()
     relaxed[G + N_LIMITS:] = 0.0  # quality floors (the dual cannot price them) relaxed: still a bound
+    # (the same task and solver as compile_relaxed_early's for an augmented-Lagrangian run)
     dual = dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0))
     task = relaxed_task(prob, relaxed)
     y0 = dual.start_from(task, sol)
@@ -176,7 +177,8 @@ def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig, lowered: threa
     next program. On a later run, load that recorded program while the assembly loads and runs
     (:func:`optimizer.aot.prefetch_next`). ``lowered`` is set once the solve is lowered (the
     longest compile can start; the caller may trace the assembly now) or once there is nothing to
-    lower. Returns whether it compiled."""
+    lower. Where the augmented Lagrangian solves the task, it compiles the dual that checks that
+    solver's plan instead (:func:`against_dual`). Returns whether it compiled."""
     try:
         if aot.export_dir() is None:
             return False
@@ -188,8 +190,14 @@ def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig, lowered: threa
         active = active_mask(labels, spec, fixed_fleet=False)
         task = relaxed_task(spec, active)
         solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
-        if not isinstance(solver, Dual):
-            return False
+        if not isinstance(solver, Dual):  # the augmented Lagrangian's plan is checked by the dual: compile that
+            G = len(labels.gpus)
+            relaxed = np.asarray(active).copy()
+            relaxed[G + N_LIMITS:] = 0.0
+            task = relaxed_task(spec, relaxed)
+            solver = dual_of(cfg.solver, shared=labels.has_shared_products, caps=bool(relaxed[:G].sum() > 0))
+            _dual_solve(solver, task, solver.init(task), lowered.set if lowered is not None else None)
+            return True
         y0 = solver.init(task)
         _dual_solve(solver, task, y0, lowered.set if lowered is not None else None)
         aot.remember_next("assemble", (numbers, pools), ("dual_solve", (task, y0), repr(solver)))

@@ -94,7 +94,7 @@ def test_scenario_assembly_round_trips_through_export(export_dir):
 @pytest.mark.parametrize("overrides", [[], ["time=day", "sweep=risk"]], ids=["default", "hourly-pruned"])
 def test_problem_shapes_match_the_assembly_without_tracing_the_cost_kernels(overrides):
     """What a first run compiles the solve from: the shapes of ``assemble`` exactly, on the default
-    scenario and on per-segment candidate pools (a sweep's pruning), from a trace a tenth the size."""
+    scenario and on per-segment candidate pools (a sweep's pruning), without tracing the cost kernels."""
     from hydra import compose, initialize_config_dir
 
     from optimizer import problem as problem_mod
