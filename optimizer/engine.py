@@ -136,7 +136,7 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
 
     Returns the dual's plan (with its own status) when it meets every constraint of the task,
     floors included, and earns more than ``solver.dual_tol_gap`` of the bound above the augmented
-    Lagrangian's; else the augmented Lagrangian's plan with the dual's bound and gap (its status
+    Lagrangian's, or the augmented Lagrangian's ended infeasible or non-finite; else the augmented Lagrangian's plan with the dual's bound and gap (its status
     unchanged: where a floor binds, the bound can be loose).
     """
     G = int(np.shape(prob.usd_per_gpu_hour)[0])
@@ -154,6 +154,11 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
     margin, dual_margin = float(sol.margin), float(b.margin)
     if not np.isfinite(bound):
         return DualCheck(sol, "auglag", "")
+    if dual_feasible and result_name(sol.result) in (RESULTS.infeasible.label, RESULTS.non_finite.label):
+        note = (f"the augmented Lagrangian ended {result_name(sol.result)}; the dual's plan meets every constraint "
+                f"(${dual_margin:,.0f}/day) and is kept")
+        log.warning(note)
+        return DualCheck(dsol, "dual", note)
     if dual_feasible and dual_margin > margin + cfg.solver.dual_tol_gap * abs(bound):
         note = (f"the augmented Lagrangian stopped ({result_name(sol.result)}) at ${margin:,.0f}/day, "
                 f"{100 * (dual_margin - margin) / abs(dual_margin):.1f} % below the dual's plan (${dual_margin:,.0f}/day): "

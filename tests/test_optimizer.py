@@ -216,8 +216,9 @@ def test_bad_inputs_give_clear_errors():
 def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_dual_earns_more():
     """``against_dual``: an augmented-Lagrangian plan that prices every product far above what buyers
     pay sells nothing and is flat there (stationary, so its own test can say converged); the check
-    replaces it with the dual's plan, which meets every constraint and earns more, and says so. A
-    plan as good as the dual's is kept, with the dual's bound (which bounds both) and its gap."""
+    replaces it with the dual's plan, which meets every constraint and earns more, and says so; an
+    infeasible plan is replaced too. A plan as good as the dual's is kept, with the dual's bound
+    (which bounds both) and its gap."""
     import jax.numpy as jnp
 
     from optimizer.catalog import to_schema
@@ -246,6 +247,11 @@ def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_d
     assert checked.method == "dual" and "below the dual's plan" in checked.note
     assert float(checked.solution.margin) > 2.0 * float(b.margin) > 0.0
     assert float(checked.solution.bound) >= float(checked.solution.margin)
+    # a plan that breaks a constraint never stands beside one that meets them all, whatever it earns
+    broken = stuck._replace(result=jnp.asarray(RESULTS.infeasible.value), margin=10.0 * checked.solution.margin)
+    fixed = against_dual(prob, active, cfg, broken, labels.has_shared_products)
+    assert fixed.method == "dual" and "ended infeasible" in fixed.note
+    assert float(fixed.solution.margin) == float(checked.solution.margin)
     # the dual's own plan, handed in as the augmented Lagrangian's, stands, bounded by the same bound
     kept = against_dual(prob, active, cfg, checked.solution._replace(bound=jnp.asarray(np.nan)), labels.has_shared_products)
     assert kept.method == "auglag" and kept.note == ""
