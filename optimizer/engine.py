@@ -139,12 +139,7 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
     Lagrangian's, or the augmented Lagrangian's ended infeasible or non-finite; else the augmented Lagrangian's plan with the dual's bound and gap (its status
     unchanged: where a floor binds, the bound can be loose).
     """
-    G = int(np.shape(prob.usd_per_gpu_hour)[0])
-    relaxed = np.asarray(active).copy()
-    relaxed[G + N_LIMITS:] = 0.0  # quality floors (the dual cannot price them) relaxed: still a bound
-    # (the same task and solver as compile_relaxed_early's for an augmented-Lagrangian run)
-    dual = dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0))
-    task = relaxed_task(prob, relaxed)
+    dual, task = checking_dual(prob, active, cfg, shared)
     y0 = dual.start_from(task, sol)
     dsol, _ = _dual_solve(dual, task, y0)(task, y0)
     bound = float(dsol.bound)
@@ -167,6 +162,16 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
         return DualCheck(dsol, "dual", note)
     gap = (bound - margin) / max(abs(bound), 1e-9)
     return DualCheck(sol._replace(bound=jnp.asarray(bound), gap=jnp.asarray(gap)), "auglag", "")
+
+
+def checking_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool) -> tuple[Dual, object]:
+    """``(dual solver, task)`` that :func:`against_dual` runs (and a first run compiles early, from
+    the problem's shapes): the relaxed task with its quality floors relaxed (the dual cannot price
+    them; relaxing a constraint keeps its bound valid)."""
+    G = int(np.shape(prob.usd_per_gpu_hour)[0])
+    relaxed = np.asarray(active).copy()
+    relaxed[G + N_LIMITS:] = 0.0
+    return dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0)), relaxed_task(prob, relaxed)
 
 
 def _dual_solve(solver: Dual, task, y0, lowered=None):
@@ -196,12 +201,8 @@ def compile_relaxed_early(numbers, pools, labels, cfg: RunConfig, lowered: threa
         task = relaxed_task(spec, active)
         solver = choose(active, len(labels.gpus), cfg.solver, shared=labels.has_shared_products)
         if not isinstance(solver, Dual):  # the augmented Lagrangian's plan is checked by the dual: compile that
-            G = len(labels.gpus)
-            relaxed = np.asarray(active).copy()
-            relaxed[G + N_LIMITS:] = 0.0
-            task = relaxed_task(spec, relaxed)
-            solver = dual_of(cfg.solver, shared=labels.has_shared_products, caps=bool(relaxed[:G].sum() > 0))
-            _dual_solve(solver, task, solver.init(task), lowered.set if lowered is not None else None)
+            dual, task = checking_dual(spec, active, cfg, labels.has_shared_products)
+            _dual_solve(dual, task, dual.init(task), lowered.set if lowered is not None else None)
             return True
         y0 = solver.init(task)
         _dual_solve(solver, task, y0, lowered.set if lowered is not None else None)
