@@ -31,6 +31,7 @@ from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
 from optimizer.solve.auglag import multistart, run_starts_jit
 from optimizer.solve.base import result_name
+from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
 from optimizer.solve.choose import choose_fleet_solver, dual_of
 from optimizer.solve.dual import N_LIMITS, dual_program
 from optimizer.solve.integer import fleet_rows_jit, limit_cut
@@ -124,44 +125,39 @@ class DualCheck(NamedTuple):
 
 
 def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, shared: bool) -> DualCheck:
-    """An augmented-Lagrangian plan checked against the dual's.
-
-    The augmented Lagrangian stops at a stationary point of a margin that is not concave in the
-    prices: a product priced far above what its buyers pay sells nothing, and there the margin is
-    flat, so a plan that shuts a profitable product off can pass its convergence test (on a
-    `wide` scenario with a binding B200 cap it stopped, "converged", at $12,879/day where the dual
-    found $88,294). The dual, run on the same task with the quality floors relaxed (it prices GPU
-    caps and budgets, not floors) and started from the augmented Lagrangian's limit prices, gives an
-    upper bound on the task's optimum (relaxing a constraint can only raise it) and a second plan.
+    """An augmented-Lagrangian plan checked against the dual's (:mod:`optimizer.solve.check`: why,
+    and the rule sweeps share): the dual runs on the same task with its quality floors relaxed,
+    started from the augmented Lagrangian's limit prices.
 
     Returns the dual's plan (with its own status) when it meets every constraint of the task,
     floors included, and earns more than ``solver.dual_tol_gap`` of the bound above the augmented
-    Lagrangian's, or the augmented Lagrangian's ended infeasible or non-finite; else the augmented Lagrangian's plan with the dual's bound and gap (its status
-    unchanged: where a floor binds, the bound can be loose).
+    Lagrangian's, or the augmented Lagrangian's ended infeasible or non-finite; else the augmented
+    Lagrangian's plan with the dual's bound and gap (its status unchanged: where a floor binds,
+    the bound can be loose).
     """
     dual, task = checking_dual(prob, active, cfg, shared)
     y0 = dual.start_from(task, sol)
     dsol, _ = _dual_solve(dual, task, y0)(task, y0)
-    bound = float(dsol.bound)
+    dsol = jax.tree.map(np.asarray, dsol)
     b = evaluate_program(prob)(dsol.decision, prob, np.zeros(np.shape(prob.tp)), np.asarray(False))
-    g = np.where(np.asarray(active) > 0, np.asarray(b.constraints), -np.inf)
-    dual_feasible = bool(np.isfinite(float(b.margin)) and (g.size == 0 or np.max(g) <= cfg.solver.tol_feasibility))
-    margin, dual_margin = float(sol.margin), float(b.margin)
-    if not np.isfinite(bound):
-        return DualCheck(sol, "auglag", "")
-    if dual_feasible and result_name(sol.result) in (RESULTS.infeasible.label, RESULTS.non_finite.label):
+    dual_margin = float(b.margin)
+    feasible = bool(meets_every_constraint(dual_margin, np.asarray(b.constraints), np.asarray(active),
+                                           cfg.solver.tol_feasibility))
+    code = Verdict(int(verdict(int(sol.result), float(sol.margin), dual_margin, float(dsol.bound), feasible,
+                               cfg.solver.dual_tol_gap)))
+    kept = checked(jax.tree.map(np.asarray, sol), dsol, int(code))
+    margin = float(sol.margin)
+    if code == Verdict.replaced_infeasible:
         note = (f"the augmented Lagrangian ended {result_name(sol.result)}; the dual's plan meets every constraint "
                 f"(${dual_margin:,.0f}/day) and is kept")
-        log.warning(note)
-        return DualCheck(dsol, "dual", note)
-    if dual_feasible and dual_margin > margin + cfg.solver.dual_tol_gap * abs(bound):
+    elif code == Verdict.replaced_better:
         note = (f"the augmented Lagrangian stopped ({result_name(sol.result)}) at ${margin:,.0f}/day, "
                 f"{100 * (dual_margin - margin) / abs(dual_margin):.1f} % below the dual's plan (${dual_margin:,.0f}/day): "
                 "a stationary point of the non-concave margin; the dual's plan is kept")
-        log.warning(note)
-        return DualCheck(dsol, "dual", note)
-    gap = (bound - margin) / max(abs(bound), 1e-9)
-    return DualCheck(sol._replace(bound=jnp.asarray(bound), gap=jnp.asarray(gap)), "auglag", "")
+    else:
+        return DualCheck(kept, "auglag", "")
+    log.warning(note)
+    return DualCheck(kept, "dual", note)
 
 
 def checking_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool) -> tuple[Dual, object]:
@@ -169,8 +165,7 @@ def checking_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: boo
     the problem's shapes): the relaxed task with its quality floors relaxed (the dual cannot price
     them; relaxing a constraint keeps its bound valid)."""
     G = int(np.shape(prob.usd_per_gpu_hour)[0])
-    relaxed = np.asarray(active).copy()
-    relaxed[G + N_LIMITS:] = 0.0
+    relaxed = floors_relaxed(np.asarray(active, float), G)
     return dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0)), relaxed_task(prob, relaxed)
 
 

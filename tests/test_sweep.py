@@ -94,7 +94,7 @@ def test_rent_axes_keep_on_demand_above_reserved_and_idle_below():
                                     pytest.param("auglag", marks=pytest.mark.slow)])
 def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method):
     """Both sweep solvers against single runs of the augmented Lagrangian (8 starts): its own sweep
-    to 2e-4; the dual sweep to 0.1 %, never above its own certified bound, and the bound never
+    to 2e-4, within the checking dual's bound; the dual sweep to 0.1 %, never above its own certified bound, and the bound never
     below the single run's margin (weak duality)."""
     cfg = sweep_cfg(method=method)
     msgs = []
@@ -111,7 +111,10 @@ def test_sweep_rows_equal_single_solves_and_resume_equals_full(tmp_path, method)
         single = float(optimize(auglag(one)).relaxed_breakdown.margin)
         if method == "auglag":
             assert single == pytest.approx(row["margin_usd_per_day"], rel=2e-4)
-            assert np.isnan(row["margin_upper_bound_usd_per_day"])
+            # checked against the dual (optimizer.solve.check): its plan stands, with the dual's bound
+            assert row["solver"] == "auglag"
+            assert single <= row["margin_upper_bound_usd_per_day"] * (1 + 1e-9) + 0.01
+            assert 0 <= row["optimality_gap_bound"] <= cfg.solver.dual_tol_gap
         else:
             assert row["margin_usd_per_day"] == pytest.approx(single, rel=1e-3)
             bound = row["margin_upper_bound_usd_per_day"]
@@ -241,6 +244,26 @@ def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
     msgs = []
     run_sweep(floor, tmp_path / "c", tmp_path / "store_c", log=msgs.append)
     assert "solver auglag" in msgs[0]
+
+
+def test_an_augmented_lagrangian_row_below_the_duals_plan_takes_the_duals_plan(tmp_path):
+    """Every row of an augmented-Lagrangian sweep is checked against the dual (optimizer.solve.check):
+    with one outer step of three inner ones, every row stops well below its optimum, and takes the
+    dual's plan, the same plan a dual sweep finds (the check is that sweep's solve on the task with
+    floors relaxed; there are none here), its status and its bound. (With the solver's own steps
+    each row keeps its own plan, within the dual's bound: the slow test above.)"""
+    base = sweep_cfg(chunk_size=3)
+    base = replace(base, sweep=replace(base.sweep, axes={"rent": base.sweep.axes["rent"]}))
+    stalled = replace(base, solver=replace(base.solver, method="auglag", outer_steps=1, inner_steps=3, starts=1))
+    msgs = []
+    checked = run_sweep(stalled, tmp_path / "a", tmp_path / "store_a", log=msgs.append)
+    dual = run_sweep(replace(base, solver=replace(base.solver, method="dual")), tmp_path / "b", tmp_path / "store_b",
+                     log=lambda m: None)
+    assert "solver auglag" in msgs[0] and "replaced the augmented Lagrangian's in 3 scenario(s)" in msgs[-1]
+    assert (checked["solver"] == "dual").all() and (dual["solver"] == "dual").all()
+    for col in ("margin_usd_per_day", "margin_upper_bound_usd_per_day", "status", "gpus[h200-sxm]"):
+        pd.testing.assert_series_equal(checked[col], dual[col], rtol=1e-9)
+    assert dual["converged"].all()
 
 
 @pytest.mark.slow  # 40 s on 2 cores; in the nightly command (README)

@@ -29,6 +29,7 @@ from optimizer.schema import RunConfig
 from optimizer.solve import AugLag, Dual, relaxed_task
 from optimizer.solve.dual import DualStart
 from optimizer.solve.base import result_name
+from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
 from optimizer.sweep.axes import Target, apply_axes
 
 SWEEP_BISECTION_STEPS = 16
@@ -63,6 +64,8 @@ class SweepResult(NamedTuple):
     over: jnp.ndarray  # (G + 2,) the rounded-up quantity minus its limit
     limit: jnp.ndarray  # (G + 2,) the limits as set (NO_CAP where none)
     step: jnp.ndarray  # (G + 2,) the smallest step a whole fleet takes in each (one replica, one replica-period, its capex)
+    checked: jnp.ndarray  # int: the augmented Lagrangian's plan checked against the dual
+    # (optimizer.solve.check.Verdict: 0 kept, > 0 the dual's plan replaced it); -1 no check (a dual sweep)
 
 
 class Rounding(NamedTuple):
@@ -114,20 +117,32 @@ def plan_flags(b, prob, rounding: Rounding | None = None) -> tuple[jnp.ndarray, 
 
 
 def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts: int, warm, active: jnp.ndarray,
-                   serving=None) -> SweepResult:
+                   serving=None, check: Dual | None = None) -> SweepResult:
     """Assemble and solve one scenario (relaxed fleet), warm-started from the base scenario. Pure; vmappable.
 
     ``warm``: the dual's :class:`~optimizer.solve.DualStart` (its best split and limit prices), or the
     augmented Lagrangian's base optimum (a Decision), which starts one of ``starts`` rows (the others
-    start from reference prices × the generated factors).
+    start from reference prices × the generated factors). ``check``: the dual that checks the
+    augmented Lagrangian's plan (:mod:`optimizer.solve.check`) on the task with its quality floors
+    relaxed; ``warm`` is then ``(Decision, DualStart)``, the base scenario's optimum and the
+    check's base state.
     """
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
     task = relaxed_task(prob, active)
     if isinstance(solver, Dual):
         sol, state = solver.solve(task, warm)
         return scenario_result(sol, prob, state.start)
-    sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
-    return scenario_result(sol, prob, None)
+    if check is None:
+        sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
+        return scenario_result(sol, prob, None)
+    warm_decision, warm_dual = warm
+    sol, _ = solver.run_starts(task, warm_and_cold(prob, warm_decision, starts))
+    G = prob.usd_per_gpu_hour.shape[0]
+    dual_sol, _ = check.solve(relaxed_task(prob, floors_relaxed(active, G)), warm_dual)
+    b = evaluate(dual_sol.decision, prob)
+    feasible = meets_every_constraint(b.margin, b.constraints, active, solver.tol_feasibility)
+    code = verdict(sol.result, sol.margin, b.margin, dual_sol.bound, feasible, check.tol_gap)
+    return scenario_result(checked(sol, dual_sol, code), prob, None, code)
 
 
 def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.ndarray, serving, start: DualStart,
@@ -148,28 +163,29 @@ def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.nd
     return scenario_result(sol._replace(bound=jnp.minimum(bound, state.set_bound)), prob, state.start)
 
 
-def scenario_result(sol, prob, start) -> SweepResult:
+def scenario_result(sol, prob, start, checked_code=-1) -> SweepResult:
     """The row of a solved scenario: its plan evaluated on ``prob`` (the scenario as set), its flags
-    and how rounding up to whole replicas meets each limit."""
+    and how rounding up to whole replicas meets each limit (``checked_code``: :attr:`SweepResult.checked`)."""
     b = evaluate(sol.decision, prob)
     r = rounded_up(b, prob)
     return SweepResult(b.margin, b.revenue.sum(), b.gpu_cost, sol.result, sol.violation, sol.stats.iterations,
                        b.price_multiplier, b.sheet, b.price_per_request, b.requests_per_day, b.quality, b.mix,
                        econ.gpus_per_type(b.gpus), sol.bound, *plan_flags(b, prob, r), start, r.broken,
-                       r.whole - r.fractional, r.whole - r.limit, r.limit, r.step)
+                       r.whole - r.fractional, r.whole - r.limit, r.limit, r.step, jnp.asarray(checked_code))
 
 
-def chunk_program(targets, relative, solver, starts, mesh, reuse_serving: bool):
-    """The compiled chunk program; one per (axes, solver, mesh), reused by every later sweep."""
-    return _chunk_program(tuple(targets), tuple(relative), solver, starts, mesh, reuse_serving)
+def chunk_program(targets, relative, solver, starts, mesh, reuse_serving: bool, check: Dual | None = None):
+    """The compiled chunk program; one per (axes, solver, check, mesh), reused by every later sweep
+    (``check``: see :func:`solve_scenario`)."""
+    return _chunk_program(tuple(targets), tuple(relative), solver, starts, mesh, reuse_serving, check)
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, reuse_serving: bool):
+def _chunk_program(targets: tuple[Target, ...], relative, solver, starts, mesh, reuse_serving: bool, check):
     def run(base, values, pools, active, warm, serving):
         nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
         serve = serving if reuse_serving else None
-        return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve))(nums)
+        return jax.vmap(lambda n: solve_scenario(n, pools, solver, starts, warm, active, serve, check))(nums)
 
     return _sharded(run, mesh, 6, (1,))
 
@@ -229,9 +245,11 @@ def sweep_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps([d, code], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int, repaired=None) -> pd.DataFrame:
+def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, offset: int, repaired=None,
+                 solver: str = "dual") -> pd.DataFrame:
     """Flatten a chunk's results into one row per scenario (float64, rounded); ``repaired``: the
-    chunk's :class:`optimizer.sweep.repair.Repaired` (its rounds and lowered limits per row)."""
+    chunk's :class:`optimizer.sweep.repair.Repaired` (its rounds and lowered limits per row);
+    ``solver``: the sweep's solver (a row whose plan the dual's replaced says ``dual``)."""
     n = len(design_rows)
     out = design_rows.reset_index(drop=True).copy()
     out.insert(0, "scenario", np.arange(offset, offset + n))
@@ -248,6 +266,7 @@ def result_frame(res: SweepResult, labels: Labels, design_rows: pd.DataFrame, of
     out["price_at_bound"] = [", ".join(f"{labels.segments[s]}/{labels.models[j]}:{'floor' if at[i, s, j] < 0 else 'ceiling'}"
                                        for s, j in zip(*np.nonzero(at[i])) if labels.ref_input_usd_per_mtok[s][j] > 0)
                              for i in range(n)]
+    out["solver"] = np.where(np.asarray(r.checked) > int(Verdict.kept), "dual", solver)
     out["violation"] = r.violation
     out["iterations"] = r.iterations.astype(int)
     out["repair_rounds"] = np.zeros(n, int) if repaired is None else repaired.rounds

@@ -27,6 +27,7 @@ from optimizer.problem import (SERVING_FIELDS, assemble_jit, candidate_scores_ji
 from optimizer.schema import RunConfig
 from optimizer.solve import Dual, choose, relaxed_task
 from optimizer.solve.auglag import multistart
+from optimizer.solve.check import floors_relaxed
 from optimizer.solve.choose import dual_of
 from optimizer.solve.dual import dual_program
 from optimizer.sweep.axes import (MAX_PROBES, activated, axes_of, check_axes, check_rents, design, probe_rows,
@@ -69,17 +70,20 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
                     shared=labels.has_shared_products)
     log(f"sweep '{sw.name}': solver {solver.name}")
     base_task = relaxed_task(base_prob, active)
+    G = len(labels.gpus)
+    check = None
     if isinstance(solver, Dual):
         # the base scenario's cost split warm-starts every scenario (a long solve from an even split)
-        base_solver = dual_of(cfg.solver, temperature=sw.dual_temperature, shared=labels.has_shared_products,
-                              caps=solver.cap_weights)  # as every scenario after it
-        y0 = base_solver.init(base_task)
-        _, state = aot.exported("dual_solve", dual_program(base_solver), (base_task, y0), repr(base_solver))(
-            base_task, y0)
-        warm = state.start._replace(age=None)  # each scenario takes its first charge steps afresh
+        warm = _dual_warm(cfg, base_task, labels.has_shared_products, solver.cap_weights)
     else:  # the base scenario's optimum warm-starts every scenario of the sweep
         base, _ = multistart(solver, base_task, cfg.solver.starts, cfg.solver.seed)
         warm = base.decision
+        # every row's plan is checked against the dual's on its task with the floors relaxed
+        # (optimizer.solve.check), warm-started as a dual sweep's rows are
+        relaxed = floors_relaxed(np.asarray(active), G)
+        caps = bool(relaxed[:G].sum() > 0)
+        check = dual_of(cfg.solver, steps, sw.dual_temperature, labels.has_shared_products, warm=True, caps=caps)
+        warm = (warm, _dual_warm(cfg, relaxed_task(base_prob, relaxed), labels.has_shared_products, caps))
     reuse = not any(t.field in SERVING_FIELDS for t in targets)
     serving = aot.exported("serving", serving_of_jit, (numbers, pools))(numbers, pools) if reuse else None
     devices = jax.devices()
@@ -87,10 +91,11 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     nd = len(devices)
     chunk = min(sw.chunk_size, n_total)
     chunk = max(nd, math.ceil(chunk / nd) * nd)  # a multiple of the device count
-    program = chunk_program(targets, relative, solver, sw.starts, mesh, reuse)
+    program = chunk_program(targets, relative, solver, sw.starts, mesh, reuse, check)
     if mesh is None:  # traced once per machine (a rerun skips tracing; the compilation cache compiles)
         example = (numbers, np.zeros((chunk, len(names))), pools, active, warm, serving)
-        program = aot.exported("sweep_chunk", program, example, repr((targets, relative, solver, sw.starts, reuse)))
+        program = aot.exported("sweep_chunk", program, example,
+                               repr((targets, relative, solver, sw.starts, reuse, check)))
     fix = _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse, chunk, nd)
     key = sweep_key(cfg)
     folder = chunk_folder(store, key, chunk)  # this sweep's own folder: other sweeps in the store never mix
@@ -149,7 +154,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
             host = jax.tree.map(lambda x: np.asarray(x)[:len(rows)], res)
             fixed = repair(host, rows.to_numpy(float), fix, fix.batch, sw.repair_rounds)
             res = fixed.result
-        frame = result_frame(res, labels, rows, c * chunk, fixed)
+        frame = result_frame(res, labels, rows, c * chunk, fixed, solver.name)
         try:  # the lock is held until the file is in place (atomically), so no one solves or reads it half-way
             io.write_frame(path, frame)
         finally:
@@ -209,7 +214,21 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
     rate = f"{n_solved / max(wall - waited, 1e-9):,.0f} scenarios/s" if n_solved else "nothing to solve"
     log(f"sweep '{sw.name}': {n_solved} of {n_total} scenarios solved here ({n_total - n_solved} reused) in "
         f"{wall:.1f} s ({rate}, {len(devices)} device(s)); {n_bad} not converged (flagged in the 'status' column)")
+    if check is not None:
+        n_replaced = int((result["solver"] == "dual").sum())
+        log(f"sweep '{sw.name}': the dual's plan replaced the augmented Lagrangian's in {n_replaced} scenario(s) "
+            "('solver' column): it met every constraint and earned more, or the augmented Lagrangian's was infeasible")
     return result
+
+
+def _dual_warm(cfg: RunConfig, base_task, shared: bool, caps: bool):
+    """The state of the dual solved from scratch on the base scenario's task, as every warm-started
+    scenario after it solves (``sweep.dual_temperature``): their start, each taking its first
+    charge steps afresh."""
+    solver = dual_of(cfg.solver, temperature=cfg.sweep.dual_temperature, shared=shared, caps=caps)
+    y0 = solver.init(base_task)
+    _, state = aot.exported("dual_solve", dual_program(solver), (base_task, y0), repr(solver))(base_task, y0)
+    return state.start._replace(age=None)
 
 
 def _candidate_scores(numbers, pools, plan: pd.DataFrame, targets, relative) -> tuple[np.ndarray, np.ndarray]:
