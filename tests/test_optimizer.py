@@ -213,6 +213,56 @@ def test_bad_inputs_give_clear_errors():
         build_problem(run_config({"chat": segment()}, precisions=("fp16",)))
 
 
+def test_the_check_against_the_dual_is_one_rule_on_the_host_and_in_a_batched_program():
+    """optimizer.solve.check: which plan stands, case by case, the same in NumPy (a single run) as
+    under jit(vmap) (a sweep's rows): a NaN bound checks nothing; a plan that ended infeasible or
+    non-finite gives way to a dual plan that meets every constraint; a feasible one only to a dual
+    plan better by more than tol_gap of the bound; an infeasible dual plan never replaces anything."""
+    import jax
+    import jax.numpy as jnp
+
+    from optimizer.solve import RESULTS
+    from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
+
+    ok, step, bad, nan = RESULTS.converged, RESULTS.step_limit, RESULTS.infeasible, RESULTS.non_finite
+    # (result, margin, dual margin, bound, dual feasible) -> verdict, with tol_gap = 5e-3
+    cases = [((ok, 100.0, 200.0, np.nan, True), Verdict.kept),
+             ((ok, 100.0, 200.0, 210.0, True), Verdict.replaced_better),
+             ((step, 100.0, 200.0, 210.0, False), Verdict.kept),
+             ((ok, 199.0, 200.0, 210.0, True), Verdict.kept),  # 1 < 5e-3 x 210
+             ((ok, 198.0, 200.0, 210.0, True), Verdict.replaced_better),
+             ((bad, 900.0, 200.0, 210.0, True), Verdict.replaced_infeasible),
+             ((nan, np.nan, 200.0, 210.0, True), Verdict.replaced_infeasible),
+             ((bad, 900.0, 200.0, 210.0, False), Verdict.kept)]
+    cols = [np.asarray(c) for c in zip(*(args for args, _ in cases))]
+    want = np.asarray([int(v) for _, v in cases])
+    host = np.asarray([verdict(*args, 5e-3) for args, _ in cases])
+    batched = jax.jit(jax.vmap(lambda *a: verdict(*a, 5e-3)))(*cols)
+    np.testing.assert_array_equal(host, want)
+    np.testing.assert_array_equal(np.asarray(batched), want)
+    # feasibility counts active constraints only, and a non-finite margin is never feasible
+    g, on = np.asarray([0.5, -0.2, 2e-5]), np.asarray([0.0, 1.0, 1.0])
+    assert meets_every_constraint(1.0, g, on, 1e-4) and not meets_every_constraint(1.0, g, on, 1e-5)
+    assert not meets_every_constraint(np.inf, g, on, 1e-4)
+    assert bool(jax.jit(meets_every_constraint, static_argnums=3)(1.0, jnp.asarray(g), jnp.asarray(on), 1e-4))
+    # quality floors (after G caps and the two budgets) are switched off; caps and budgets stay
+    np.testing.assert_array_equal(floors_relaxed(np.asarray([1.0, 0.0, 1.0, 1.0, 1.0, 1.0]), 2), [1, 0, 1, 1, 0, 0])
+    # the kept plan carries the dual's bound and the gap to it; a replaced one is the dual's
+    from optimizer.solve.base import Solution, Stats
+
+    def sol(margin, bound):
+        z = np.asarray(0.0)
+        return Solution(None, np.asarray(0), -np.asarray(margin), np.asarray(margin), z, np.zeros(3),
+                        np.asarray(bound), np.asarray(np.nan), Stats(z, z, z))
+
+    mine, dual = sol(100.0, np.nan), sol(104.0, 110.0)
+    kept = checked(mine, dual, int(Verdict.kept))
+    assert float(kept.margin) == 100.0 and float(kept.bound) == 110.0
+    assert float(kept.gap) == pytest.approx(10.0 / 110.0, rel=1e-12)
+    assert float(checked(mine, dual, int(Verdict.replaced_better)).margin) == 104.0
+    assert np.isnan(float(checked(mine, sol(104.0, np.nan), int(Verdict.kept)).bound))
+
+
 def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_dual_earns_more():
     """``against_dual``: an augmented-Lagrangian plan that prices every product far above what buyers
     pay sells nothing and is flat there (stationary, so its own test can say converged); the check
