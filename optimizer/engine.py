@@ -106,14 +106,30 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
         sol, _ = _dual_solve(solver, task, y0)(task, y0)
         return DualCheck(sol, solver.name, "")
     s = cfg.solver
+    # the dual first, on the task without its floors: its plan replaces the last of the augmented
+    # Lagrangian's starts (near the optimum where no floor binds, a start a floor moves from), and it
+    # checks the plan the augmented Lagrangian returns (against_dual)
+    dual_sol = checking_solve(prob, active, cfg, shared)
     if show_bar:  # a host callback cannot be exported: traced in this process
         with bar.bar(solver.outer_steps, "solving", True):
-            sol, _ = multistart(dataclasses.replace(solver, progress=bar.outer_step), task, s.starts, s.seed)
+            sol, _ = multistart(dataclasses.replace(solver, progress=bar.outer_step), task, s.starts, s.seed,
+                                start=dual_sol.decision)
             sol = jax.block_until_ready(sol)
     else:
         dec0 = initial_decisions(prob, s.starts, s.seed)
+        dec0 = jax.tree.map(lambda d, x: np.concatenate([d[:-1], np.asarray(x)[None]]), dec0, dual_sol.decision)
         sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
-    return against_dual(prob, active, cfg, sol, shared)
+    return against_dual(prob, active, cfg, sol, shared, dual_sol)
+
+
+def checking_solve(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool,
+                   sol: Solution | None = None) -> Solution:
+    """The dual's solution of the task with its quality floors relaxed (:func:`checking_dual`),
+    from scratch, or started from the limit prices of ``sol``'s multipliers."""
+    dual, task = checking_dual(prob, active, cfg, shared)
+    y0 = dual.init(task) if sol is None else dual.start_from(task, sol)
+    dsol, _ = _dual_solve(dual, task, y0)(task, y0)
+    return jax.tree.map(np.asarray, dsol)
 
 
 class DualCheck(NamedTuple):
@@ -124,10 +140,12 @@ class DualCheck(NamedTuple):
     note: str  # what the check found, for the run's summary ("" when the augmented Lagrangian's plan stands)
 
 
-def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, shared: bool) -> DualCheck:
+def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, shared: bool,
+                 dual_sol: Solution | None = None) -> DualCheck:
     """An augmented-Lagrangian plan checked against the dual's (:mod:`optimizer.solve.check`: why,
-    and the rule sweeps share): the dual runs on the same task with its quality floors relaxed,
-    started from the augmented Lagrangian's limit prices.
+    and the rule sweeps share): ``dual_sol``, the dual's solution of the same task with its quality
+    floors relaxed (:func:`checking_solve`; None: solved here, started from the augmented
+    Lagrangian's limit prices).
 
     Returns the dual's plan (with its own status) when it meets every constraint of the task,
     floors included, and earns more than ``solver.dual_tol_gap`` of the bound above the augmented
@@ -135,10 +153,7 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
     Lagrangian's plan with the dual's bound and gap (its status unchanged: where a floor binds,
     the bound can be loose).
     """
-    dual, task = checking_dual(prob, active, cfg, shared)
-    y0 = dual.start_from(task, sol)
-    dsol, _ = _dual_solve(dual, task, y0)(task, y0)
-    dsol = jax.tree.map(np.asarray, dsol)
+    dsol = checking_solve(prob, active, cfg, shared, sol) if dual_sol is None else dual_sol
     b = evaluate_program(prob)(dsol.decision, prob, np.zeros(np.shape(prob.tp)), np.asarray(False))
     dual_margin = float(b.margin)
     feasible = bool(meets_every_constraint(dual_margin, np.asarray(b.constraints), np.asarray(active),
@@ -151,9 +166,11 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
         note = (f"the augmented Lagrangian ended {result_name(sol.result)}; the dual's plan meets every constraint "
                 f"(${dual_margin:,.0f}/day) and is kept")
     elif code == Verdict.replaced_better:
+        why = (": a stationary point of the non-concave margin" if result_name(sol.result) == RESULTS.converged.label
+               else "")
         note = (f"the augmented Lagrangian stopped ({result_name(sol.result)}) at ${margin:,.0f}/day, "
-                f"{100 * (dual_margin - margin) / abs(dual_margin):.1f} % below the dual's plan (${dual_margin:,.0f}/day): "
-                "a stationary point of the non-concave margin; the dual's plan is kept")
+                f"{100 * (dual_margin - margin) / abs(dual_margin):.1f} % below the dual's plan (${dual_margin:,.0f}/day)"
+                f"{why}; the dual's plan is kept")
     else:
         return DualCheck(kept, "auglag", "")
     log.warning(note)

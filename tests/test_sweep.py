@@ -247,11 +247,12 @@ def test_capped_sweep_uses_the_dual_and_matches_single_solves(tmp_path):
 
 
 def test_an_augmented_lagrangian_row_below_the_duals_plan_takes_the_duals_plan(tmp_path):
-    """Every row of an augmented-Lagrangian sweep is checked against the dual (optimizer.solve.check):
-    with one outer step of three inner ones, every row stops well below its optimum, and takes the
-    dual's plan, the same plan a dual sweep finds (the check is that sweep's solve on the task with
-    floors relaxed; there are none here), its status and its bound. (With the solver's own steps
-    each row keeps its own plan, within the dual's bound: the slow test above.)"""
+    """Every row of an augmented-Lagrangian sweep is checked against the dual (optimizer.solve.check),
+    the same solve a dual sweep's row makes (on the task with floors relaxed; there are none here),
+    whose plan is also one of the row's starts. With one outer step of three inner ones the
+    augmented Lagrangian stalls: no row ends below the dual's plan by more than the tolerance, a
+    row that would takes the dual's plan, status and bound, and every row carries the dual's bound.
+    (With the solver's own steps each row keeps its own plan: the slow test above.)"""
     base = sweep_cfg(chunk_size=3)
     base = replace(base, sweep=replace(base.sweep, axes={"rent": base.sweep.axes["rent"]}))
     stalled = replace(base, solver=replace(base.solver, method="auglag", outer_steps=1, inner_steps=3, starts=1))
@@ -259,11 +260,16 @@ def test_an_augmented_lagrangian_row_below_the_duals_plan_takes_the_duals_plan(t
     checked = run_sweep(stalled, tmp_path / "a", tmp_path / "store_a", log=msgs.append)
     dual = run_sweep(replace(base, solver=replace(base.solver, method="dual")), tmp_path / "b", tmp_path / "store_b",
                      log=lambda m: None)
-    assert "solver auglag" in msgs[0] and "replaced the augmented Lagrangian's in 3 scenario(s)" in msgs[-1]
-    assert (checked["solver"] == "dual").all() and (dual["solver"] == "dual").all()
-    for col in ("margin_usd_per_day", "margin_upper_bound_usd_per_day", "status", "gpus[h200-sxm]"):
-        pd.testing.assert_series_equal(checked[col], dual[col], rtol=1e-9)
-    assert dual["converged"].all()
+    assert dual["converged"].all() and (dual["solver"] == "dual").all()
+    replaced = checked["solver"] == "dual"
+    assert "solver auglag" in msgs[0] and f"replaced the augmented Lagrangian's in {replaced.sum()} scenario(s)" in msgs[-1]
+    assert replaced.sum() >= 1
+    tol = stalled.solver.dual_tol_gap * dual["margin_upper_bound_usd_per_day"]
+    assert (checked["margin_usd_per_day"] >= dual["margin_usd_per_day"] - tol).all()
+    for col in ("margin_usd_per_day", "status", "gpus[h200-sxm]"):
+        pd.testing.assert_series_equal(checked.loc[replaced, col], dual.loc[replaced, col], rtol=1e-9)
+    pd.testing.assert_series_equal(checked["margin_upper_bound_usd_per_day"], dual["margin_upper_bound_usd_per_day"],
+                                   rtol=1e-9)
 
 
 @pytest.mark.slow  # 40 s on 2 cores; in the nightly command (README)

@@ -136,9 +136,12 @@ def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts
         sol, _ = solver.run_starts(task, warm_and_cold(prob, warm, starts))
         return scenario_result(sol, prob, None)
     warm_decision, warm_dual = warm
-    sol, _ = solver.run_starts(task, warm_and_cold(prob, warm_decision, starts))
     G = prob.usd_per_gpu_hour.shape[0]
     dual_sol, _ = check.solve(relaxed_task(prob, floors_relaxed(active, G)), warm_dual)
+    # the dual's plan (the scenario's optimum without its floors) is one more start
+    dec0 = jax.tree.map(lambda a, d: jnp.concatenate([a, d[None]]), warm_and_cold(prob, warm_decision, starts),
+                        dual_sol.decision)
+    sol, _ = solver.run_starts(task, dec0)
     b = evaluate(dual_sol.decision, prob)
     feasible = meets_every_constraint(b.margin, b.constraints, active, solver.tol_feasibility)
     code = verdict(sol.result, sol.margin, b.margin, dual_sol.bound, feasible, check.tol_gap)
