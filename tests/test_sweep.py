@@ -251,10 +251,14 @@ def test_an_augmented_lagrangian_row_below_the_duals_plan_takes_the_duals_plan(t
     the same solve a dual sweep's row makes (on the task with floors relaxed; there are none here),
     whose plan is also one of the row's starts. With one outer step of three inner ones the
     augmented Lagrangian stalls: no row ends below the dual's plan by more than the tolerance, a
-    row that would takes the dual's plan, status and bound, and every row carries the dual's bound.
+    row that would takes the dual's plan, status and bound (after the same repair pass a dual
+    sweep's row goes through: six dual steps leave a row to repair), and every row carries the
+    dual's bound.
     (With the solver's own steps each row keeps its own plan: the slow test above.)"""
     base = sweep_cfg(chunk_size=3)
-    base = replace(base, sweep=replace(base.sweep, axes={"rent": base.sweep.axes["rent"]}))
+    # few dual steps per row: the rows need the repair pass (which re-solves a row holding the dual's plan)
+    base = replace(base, sweep=replace(base.sweep, axes={"rent": base.sweep.axes["rent"]}, dual_steps=6,
+                                       dual_steps_periods=6))
     stalled = replace(base, solver=replace(base.solver, method="auglag", outer_steps=1, inner_steps=3, starts=1))
     msgs = []
     checked = run_sweep(stalled, tmp_path / "a", tmp_path / "store_a", log=msgs.append)
@@ -266,10 +270,46 @@ def test_an_augmented_lagrangian_row_below_the_duals_plan_takes_the_duals_plan(t
     assert replaced.sum() >= 1
     tol = stalled.solver.dual_tol_gap * dual["margin_upper_bound_usd_per_day"]
     assert (checked["margin_usd_per_day"] >= dual["margin_usd_per_day"] - tol).all()
-    for col in ("margin_usd_per_day", "status", "gpus[h200-sxm]"):
+    assert (checked.loc[replaced, "repair_rounds"] > 0).any()
+    for col in ("margin_usd_per_day", "status", "gpus[h200-sxm]", "repair_rounds"):
         pd.testing.assert_series_equal(checked.loc[replaced, col], dual.loc[replaced, col], rtol=1e-9)
     pd.testing.assert_series_equal(checked["margin_upper_bound_usd_per_day"], dual["margin_upper_bound_usd_per_day"],
                                    rtol=1e-9)
+
+
+def test_a_repair_never_takes_a_dual_plan_that_breaks_a_quality_floor():
+    """The repair pass of an augmented-Lagrangian sweep re-solves a row holding the dual's plan on
+    its task without floors; a plan that breaks a floor counts as infeasible, so it is never taken."""
+    import functools
+
+    import jax
+
+    from optimizer.constraints import active_mask
+    from optimizer.problem import assemble
+    from optimizer.solve import relaxed_task
+    from optimizer.solve.check import floors_relaxed
+    from optimizer.solve.choose import dual_of, has_quality_floors
+    from optimizer.sweep.batch import repair_scenario
+
+    base = sweep_cfg()
+    dual = dual_of(base.solver, steps=50)
+    solve = jax.jit(functools.partial(repair_scenario, solver=dual, serving=None, floors=True))  # one compile
+    statuses = {}
+    for floor in (0.5, 0.9999):  # fp8 serves below 0.9999 of BF16's quality, far above 0.5
+        chat = replace(base.demand.segments["chat"], min_quality=floor)
+        cfg = replace(base, demand=replace(base.demand, segments={**base.demand.segments, "chat": chat}))
+        numbers, pools, labels = scenario_inputs(cfg)
+        prob = assemble(numbers, pools)
+        active = np.asarray(active_mask(labels, prob, fixed_fleet=False))
+        G = len(labels.gpus)
+        assert has_quality_floors(active, G)
+        start = dual.init(relaxed_task(prob, floors_relaxed(active, G)))
+        row = solve(numbers, pools, active=active, start=start, cut=np.zeros(G + 2), bound=np.asarray(np.inf))
+        statuses[floor] = (int(row.status), float(np.asarray(row.quality)[labels.segments.index("chat")].max()))
+    from optimizer.solve import RESULTS
+
+    assert statuses[0.9999][0] == RESULTS.infeasible and statuses[0.9999][1] < 0.9999
+    assert statuses[0.5][0] != RESULTS.infeasible and statuses[0.5][1] > 0.5
 
 
 @pytest.mark.slow  # 40 s on 2 cores; in the nightly command (README)

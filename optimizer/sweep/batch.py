@@ -28,7 +28,7 @@ from optimizer.problem import PRICE_BOUND_TOL, Labels, Numbers, Pools, assemble,
 from optimizer.schema import RunConfig
 from optimizer.solve import AugLag, Dual, relaxed_task
 from optimizer.solve.dual import DualStart
-from optimizer.solve.base import result_name
+from optimizer.solve.base import RESULTS, result_name
 from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
 from optimizer.sweep.axes import Target, apply_axes
 
@@ -137,7 +137,7 @@ def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts
         return scenario_result(sol, prob, None)
     warm_decision, warm_dual = warm
     G = prob.usd_per_gpu_hour.shape[0]
-    dual_sol, _ = check.solve(relaxed_task(prob, floors_relaxed(active, G)), warm_dual)
+    dual_sol, dual_state = check.solve(relaxed_task(prob, floors_relaxed(active, G)), warm_dual)
     # the dual's plan (the scenario's optimum without its floors) is one more start
     dec0 = jax.tree.map(lambda a, d: jnp.concatenate([a, d[None]]), warm_and_cold(prob, warm_decision, starts),
                         dual_sol.decision)
@@ -145,11 +145,11 @@ def solve_scenario(numbers: Numbers, pools: Pools, solver: AugLag | Dual, starts
     b = evaluate(dual_sol.decision, prob)
     feasible = meets_every_constraint(b.margin, b.constraints, active, solver.tol_feasibility)
     code = verdict(sol.result, sol.margin, b.margin, dual_sol.bound, feasible, check.tol_gap)
-    return scenario_result(checked(sol, dual_sol, code), prob, None, code)
+    return scenario_result(checked(sol, dual_sol, code), prob, dual_state.start, code)
 
 
 def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.ndarray, serving, start: DualStart,
-                    cut: jnp.ndarray, bound: jnp.ndarray) -> SweepResult:
+                    cut: jnp.ndarray, bound: jnp.ndarray, floors: bool = False) -> SweepResult:
     """Solve one scenario again from its own dual state ``start``, within its limits lowered by ``cut``
     (G + 2,) (GPU caps, daily budget, capex budget; 0: as set). Pure; vmappable.
 
@@ -157,12 +157,21 @@ def repair_scenario(numbers: Numbers, pools: Pools, solver: Dual, active: jnp.nd
     against the lower of ``bound`` (the scenario's bound so far) and this solve's dual function at
     the scenario's own limits (valid within lowered limits too: they enter the Lagrangian only as
     a constant).
+
+    ``floors``: a row of an augmented-Lagrangian sweep that holds the dual's plan (static). The dual
+    solves the task with its quality floors relaxed (its bound stays valid), and a plan that breaks
+    a constraint of ``active``, floors included, counts as infeasible (a repair never takes it).
     """
     prob = assemble(numbers, pools, serving, SWEEP_BISECTION_STEPS)
     G = prob.gpu_cap.shape[0]
     within = prob._replace(gpu_cap=prob.gpu_cap - cut[:G], budget_usd_per_day=prob.budget_usd_per_day - cut[G],
                            capex_budget_usd=prob.capex_budget_usd - cut[G + 1])
-    sol, state = solver.solve(relaxed_task(within, active), start, as_set=prob)
+    sol, state = solver.solve(relaxed_task(within, floors_relaxed(active, G) if floors else active), start,
+                              as_set=prob)
+    if floors:
+        b = evaluate(sol.decision, prob)
+        ok = meets_every_constraint(b.margin, b.constraints, active, solver.tol_feasibility)
+        sol = sol._replace(result=jnp.where(ok, sol.result, int(RESULTS.infeasible)))
     return scenario_result(sol._replace(bound=jnp.minimum(bound, state.set_bound)), prob, state.start)
 
 
@@ -208,17 +217,18 @@ def _probe_program(targets: tuple[Target, ...], relative):
     return jax.jit(run)
 
 
-def repair_program(targets, relative, solver: Dual, mesh, reuse_serving: bool):
-    """The compiled repair program (:func:`repair_scenario` over a batch of rows, each from its own state)."""
-    return _repair_program(tuple(targets), tuple(relative), solver, mesh, reuse_serving)
+def repair_program(targets, relative, solver: Dual, mesh, reuse_serving: bool, floors: bool = False):
+    """The compiled repair program (:func:`repair_scenario` over a batch of rows, each from its own
+    state; ``floors``: see there)."""
+    return _repair_program(tuple(targets), tuple(relative), solver, mesh, reuse_serving, floors)
 
 
 @functools.lru_cache(maxsize=16)
-def _repair_program(targets: tuple[Target, ...], relative, solver: Dual, mesh, reuse_serving: bool):
+def _repair_program(targets: tuple[Target, ...], relative, solver: Dual, mesh, reuse_serving: bool, floors: bool):
     def run(base, values, pools, active, serving, start, cut, bound):
         nums = jax.vmap(lambda v: apply_axes(base, targets, relative, v))(values)
         serve = serving if reuse_serving else None
-        return jax.vmap(lambda n, y, c, u: repair_scenario(n, pools, solver, active, serve, y, c, u))(
+        return jax.vmap(lambda n, y, c, u: repair_scenario(n, pools, solver, active, serve, y, c, u, floors))(
             nums, start, cut, bound)
 
     return _sharded(run, mesh, 8, (1, 5, 6, 7))

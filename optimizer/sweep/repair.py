@@ -12,7 +12,9 @@ A repaired row is certified against the scenario as set: its bound is the lowest
 pass's and every re-solve's dual function at the scenario's own limits (lowered limits change the
 Lagrangian only by a constant), so its gap says what the whole fleet costs against the relaxed
 optimum; its ``repair_rounds`` and ``limits_lowered`` columns say
-how it was found. Host-side (NumPy) bookkeeping around one compiled program
+how it was found. In an augmented-Lagrangian sweep the rows that hold the plan of the dual that
+checks it (:mod:`optimizer.solve.check`) are repaired the same way, on their task without quality
+floors; a plan that breaks a floor is not taken. Host-side (NumPy) bookkeeping around one compiled program
 (:func:`optimizer.sweep.batch.repair_program`) run on fixed-size batches of rows.
 """
 
@@ -45,13 +47,17 @@ def rank(status, whole_ok) -> np.ndarray:
                     status + 1)
 
 
-def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int) -> Repaired:
+def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int,
+           eligible: np.ndarray | None = None) -> Repaired:
     """Re-solve every row of ``result`` (host copy of a chunk's SweepResult) that is not a converged,
     whole-able plan, up to ``rounds`` times each.
 
     Args:
       values: (N, A) the rows' axis values. solve: ``solve(values, start, cut, bound)`` on ``batch``
         rows at a time (the compiled repair program), returning their SweepResult.
+      eligible: (N,) bool, the rows the dual may re-solve (None: every row): in an
+        augmented-Lagrangian sweep, those holding the dual's plan. A row keeps whose plan it holds
+        (its ``checked`` code).
     """
     import jax
 
@@ -62,7 +68,7 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int)
     cut = np.zeros_like(np.asarray(res.over))
     for attempt in range(rounds):  # a row once a plan stays one, so every row to do has been in each round
         r = rank(res.status, res.whole_ok)
-        todo = np.nonzero(r > RANK_PLAN)[0]
+        todo = np.nonzero((r > RANK_PLAN) & (True if eligible is None else np.asarray(eligible, bool)))[0]
         if todo.size == 0:
             break
         # every row whose rounded-up plan breaks a limit solves within it lowered (step-limited ones
@@ -95,7 +101,7 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int)
             done_rounds[rows] = attempt + 1
             lowered[idx] = (cut_now[idx] > 0).any(-1)
             cut[rows] = cut_now[rows]
-    return Repaired(res, done_rounds, lowered)
+    return Repaired(res._replace(checked=np.asarray(result.checked)), done_rounds, lowered)
 
 
 def _put(old, idx, new):

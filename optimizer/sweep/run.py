@@ -96,7 +96,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         example = (numbers, np.zeros((chunk, len(names))), pools, active, warm, serving)
         program = aot.exported("sweep_chunk", program, example,
                                repr((targets, relative, solver, sw.starts, reuse, check)))
-    fix = _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse, chunk, nd)
+    fix = _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse, chunk, nd, check)
     key = sweep_key(cfg)
     folder = chunk_folder(store, key, chunk)  # this sweep's own folder: other sweeps in the store never mix
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,8 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         fixed = None
         if fix is not None:  # the rows left without a plan, solved again from their own state
             host = jax.tree.map(lambda x: np.asarray(x)[:len(rows)], res)
-            fixed = repair(host, rows.to_numpy(float), fix, fix.batch, sw.repair_rounds)
+            fixed = repair(host, rows.to_numpy(float), fix, fix.batch, sw.repair_rounds,
+                           np.asarray(host.checked) > 0 if fix.only_checked else None)
             res = fixed.result
         frame = result_frame(res, labels, rows, c * chunk, fixed, solver.name)
         try:  # the lock is held until the file is in place (atomically), so no one solves or reads it half-way
@@ -251,8 +252,9 @@ def _candidate_scores(numbers, pools, plan: pd.DataFrame, targets, relative) -> 
 class _Repairer:
     """The repair program on ``batch`` rows at a time, compiled (or loaded) when a row first needs it."""
 
-    def __init__(self, make: Callable, fixed_args: tuple, batch: int):
+    def __init__(self, make: Callable, fixed_args: tuple, batch: int, only_checked: bool = False):
         self.make, self.fixed_args, self.batch, self.program = make, fixed_args, batch, None
+        self.only_checked = only_checked  # repair only the rows holding the checking dual's plan
 
     def __call__(self, values, start, cut, bound):
         if self.program is None:
@@ -262,27 +264,32 @@ class _Repairer:
 
 
 def _repairer(sw, solver, numbers, pools, active, warm, serving, targets, relative, mesh, reuse: bool, chunk: int,
-              n_devices: int) -> _Repairer | None:
-    """The sweep's repair pass (:mod:`optimizer.sweep.repair`): dual solves only, ``sweep.repair_rounds`` > 0."""
-    if not isinstance(solver, Dual) or sw.repair_rounds <= 0:
+              n_devices: int, check: Dual | None = None) -> _Repairer | None:
+    """The sweep's repair pass (:mod:`optimizer.sweep.repair`), ``sweep.repair_rounds`` > 0: dual
+    solves, of every row of a dual sweep, or of the rows of an augmented-Lagrangian sweep that hold
+    the plan of its checking dual ``check`` (on the task with its floors relaxed; a plan that breaks
+    a floor is not taken)."""
+    if sw.repair_rounds <= 0 or not (isinstance(solver, Dual) or check is not None):
         return None
-    steps = sw.repair_steps or 2 * solver.steps
-    fixer = dataclasses.replace(solver, steps=steps)
+    floors = not isinstance(solver, Dual)
+    dual = check if floors else solver
+    start = (warm[1] if floors else warm)._replace(age=np.zeros(()))  # a row's own state carries its age
+    steps = sw.repair_steps or 2 * dual.steps
+    fixer = dataclasses.replace(dual, steps=steps)
     batch = min(REPAIR_BATCH, chunk)
     batch = max(n_devices, math.ceil(batch / n_devices) * n_devices)
-    n_limits = np.shape(warm.limit_price)[-1]
+    n_limits = np.shape(start.limit_price)[-1]
 
     def make():
-        program = repair_program(targets, relative, fixer, mesh, reuse)
+        program = repair_program(targets, relative, fixer, mesh, reuse, floors)
         if mesh is not None:
             return program
-        start = warm._replace(age=np.zeros(()))  # a row's own state carries its age
         example = (numbers, np.zeros((batch, len(targets))), pools, active, serving,
                    jax.tree.map(lambda x: np.zeros((batch,) + np.shape(x)), start), np.zeros((batch, n_limits)),
                    np.zeros(batch))
-        return aot.exported("sweep_repair", program, example, repr((targets, relative, fixer, reuse)))
+        return aot.exported("sweep_repair", program, example, repr((targets, relative, fixer, reuse, floors)))
 
-    return _Repairer(make, (numbers, pools, active, serving), batch)
+    return _Repairer(make, (numbers, pools, active, serving), batch, floors)
 
 
 REPAIR_BATCH = 16
