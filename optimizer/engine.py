@@ -24,12 +24,12 @@ import numpy as np
 from optimizer import aot
 from optimizer import economics as econ
 from optimizer.constraints import active_mask, constraint_names
-from optimizer.decision import decode, encode, initial_decisions, reference_decision
+from optimizer.decision import decode, encode, reference_decision
 from optimizer.objective import Breakdown, evaluate_plan_jit
 from optimizer.problem import Labels, Problem, assemble_jit, build_problem, problem_shapes
 from optimizer.schema import RunConfig
 from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choose, fixed_task, relaxed_task
-from optimizer.solve.auglag import multistart, run_starts_jit
+from optimizer.solve.auglag import multistart, run_starts_jit, start_decisions
 from optimizer.solve.base import result_name
 from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
 from optimizer.solve.choose import choose_fleet_solver, dual_of
@@ -116,8 +116,7 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
                                 start=dual_sol.decision)
             sol = jax.block_until_ready(sol)
     else:
-        dec0 = initial_decisions(prob, s.starts, s.seed)
-        dec0 = jax.tree.map(lambda d, x: np.concatenate([d[:-1], np.asarray(x)[None]]), dec0, dual_sol.decision)
+        dec0 = start_decisions(prob, s.starts, s.seed, dual_sol.decision)
         sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
     return against_dual(prob, active, cfg, sol, shared, dual_sol)
 

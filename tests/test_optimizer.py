@@ -255,6 +255,18 @@ def test_the_check_against_the_dual_is_one_rule_on_the_host_and_in_a_batched_pro
         return Solution(None, np.asarray(0), -np.asarray(margin), np.asarray(margin), z, np.zeros(3),
                         np.asarray(bound), np.asarray(np.nan), Stats(z, z, z))
 
+    # the dual's plan is the augmented Lagrangian's last start (host-side, the others as generated)
+    from optimizer.decision import initial_decisions
+    from optimizer.solve.auglag import start_decisions
+
+    prob, _ = build_problem(run_config({"chat": segment()}))
+    gen = initial_decisions(prob, 4, 0)
+    plan = jax.tree.map(lambda x: np.full(np.shape(x)[1:], 0.25), gen)
+    dec0 = start_decisions(prob, 4, 0, plan)
+    for got, g, p in zip(dec0, gen, plan):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got[:-1], g[:-1])
+        np.testing.assert_array_equal(got[-1], p)
     mine, dual = sol(100.0, np.nan), sol(104.0, 110.0)
     kept = checked(mine, dual, int(Verdict.kept))
     assert float(kept.margin) == 100.0 and float(kept.bound) == 110.0

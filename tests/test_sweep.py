@@ -140,13 +140,13 @@ def test_a_repair_round_keeps_the_better_plan_and_continues_the_solve():
     from optimizer.solve import RESULTS
     from optimizer.sweep.repair import repair
 
-    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit")
+    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit checked")
 
-    def rows(margin, bound, state):
+    def rows(margin, bound, state, checked=(-1, -1)):
         none = np.zeros((2, 3))
         return Rows(np.full(2, int(RESULTS.step_limit)), np.ones(2, bool), np.asarray(margin, float),
                     np.asarray(bound, float), np.asarray(state, float), none.astype(bool), none, none, none,
-                    np.full((2, 3), 1e9))
+                    np.full((2, 3), 1e9), np.asarray(checked))
 
     starts = []
 
@@ -155,7 +155,8 @@ def test_a_repair_round_keeps_the_better_plan_and_continues_the_solve():
         k = len(starts)
         return rows([90.0 + k, 55.0 + k], np.minimum(bound, [105.0 - k, 61.0]), [k, k])  # as repair_scenario
 
-    out = repair(rows([100.0, 50.0], [110.0, 60.0], [0.0, 0.0]), np.zeros((2, 1)), solve, batch=2, rounds=2)
+    out = repair(rows([100.0, 50.0], [110.0, 60.0], [0.0, 0.0], (0, 2)), np.zeros((2, 1)), solve, batch=2, rounds=2)
+    np.testing.assert_array_equal(out.result.checked, [0, 2])  # whose plan a row holds never changes
     np.testing.assert_allclose(out.result.margin, [100.0, 57.0])  # row 0: the first pass's; row 1: round 2's
     np.testing.assert_allclose(out.result.bound, [103.0, 60.0])  # the lowest bound of any round
     np.testing.assert_allclose(starts[1], [1.0, 1.0])  # round 2 continued from round 1's states
@@ -172,12 +173,13 @@ def test_a_row_over_its_cap_is_solved_again_within_the_cap_as_set():
     from optimizer.solve import RESULTS
     from optimizer.sweep.repair import repair
 
-    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit")
+    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit checked")
     limit = np.array([[197.0, 1e9, 1e9]])
 
     def row(status, whole):
         return Rows(np.array([int(status)]), np.array([True]), np.array([1.0]), np.array([9.0]), np.zeros(1),
-                    whole > limit, whole - limit, np.array([[0.4, 0.0, 0.0]]), np.array([[8.0, 1.0, 1.0]]), limit)
+                    whole > limit, whole - limit, np.array([[0.4, 0.0, 0.0]]), np.array([[8.0, 1.0, 1.0]]), limit,
+                    np.array([-1]))
 
     cuts = []
 

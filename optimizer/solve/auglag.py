@@ -22,6 +22,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optimizer.decision import Decision, initial_decisions, reference_decision
@@ -167,13 +168,18 @@ class AugLag:
         return jax.tree.map(lambda x: x[i], sols), sols
 
 
-def multistart(solver: AugLag, task: Task, starts: int, seed: int, start: Decision | None = None):
-    """``(best, all)`` of ``starts`` generated starts (:func:`optimizer.decision.initial_decisions`);
+def start_decisions(prob, starts: int, seed: int, start: Decision | None = None) -> Decision:
+    """``starts`` generated starts (:func:`optimizer.decision.initial_decisions`, host-side NumPy);
     ``start`` (e.g. another solver's plan) replaces the last one."""
-    dec0 = initial_decisions(task.problem, starts, seed)
-    if start is not None:
-        dec0 = jax.tree.map(lambda d, x: d.at[-1].set(x), dec0, start)
-    return run_starts_jit(solver, task, dec0)
+    dec0 = initial_decisions(prob, starts, seed)
+    if start is None:
+        return dec0
+    return jax.tree.map(lambda d, x: np.concatenate([d[:-1], np.asarray(x, d.dtype)[None]]), dec0, start)
+
+
+def multistart(solver: AugLag, task: Task, starts: int, seed: int, start: Decision | None = None):
+    """``(best, all)`` of the :func:`start_decisions` (``start``: the last one)."""
+    return run_starts_jit(solver, task, start_decisions(task.problem, starts, seed, start))
 
 
 run_starts_jit = jax.jit(AugLag.run_starts, static_argnums=0)
