@@ -56,7 +56,7 @@ class AugLag:
     inner_steps: int = 150
     learning_rate: float = 0.1
     final_learning_rate: float = 0.001
-    penalty: float = 20.0  # ρ
+    penalty: float = 100.0  # ρ (solver.penalty)
     tol_feasibility: float = 1e-4
     tol_objective: float = 1e-6
     sharpness_start: float = SHARPNESS_START
