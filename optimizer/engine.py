@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optimizer import aot
@@ -118,15 +117,14 @@ def solve_relaxed(prob: Problem, active: np.ndarray, cfg: RunConfig, show_bar: b
     else:
         dec0 = start_decisions(prob, s.starts, s.seed, dual_sol.decision)
         sol, _ = aot.exported("auglag_starts", starts_program(solver), (task, dec0), repr(solver))(task, dec0)
-    return against_dual(prob, active, cfg, sol, shared, dual_sol)
+    return against_dual(prob, active, cfg, sol, dual_sol)
 
 
-def checking_solve(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool,
-                   sol: Solution | None = None) -> Solution:
-    """The dual's solution of the task with its quality floors relaxed (:func:`checking_dual`),
-    from scratch, or started from the limit prices of ``sol``'s multipliers."""
+def checking_solve(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool) -> Solution:
+    """The dual's solution, from scratch, of the task with its quality floors relaxed
+    (:func:`checking_dual`)."""
     dual, task = checking_dual(prob, active, cfg, shared)
-    y0 = dual.init(task) if sol is None else dual.start_from(task, sol)
+    y0 = dual.init(task)
     dsol, _ = _dual_solve(dual, task, y0)(task, y0)
     return jax.tree.map(np.asarray, dsol)
 
@@ -139,12 +137,10 @@ class DualCheck(NamedTuple):
     note: str  # what the check found, for the run's summary ("" when the augmented Lagrangian's plan stands)
 
 
-def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, shared: bool,
-                 dual_sol: Solution | None = None) -> DualCheck:
-    """An augmented-Lagrangian plan checked against the dual's (:mod:`optimizer.solve.check`: why,
-    and the rule sweeps share): ``dual_sol``, the dual's solution of the same task with its quality
-    floors relaxed (:func:`checking_solve`; None: solved here, started from the augmented
-    Lagrangian's limit prices).
+def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solution, dsol: Solution) -> DualCheck:
+    """An augmented-Lagrangian plan ``sol`` checked against the dual's, ``dsol``: its solution of
+    the same task with the quality floors relaxed (:func:`checking_solve`; why, and the rule sweeps
+    share: :mod:`optimizer.solve.check`).
 
     Returns the dual's plan (with its own status) when it meets every constraint of the task,
     floors included, and earns more than ``solver.dual_tol_gap`` of the bound above the augmented
@@ -152,7 +148,6 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
     Lagrangian's plan with the dual's bound and gap (its status unchanged: where a floor binds,
     the bound can be loose).
     """
-    dsol = checking_solve(prob, active, cfg, shared, sol) if dual_sol is None else dual_sol
     b = evaluate_program(prob)(dsol.decision, prob, np.zeros(np.shape(prob.tp)), np.asarray(False))
     dual_margin = float(b.margin)
     feasible = bool(meets_every_constraint(dual_margin, np.asarray(b.constraints), np.asarray(active),
@@ -177,7 +172,7 @@ def against_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, sol: Solutio
 
 
 def checking_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: bool) -> tuple[Dual, object]:
-    """``(dual solver, task)`` that :func:`against_dual` runs (and a first run compiles early, from
+    """``(dual solver, task)`` that :func:`checking_solve` runs (and a first run compiles early, from
     the problem's shapes): the relaxed task with its quality floors relaxed (the dual cannot price
     them; relaxing a constraint keeps its bound valid)."""
     G = int(np.shape(prob.usd_per_gpu_hour)[0])

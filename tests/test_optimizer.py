@@ -311,7 +311,7 @@ def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_d
 
     from optimizer.catalog import to_schema
     from optimizer.decision import raw_price, reference_decision
-    from optimizer.engine import against_dual
+    from optimizer.engine import against_dual, checking_solve
     from optimizer.schema import RunConfig, register_configs
     from optimizer.solve import RESULTS
     from optimizer.solve.base import Solution, Stats
@@ -331,17 +331,18 @@ def test_a_stationary_point_of_the_augmented_lagrangian_never_stands_where_the_d
     C = np.shape(active)[0]
     stuck = Solution(dead, jnp.asarray(RESULTS.converged.value), -b.margin / prob.scale, b.margin, jnp.asarray(0.0),
                      jnp.zeros(C), jnp.asarray(np.nan), jnp.asarray(np.nan), Stats(jnp.asarray(1), jnp.asarray(1), jnp.asarray(0.0)))
-    checked = against_dual(prob, active, cfg, stuck, labels.has_shared_products)
+    dsol = checking_solve(prob, active, cfg, labels.has_shared_products)
+    checked = against_dual(prob, active, cfg, stuck, dsol)
     assert checked.method == "dual" and "below the dual's plan" in checked.note
     assert float(checked.solution.margin) > 2.0 * float(b.margin) > 0.0
     assert float(checked.solution.bound) >= float(checked.solution.margin)
     # a plan that breaks a constraint never stands beside one that meets them all, whatever it earns
     broken = stuck._replace(result=jnp.asarray(RESULTS.infeasible.value), margin=10.0 * checked.solution.margin)
-    fixed = against_dual(prob, active, cfg, broken, labels.has_shared_products)
+    fixed = against_dual(prob, active, cfg, broken, dsol)
     assert fixed.method == "dual" and "ended infeasible" in fixed.note
     assert float(fixed.solution.margin) == float(checked.solution.margin)
     # the dual's own plan, handed in as the augmented Lagrangian's, stands, bounded by the same bound
-    kept = against_dual(prob, active, cfg, checked.solution._replace(bound=jnp.asarray(np.nan)), labels.has_shared_products)
+    kept = against_dual(prob, active, cfg, checked.solution._replace(bound=jnp.asarray(np.nan)), dsol)
     assert kept.method == "auglag" and kept.note == ""
     assert float(kept.solution.margin) == float(checked.solution.margin)
     assert float(kept.solution.bound) >= float(kept.solution.margin)
