@@ -443,6 +443,8 @@ class DualStart(NamedTuple):
     cap_weight: jnp.ndarray | None = None  # (G, J, K, T) the GPU caps' period weights (None: ``weight``)
     od_price: jnp.ndarray | None = None  # (G, T) prices of the on-demand caps per period, in reserved rents per
     # on-demand GPU-hour (None: 0); (G, 0) without caps
+    cap_split: jnp.ndarray | None = None  # (G, J, K, T) in [0, 1]: share of the caps' weight charged on the peak
+    # load's GPUs, the rest on the mean load's (None: ``split``)
 
 
 class DualState(NamedTuple):
@@ -493,6 +495,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                else project_weights(y0.weight, period_ratio(kappa, od0, prob), nu))
     # the caps' weights lie in the simplex whatever the rents, so a neighbour's stay valid
     cap_weight0 = weight0 if y0.cap_weight is None else jnp.asarray(y0.cap_weight, dtype)
+    cap_split0 = jnp.asarray(y0.split if y0.cap_split is None else y0.cap_split, dtype)
     periods = y0.split.shape[-1]
     age = jnp.zeros((), dtype) if y0.age is None else jnp.asarray(y0.age, dtype)
 
@@ -513,17 +516,20 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         best_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
         cap_weight: jnp.ndarray  # (G, J, K, T) the caps' period weights (Frank–Wolfe iterate; periods > 1)
         best_cap_weight: jnp.ndarray  # (G, J, K, T) the best iterate's
+        cap_split: jnp.ndarray  # (G, J, K, T) the caps' split between peak and mean load (with ``cap_weight``)
+        best_cap_split: jnp.ndarray  # (G, J, K, T) the best iterate's
         od_price: jnp.ndarray  # (G, T) the on-demand caps' prices (Frank–Wolfe iterate, with the weights)
         od_last: jnp.ndarray  # (G, T) the caps' prices at the last step's needs (a warm start for the next)
         best_od_price: jnp.ndarray  # (G, T) the best iterate's
 
-    def rates(lam, split, cap_weight):
+    def rates(lam, cap_weight, cap_split):
         """(rate, cap charges, cap rate): over several periods a cap's price is charged on its own
-        weights, towards each pool's peak (the subgradient of the GPUs it counts, Σ_p max_t n_pt)."""
+        weights, towards each pool's peak, split on its own between the peak and the mean load's GPUs
+        (the subgradient of the GPUs it counts, Σ_p max_t max(P_pt/ρp, D_pt/ρd))."""
         if periods == 1 or not solver.cap_weights:
             return charged_rate(lam, prob), None, None
         G = prob.usd_per_gpu_hour.shape[0]
-        return (charged_rate(lam.at[:G].set(0.0), prob), split_charges(split, cap_weight),
+        return (charged_rate(lam.at[:G].set(0.0), prob), split_charges(cap_split, cap_weight),
                 prob.usd_per_gpu_hour * lam[:G])
 
     def step(c: Carry, k):
@@ -534,11 +540,12 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         split, lam = jax.tree.map(lambda b, p: jnp.where(use_best, b, p), c.best, c.params)
         weight = jnp.where(use_best, c.best_weight, c.weight)
         cap_weight = jnp.where(use_best, c.best_cap_weight, c.cap_weight)
+        cap_split = jnp.where(use_best, c.best_cap_split, c.cap_split)
         od_price = jnp.where(use_best, c.best_od_price, c.od_price)
         t = jnp.where(k < n, t0 * ratio**jnp.minimum(k, n - 1),
                       jnp.where(k == n, solver.temperature, jnp.where(k == n + 1, c.best_t, 1e-9)))
         iters = jnp.where(k < n, solver.sheet_steps, solver.sheet_steps * FINAL_SHEET_FACTOR)
-        rate, cap_charges, cap_rate = rates(lam, split, cap_weight)
+        rate, cap_charges, cap_rate = rates(lam, cap_weight, cap_split)
         x = primal(split_charges(split, weight), prob, t, rate, solver.sheet_steps,
                    jnp.where(use_best, c.best_sheet, c.sheet), iters, cap_charges, cap_rate, c.od_last)
         excess = limit_excess(x, prob, mask)
@@ -552,6 +559,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                               best_sheet=jnp.where(better, x.log_mu, c.best_sheet),
                               best_weight=jnp.where(better, weight, c.best_weight),
                               best_cap_weight=jnp.where(better, cap_weight, c.best_cap_weight),
+                              best_cap_split=jnp.where(better, cap_split, c.best_cap_split),
                               best_od_price=jnp.where(better, od_price, c.best_od_price))
 
         def update(c):
@@ -574,17 +582,23 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                 daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
                 moved = peak + daily
                 params = (peak / jnp.maximum(moved, 1e-300), params[1])
-                cap_moved = cap_weight
+                cap_moved, cap_split_moved = cap_weight, cap_split
                 if solver.cap_weights:
-                    need = jnp.maximum(x.peak_need, x.daily_need)  # a pool's GPUs count at its peak
-                    top = need.max(-1, keepdims=True)
-                    # a smoothed argmax of each pool's needs: the load-duration weights with κ → ∞
-                    at_peak = smooth_charge_weights(need, NO_ON_DEMAND, 0.0, width * top[..., 0])
+                    # a cap counts each pool's GPUs at its peak period: the load-duration cost with no
+                    # on-demand option (κ → ∞, ν = 0), so its charges take the same target as the rent's —
+                    # a smoothed argmax of each pool's needs, split between the peak and the mean load
+                    # by the rule of the water-filled batch — on their own split (with the rent's split
+                    # the caps' price was charged on too few GPUs where the batch fills the peak period:
+                    # capped `wide` rows stalled with a bound about 0.7 % high)
+                    cap_goal = charge_target(x, NO_ON_DEMAND, 0.0, width)
+                    at_peak = cap_goal.peak + cap_goal.daily
+                    peak_part = cap_weight * cap_split + eta * (cap_goal.peak - cap_weight * cap_split)
                     cap_moved = cap_weight + eta * (at_peak - cap_weight)
+                    cap_split_moved = jnp.clip(peak_part / jnp.maximum(cap_moved, 1e-300), 0.0, 1.0)
             else:
-                moved, cap_moved, od_moved = weight, cap_weight, od_price
+                moved, cap_moved, od_moved, cap_split_moved = weight, cap_weight, od_price, cap_split
             return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved,
-                                    od_price=od_moved, od_last=x.od_price)
+                                    cap_split=cap_split_moved, od_price=od_moved, od_last=x.od_price)
 
         def finish(c):
             c = jax.lax.cond(k == n, keep, lambda c: c, c)
@@ -610,7 +624,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     carry = Carry(params0, opt.init(params0), jnp.asarray(-jnp.inf, dtype), params0,
                   jnp.asarray(solver.temperature, dtype), x0, jnp.asarray(False), jnp.asarray(jnp.inf, dtype),
                   jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype), sheet0, sheet0, weight0, weight0,
-                  cap_weight0, cap_weight0, od0, od0, od0)
+                  cap_weight0, cap_weight0, cap_split0, cap_split0, od0, od0, od0)
     c, _ = jax.lax.scan(step, carry, jnp.arange(n + 4))
     best = c.final
     gap = (c.bound - best.margin) / jnp.maximum(jnp.abs(c.bound), 1e-9)
@@ -619,7 +633,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
     # iterate of the charges (an average of their targets) and the limit prices where the steps left
     # them. The best plan's charges are one point of an oscillation between plans, a worse dual point
     # (restarting from them made every repair round of a `wide` sweep row raise its bound).
-    start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight, c.od_price)
+    start = DualStart(*c.params, c.sheet, c.weight, age + n, c.cap_weight, c.od_price, c.cap_split)
     return DualState(start, best, c.bound, gap, violation, c.local_bound, c.set_bound)
 
 
@@ -660,7 +674,8 @@ class Dual:
         R = np.shape(task.problem.sheet_ref)[0]
         shape = pool_period_shape(task.problem)
         return DualStart(np.full(shape, 0.5), np.zeros(G + N_LIMITS), np.zeros((R, 3)), uniform_weight(shape, xp=np),
-                         None, uniform_weight(shape, xp=np), np.zeros(np.shape(task.problem.on_demand_cap)))
+                         None, uniform_weight(shape, xp=np), np.zeros(np.shape(task.problem.on_demand_cap)),
+                         np.full(shape, 0.5))
 
     def start_from(self, task: Task, sol: Solution) -> DualStart:
         """An even split and the limit prices implied by a solution's multipliers of the GPU caps
@@ -672,7 +687,7 @@ class Dual:
         sheet = np.asarray(log_multiplier(np.asarray(sol.decision.price_raw), prob))
         shape = pool_period_shape(prob)
         return DualStart(np.full(shape, 0.5), np.maximum(lam, 0.0), sheet, uniform_weight(shape, xp=np), None,
-                         uniform_weight(shape, xp=np), np.zeros(np.shape(prob.on_demand_cap)))
+                         uniform_weight(shape, xp=np), np.zeros(np.shape(prob.on_demand_cap)), np.full(shape, 0.5))
 
     def solve(self, task: Task, y0: DualStart, as_set: Problem | None = None) -> tuple[Solution, DualState]:
         """``(Solution, DualState)``: the plan checked against the objective of every solver
