@@ -31,7 +31,7 @@ from optimizer.solve import RESULTS, AugLag, Dual, IntegerRepair, Solution, choo
 from optimizer.solve.auglag import multistart, run_starts_jit, start_decisions
 from optimizer.solve.base import result_name
 from optimizer.solve.check import Verdict, checked, floors_relaxed, meets_every_constraint, verdict
-from optimizer.solve.choose import choose_fleet_solver, dual_of
+from optimizer.solve.choose import choose_fleet_solver, dual_of, peak_limits
 from optimizer.solve.dual import N_LIMITS, dual_program
 from optimizer.solve.integer import fleet_rows_jit, limit_cut
 
@@ -177,7 +177,7 @@ def checking_dual(prob: Problem, active: np.ndarray, cfg: RunConfig, shared: boo
     them; relaxing a constraint keeps its bound valid)."""
     G = int(np.shape(prob.usd_per_gpu_hour)[0])
     relaxed = floors_relaxed(np.asarray(active, float), G)
-    return dual_of(cfg.solver, shared=shared, caps=bool(relaxed[:G].sum() > 0)), relaxed_task(prob, relaxed)
+    return dual_of(cfg.solver, shared=shared, caps=peak_limits(relaxed, G)), relaxed_task(prob, relaxed)
 
 
 def _dual_solve(solver: Dual, task, y0, lowered=None):

@@ -407,23 +407,27 @@ def test_a_high_volume_day_stays_certified_as_the_steps_grow():
     assert 0.0 <= float(sol.gap) <= 0.01  # the bound with per-segment prices (shared sheets: ≈ 0.7 % above)
 
 
-@pytest.mark.parametrize("volume", [1e9, 3e9])
-def test_a_capped_day_whose_batch_fills_the_peak_is_certified(volume):
+@pytest.mark.parametrize("limit,volume", [("cap", 1e9), ("cap", 3e9), ("capex", 3e9)])
+def test_a_capped_day_whose_batch_fills_the_peak_is_certified(limit, volume):
     """A GPU cap counts each pool's GPUs at its peak period, where the batch may fill the mean
     load up to the peak (here a chat cycle and a batch segment under a cap at 60 % of the free
     fleet; at 3·10⁹ requests/day the batch fills every period). The cap's price is charged on its
     own split between the peak and the mean load's GPUs: on the rent's split (which charges a
     filled period's mean load only the valley's weight) it fell on too few GPUs, and the dual
-    stopped at the step limit 9.7 % and 8.0 % above its plan. The bound holds the augmented
+    stopped at the step limit 9.7 % and 8.0 % above its plan. The capex budget counts the same
+    GPUs, so its price goes on the same charges: on the rent's period weights the dual stopped
+    9.3 % above a plan 3.4 % below the augmented Lagrangian's. The bound holds the augmented
     Lagrangian's plan, and the two plans agree."""
     segs = {"chat": segment(demand="logit", elasticity=1.5, peak_to_mean=3.0,
                             profile="burstgpt-1-azure-openai-gpt"),
             "batch": segment(tier="batch", elasticity=1.5, volume=volume)}
     free = optimize(run_config(segs, periods=24, method="dual"))
-    cap = 0.6 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
-    dual = optimize(run_config(segs, periods=24, method="dual", gpu_caps={"h100-sxm": cap}))
-    al = optimize(run_config(segs, periods=24, method="auglag", gpu_caps={"h100-sxm": cap}))
+    gpus = 0.6 * float(np.asarray(free.relaxed_breakdown.gpus).sum())
+    within = ({"gpu_caps": {"h100-sxm": gpus}} if limit == "cap"
+              else {"capex_budget_usd": gpus * float(free.prob.capex_per_gpu[0])})
+    dual = optimize(run_config(segs, periods=24, method="dual", **within))
+    al = optimize(run_config(segs, periods=24, method="auglag", **within))
     assert dual.relaxed.result == 0 and float(dual.relaxed.gap) <= 1e-3
-    assert float(np.asarray(dual.relaxed_breakdown.gpus).sum()) == pytest.approx(cap, rel=2e-3)
+    assert float(np.asarray(dual.relaxed_breakdown.gpus).sum()) == pytest.approx(gpus, rel=2e-3)
     assert float(dual.relaxed.bound) >= float(al.relaxed.margin) * (1 - 1e-9)
     assert float(dual.relaxed.margin) == pytest.approx(float(al.relaxed.margin), rel=5e-3)

@@ -24,6 +24,13 @@ def has_quality_floors(active, n_gpus: int) -> bool:
     return bool(np.asarray(active)[n_gpus + N_LIMITS:].sum() > 0)
 
 
+def peak_limits(active, n_gpus: int) -> bool:
+    """Whether a limit that counts each pool's GPUs at its peak is active: a GPU cap or the capex
+    budget (over several periods the dual charges their prices on their own weights)."""
+    a = np.asarray(active)
+    return bool(a[:n_gpus].sum() + a[n_gpus + 1] > 0)
+
+
 def auglag_of(settings) -> AugLag:
     """The augmented-Lagrangian solver of a :class:`optimizer.schema.SolverConfig`."""
     return AugLag(outer_steps=settings.outer_steps, inner_steps=settings.inner_steps,
@@ -36,7 +43,8 @@ def dual_of(settings, steps: int | None = None, temperature: float | None = None
             warm: bool = False, caps: bool = False) -> Dual:
     """The dual solver of a :class:`optimizer.schema.SolverConfig` (``steps``, ``temperature``: e.g. a
     sweep's scenarios; ``shared``: some product's sheet is paid by several segments; ``warm``: it
-    starts from a neighbouring scenario's charges; ``caps``: a GPU cap is active)."""
+    starts from a neighbouring scenario's charges; ``caps``: a GPU cap or the capex budget is
+    active, :func:`peak_limits`)."""
     return Dual(steps=settings.dual_steps if steps is None else steps, tol_gap=settings.dual_tol_gap,
                 temperature=settings.dual_temperature if temperature is None else temperature,
                 sheet_steps=SHEET_STEPS if shared else 0, charge_offset=WARM_CHARGE_OFFSET if warm else 0.0,
@@ -60,7 +68,7 @@ def choose(active, n_gpus: int, settings, dual_steps: int | None = None,
                           "use solver.method=auto or auglag")
     if method == "auglag" or (method == "auto" and floors):
         return auglag_of(settings)
-    caps = bool(np.asarray(active)[:n_gpus].sum() > 0)  # a GPU cap: its price gets its own period weights
+    caps = peak_limits(active, n_gpus)  # a GPU cap or the capex budget: priced on their own period weights
     return dual_of(settings, dual_steps, dual_temperature, shared, warm=dual_steps is not None, caps=caps)
 
 

@@ -523,14 +523,16 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
         best_od_price: jnp.ndarray  # (G, T) the best iterate's
 
     def rates(lam, cap_weight, cap_split):
-        """(rate, cap charges, cap rate): over several periods a cap's price is charged on its own
-        weights, towards each pool's peak, split on its own between the peak and the mean load's GPUs
-        (the subgradient of the GPUs it counts, Σ_p max_t max(P_pt/ρp, D_pt/ρd))."""
+        """(rate, cap charges, cap rate): over several periods the prices of the GPU caps and the
+        capex budget are charged on their own weights, towards each pool's peak, split on their own
+        between the peak and the mean load's GPUs (the subgradient of the GPUs they count,
+        Σ_p max_t max(P_pt/ρp, D_pt/ρd))."""
         if periods == 1 or not solver.cap_weights:
             return charged_rate(lam, prob), None, None
         G = prob.usd_per_gpu_hour.shape[0]
-        return (charged_rate(lam.at[:G].set(0.0), prob), split_charges(cap_split, cap_weight),
-                prob.usd_per_gpu_hour * lam[:G])
+        at_peak = lam.at[G].set(0.0)  # the caps' and the capex budget's prices
+        return (charged_rate(lam - at_peak, prob), split_charges(cap_split, cap_weight),
+                charged_rate(at_peak, prob) - prob.usd_per_gpu_hour)
 
     def step(c: Carry, k):
         # k < n: Rprop update; n: last iterate at the final temperature; n+1: best at its temperature
@@ -660,7 +662,7 @@ class Dual:
     learning_rate: float = 0.01  # first step in split and limit prices (Rprop then adapts it per coordinate)
     temperature: float = 1e-2  # final option-choice softmax temperature (utils; log-profit for CE)
     temperature_start: float = 5e-2  # annealed geometrically to `temperature` over the steps
-    cap_weights: bool = False  # a GPU cap is active: over several periods, charge its price on its own weights
+    cap_weights: bool = False  # a GPU cap or the capex budget is active: over several periods, their prices go on their own weights
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
     tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
     sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)

@@ -28,7 +28,7 @@ from optimizer.schema import RunConfig
 from optimizer.solve import Dual, choose, relaxed_task
 from optimizer.solve.auglag import multistart
 from optimizer.solve.check import floors_relaxed
-from optimizer.solve.choose import dual_of
+from optimizer.solve.choose import dual_of, peak_limits
 from optimizer.solve.dual import dual_program
 from optimizer.sweep.axes import (MAX_PROBES, activated, axes_of, check_axes, check_rents, design, probe_rows,
                                   resolve_path)
@@ -81,7 +81,7 @@ def run_sweep(cfg: RunConfig, outdir: Path, store: Path, progress: bool = False,
         # every row's plan is checked against the dual's on its task with the floors relaxed
         # (optimizer.solve.check), warm-started as a dual sweep's rows are
         relaxed = floors_relaxed(np.asarray(active), G)
-        caps = bool(relaxed[:G].sum() > 0)
+        caps = peak_limits(relaxed, G)
         check = dual_of(cfg.solver, steps, sw.dual_temperature, labels.has_shared_products, warm=True, caps=caps)
         warm = (warm, _dual_warm(cfg, relaxed_task(base_prob, relaxed), labels.has_shared_products, caps))
     reuse = not any(t.field in SERVING_FIELDS for t in targets)
