@@ -662,7 +662,7 @@ class Dual:
     learning_rate: float = 0.01  # first step in split and limit prices (Rprop then adapts it per coordinate)
     temperature: float = 1e-2  # final option-choice softmax temperature (utils; log-profit for CE)
     temperature_start: float = 5e-2  # annealed geometrically to `temperature` over the steps
-    cap_weights: bool = False  # a GPU cap or the capex budget is active: over several periods, their prices go on their own weights
+    cap_weights: bool = False  # a GPU cap or the capex budget is active: over several periods, priced on own weights
     tol_gap: float = 5e-3  # certified relative gap (bound − margin) / |bound| to call a scenario converged
     tol_feasibility: float = 1e-4  # relative excess over a GPU cap or budget that still counts as feasible
     sheet_steps: int = 0  # Newton steps on shared price sheets per step (0: contracts only)
