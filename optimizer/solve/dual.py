@@ -132,6 +132,15 @@ def charge_target(x: "Primal", kappa, nu, width: float = WEIGHT_WIDTH) -> Charge
     return Charges(weight - daily, daily)
 
 
+def charges_towards(weight: jnp.ndarray, split: jnp.ndarray, goal: Charges, eta) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """A Frank–Wolfe step ``eta`` of the charges ``(π s, π (1 − s))`` towards ``goal``: the new
+    period weights ``π`` and split ``s`` (all (G, J, K, T))."""
+    peak = weight * split + eta * (goal.peak - weight * split)
+    daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
+    moved = peak + daily
+    return moved, peak / jnp.maximum(moved, 1e-300)
+
+
 def charge_share(ch: Charges, prob: Problem) -> jnp.ndarray:
     """(S, J, K, G) reserved GPU-days per day charged per unit of each flow's mean load (busy GPUs):
     interactive flows pay every period's peak and daily charges on their load there; deferrable
@@ -580,10 +589,8 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                 goal = charge_target(x, period_ratio(kappa, od_goal, prob), nu, width)
                 eta = 2.0 / (k + 4.0 + solver.charge_offset + age)
                 od_moved = od_price + eta * (od_goal - od_price)
-                peak = weight * split + eta * (goal.peak - weight * split)
-                daily = weight * (1.0 - split) + eta * (goal.daily - weight * (1.0 - split))
-                moved = peak + daily
-                params = (peak / jnp.maximum(moved, 1e-300), params[1])
+                moved, split_moved = charges_towards(weight, split, goal, eta)
+                params = (split_moved, params[1])
                 cap_moved, cap_split_moved = cap_weight, cap_split
                 if solver.cap_weights:
                     # a cap counts each pool's GPUs at its peak period: the load-duration cost with no
@@ -593,10 +600,7 @@ def solve_dual(prob: Problem, y0: DualStart, solver: "Dual", active: jnp.ndarray
                     # the caps' price was charged on too few GPUs where the batch fills the peak period:
                     # capped `wide` rows stalled with a bound about 0.7 % high)
                     cap_goal = charge_target(x, NO_ON_DEMAND, 0.0, width)
-                    at_peak = cap_goal.peak + cap_goal.daily
-                    peak_part = cap_weight * cap_split + eta * (cap_goal.peak - cap_weight * cap_split)
-                    cap_moved = cap_weight + eta * (at_peak - cap_weight)
-                    cap_split_moved = jnp.clip(peak_part / jnp.maximum(cap_moved, 1e-300), 0.0, 1.0)
+                    cap_moved, cap_split_moved = charges_towards(cap_weight, cap_split, cap_goal, eta)
             else:
                 moved, cap_moved, od_moved, cap_split_moved = weight, cap_weight, od_price, cap_split
             return keep(c)._replace(params=params, opt_state=st, sheet=x.log_mu, weight=moved, cap_weight=cap_moved,
