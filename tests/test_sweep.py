@@ -192,6 +192,48 @@ def test_a_row_over_its_cap_is_solved_again_within_the_cap_as_set():
     assert out.result.status[0] == RESULTS.converged and not out.lowered[0]
 
 
+def test_each_round_lowers_the_limits_its_last_solve_broke():
+    """`wide` row 218 at 24 periods: its first pass rounds up over the daily budget; solved within
+    the budget lowered, it rounds up over the B200 cap instead, at a lower relaxed margin, so that
+    plan is not kept. The next round must lower the cap that solve broke (keeping the budget's cut):
+    lowering only what the kept plan broke cut the budget round after round, the cap stayed broken and
+    the row ended without a whole fleet. A limit the last solve broke by a hair comes down by at least
+    a share of what rounding adds (``CUT_SHARE``), not by one replica-period only."""
+    from collections import namedtuple
+
+    from optimizer.solve import RESULTS
+    from optimizer.solve.integer import CUT_SHARE
+    from optimizer.sweep.repair import repair
+
+    Rows = namedtuple("Rows", "status whole_ok margin bound start broken over overshoot step limit checked")
+    limit = np.array([[336.1, 45663.7, 1e30]])
+    step = np.array([[8.0, 2.6, 1.0]])
+
+    def row(margin, whole, fractional):
+        whole, fractional = np.array([whole]), np.array([fractional])
+        broken = whole > limit
+        return Rows(np.array([int(RESULTS.converged)]), ~broken.any(-1), np.array([margin]), np.array([1.5e5]),
+                    np.zeros(1), broken, whole - limit, whole - fractional, step, limit, np.array([-1]))
+
+    first = row(147923.0, [336.0, 45817.1, 0.0], [335.8, 45598.7, 0.0])  # budget broken by rounding
+    answers = [row(147878.0, [337.0, 45650.0, 0.0], [336.1, 45440.0, 0.0]),  # within the budget: the cap breaks
+               row(147860.0, [337.0, 45663.0, 0.0], [336.1, 45445.0, 0.0]),  # cap still broken by a hair
+               row(147625.0, [329.0, 45600.0, 0.0], [328.1, 45380.0, 0.0])]  # both kept: a whole fleet
+    cuts = []
+
+    def solve(values, start, cut, bound):
+        cuts.append(np.asarray(cut).copy())
+        return answers[len(cuts) - 1]
+
+    out = repair(first, np.zeros((1, 1)), solve, batch=1, rounds=4)
+    assert len(cuts) == 3
+    np.testing.assert_allclose(cuts[0][0], [0.0, 218.4, 0.0], atol=0.05)  # the budget, by what rounding adds
+    assert cuts[1][0, 0] >= 0.9 and cuts[1][0, 1] == cuts[0][0, 1]  # then the cap the last solve broke
+    assert cuts[2][0, 0] - cuts[1][0, 0] >= max(0.9, 2.0 * CUT_SHARE * 0.9)
+    assert cuts[2][0, 1] == cuts[0][0, 1]
+    assert out.result.whole_ok[0] and out.result.margin[0] == 147625.0 and out.lowered[0]
+
+
 def test_a_row_without_a_whole_fleet_is_solved_again_within_a_lowered_budget(tmp_path):
     """A binding daily budget where rounding every pool up to whole replicas breaks it: without the
     repair pass the row is flagged ``no_whole_fleet``; with it the row is solved again within the

@@ -35,13 +35,20 @@ def limit_cut(cut, broken, over, overshoot, step, attempt):
     Rounding every pool up adds roughly the same GPUs and cost (``overshoot`` = whole − fractional)
     at any nearby plan, so a relaxation solved within ``limit − overshoot`` rounds up to a fleet
     within the limit. Where that falls just short, the limit comes down by the excess ``over`` (whole
-    − limit) or the smallest step a whole fleet takes ``step`` × ``2**(attempt − 1)``, whichever is
-    more: lowering the relaxation spreads over the periods, and a period's whole replicas drop only
-    when its need crosses a whole replica, so the step grows until one does. ``attempt`` (…,) counts
-    the earlier cuts; limits not broken keep ``cut``."""
-    doubling = 2.0 ** np.maximum(np.asarray(attempt, float) - 1.0, 0.0)
-    grow = cut + np.maximum(over, step * np.expand_dims(doubling, -1))
+    − limit), or by the larger of the smallest step a whole fleet takes ``step`` and
+    :data:`CUT_SHARE` of the overshoot, × ``2**(attempt − 1)``, whichever is more: lowering the
+    relaxation spreads over the pools and periods, and a period's whole replicas drop only when its
+    need crosses a whole replica, so the step grows until one does (from one replica-period of rent
+    it took more rounds than a sweep gives on a 24-period budget whose rounding adds 700 USD/day).
+    ``attempt`` (…,) counts the earlier cuts; limits not broken keep ``cut``."""
+    doubling = np.expand_dims(2.0 ** np.maximum(np.asarray(attempt, float) - 1.0, 0.0), -1)
+    grow = cut + np.maximum(over, np.maximum(step, CUT_SHARE * overshoot) * doubling)
     return np.where(broken, np.maximum(grow, overshoot), cut)
+
+
+CUT_SHARE = 1.0 / 16.0
+"""Share of what rounding adds (``overshoot``) by which a limit that a whole fleet still breaks after
+a cut comes down at least, doubling each round (:func:`limit_cut`)."""
 
 
 class IntegerResult(NamedTuple):

@@ -66,6 +66,10 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int,
     done_rounds = np.zeros(n, int)
     lowered = np.zeros(n, bool)
     cut = np.zeros_like(np.asarray(res.over))
+    # how each row's latest solve rounds up (the next cut follows it, kept or not: a re-solve within a
+    # lowered budget can break a GPU cap instead, and cutting only what the kept plan broke lowered
+    # the same limit round after round while the other stayed broken)
+    latest = {k: np.array(getattr(res, k), copy=True) for k in _ROUNDING}
     for attempt in range(rounds):  # a row once a plan stays one, so every row to do has been in each round
         r = rank(res.status, res.whole_ok)
         todo = np.nonzero((r > RANK_PLAN) & (True if eligible is None else np.asarray(eligible, bool)))[0]
@@ -75,10 +79,10 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int,
         # too: at a binding limit over several periods they end short of the tolerance more often)
         # a limit the relaxed plan itself breaks (beyond the infeasibility tolerance) is not lowered:
         # rounding is not what breaks it, and its excess says nothing of what rounding adds
-        over, overshoot, limit = (np.asarray(a)[todo] for a in (res.over, res.overshoot, res.limit))
-        by_rounding = np.asarray(res.broken)[todo] & (over - overshoot <= INFEASIBLE_TOL * np.abs(limit))
+        over, overshoot, limit = latest["over"][todo], latest["overshoot"][todo], np.asarray(res.limit)[todo]
+        by_rounding = latest["broken"][todo] & (over - overshoot <= INFEASIBLE_TOL * np.abs(limit))
         cut_now = cut.copy()
-        cut_now[todo] = limit_cut(cut[todo], by_rounding, over, overshoot, np.asarray(res.step)[todo], attempt)
+        cut_now[todo] = limit_cut(cut[todo], by_rounding, over, overshoot, latest["step"][todo], attempt)
         todo = todo[(cut_now[todo] < np.asarray(res.limit)[todo]).all(-1)]  # a limit lowered to zero: no plan
         for lo in range(0, todo.size, batch):
             rows = todo[lo:lo + batch]
@@ -98,10 +102,16 @@ def repair(result, values: np.ndarray, solve: Callable, batch: int, rounds: int,
             kept = rows[~take]
             res = res._replace(start=jax.tree.map(lambda old, new: _put(old, kept, new[~take]), res.start, out.start),
                                bound=_put(res.bound, kept, np.minimum(np.asarray(res.bound)[kept], out.bound[~take])))
+            for k in _ROUNDING:
+                latest[k][rows] = np.asarray(getattr(out, k))
             done_rounds[rows] = attempt + 1
             lowered[idx] = (cut_now[idx] > 0).any(-1)
             cut[rows] = cut_now[rows]
     return Repaired(res._replace(checked=np.asarray(result.checked)), done_rounds, lowered)
+
+
+_ROUNDING = ("broken", "over", "overshoot", "step")
+"""The fields of a row that say how its plan rounds up to whole replicas against each limit."""
 
 
 def _put(old, idx, new):
