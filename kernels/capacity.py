@@ -25,9 +25,10 @@ import jax.numpy as jnp
 PROJECTION_BISECTION_STEPS = 64
 """Bisection steps of the shift of :func:`project_weights` (its bracket is at most about 2 wide, so
 2⁻⁶⁴ of it is below float64's resolution of a weight)."""
-WEIGHT_BISECTION_STEPS = 24
-"""Bisection steps of the level of the smoothed period weights (2⁻²⁴ of the bracket: about 1e-5 of
-the smoothing band for a day of needs; the weights are normalised to sum to 1 exactly)."""
+WEIGHT_BISECTION_STEPS = 40
+"""Bisection steps of the level of the smoothed period weights (2⁻⁴⁰ of the bracket: about 1e-8 of a
+band of 1e-4 of the needs' range; the weights are normalised to sum to 1 exactly, which moves each by
+about that share, so they stay within their bounds ν/T ≤ π_t ≤ κ/T to about 1e-8)."""
 
 
 def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
