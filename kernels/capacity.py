@@ -25,10 +25,14 @@ import jax.numpy as jnp
 PROJECTION_BISECTION_STEPS = 64
 """Bisection steps of the shift of :func:`project_weights` (its bracket is at most about 2 wide, so
 2⁻⁶⁴ of it is below float64's resolution of a weight)."""
-WEIGHT_BISECTION_STEPS = 40
-"""Bisection steps of the level of the smoothed period weights (2⁻⁴⁰ of the bracket: about 1e-8 of a
-band of 1e-4 of the needs' range; the weights are normalised to sum to 1 exactly, which moves each by
-about that share, so they stay within their bounds ν/T ≤ π_t ≤ κ/T to about 1e-8)."""
+WEIGHT_BISECTION_STEPS = 24
+"""Bisection steps of the level of the smoothed period weights (2⁻²⁴ of the bracket: a few thousandths
+of a band of 1e-4 of the needs' range), then :data:`WEIGHT_NEWTON_STEPS` Newton steps."""
+WEIGHT_NEWTON_STEPS = 2
+"""Newton steps on the level after the bisection (within its bracket). The weights are normalised to
+sum to 1 exactly, which moves each by the relative error of their sum: after the bisection alone that
+was about 1e-5 with a narrow band, enough to put a weight below its bound ν/T; after two Newton steps
+it is at rounding level (16 more bisection steps did as well at 1.2× the `wide` sweep's time)."""
 
 
 def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
@@ -143,6 +147,11 @@ def smooth_charge_weights(need: jnp.ndarray, on_demand_ratio, idle_ratio, width)
 
     a, b = jax.lax.fori_loop(0, WEIGHT_BISECTION_STEPS, bisect, (lo, hi))
     c = 0.5 * (a + b)
+    for _ in range(WEIGHT_NEWTON_STEPS):  # the sum is decreasing in the level: Newton within [a, b]
+        s = jax.nn.sigmoid((need - c[..., None]) / w)
+        excess = (nu + (kappa - nu) * s).sum(-1) - T
+        slope = ((kappa - nu) * s * (1.0 - s) / w).sum(-1)
+        c = jnp.clip(c + excess / jnp.maximum(slope, 1e-300), a, b)
     sig = (nu + (kappa - nu) * jax.nn.sigmoid((need - c[..., None]) / w))
     return sig / jnp.maximum(sig.sum(-1, keepdims=True), 1e-300)
 
