@@ -32,7 +32,7 @@ WEIGHT_NEWTON_STEPS = 2
 """Newton steps on the level after the bisection (within its bracket). The weights are normalised to
 sum to 1 exactly, which moves each by the relative error of their sum: after the bisection alone that
 was about 1e-5 with a narrow band, enough to put a weight below its bound ν/T; after two Newton steps
-it is at rounding level (16 more bisection steps did as well at 1.2× the `wide` sweep's time)."""
+it is at rounding level (more bisection steps would do as well, at a cost in every dual step)."""
 
 
 def water_fill(peak_need: jnp.ndarray, daily: jnp.ndarray, batch: jnp.ndarray, daily_util) -> jnp.ndarray:
