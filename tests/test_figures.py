@@ -123,3 +123,12 @@ def test_the_console_run_starts_a_helper_only_where_a_single_run_draws():
     fresh = figures.helper_for(True)  # none started early: a new one
     assert fresh.proc.poll() is None
     fresh.close()
+
+
+def test_the_helper_is_ready_to_draw_before_its_first_figure_arrives():
+    """The helper imports pandas (the figures' data holds frames) and renders a throwaway figure
+    while it waits, so that neither happens after the first figure arrives; nothing is left open."""
+    code = ("import sys; from optimizer import figures; plt = figures.pyplot(); assert 'pandas' not in sys.modules; "
+            "figures.warm_up(plt); assert 'pandas' in sys.modules and plt.get_fignums() == []; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
