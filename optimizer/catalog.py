@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from optimizer.errors import UnknownCatalogEntry
 from optimizer.schema import EfficiencyConfig, HardwareConfig, ModelConfig, PrecisionConfig
@@ -106,7 +106,10 @@ def to_schema(cfg, schema: type[T]) -> T:
     from optimizer.validate import validate
 
     try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+        # a node Hydra composed against ``schema`` is already typed and checked: merging it into the
+        # schema again only repeats that (about 0.1 s of a warm run)
+        typed = isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is schema
+        obj = OmegaConf.to_object(cfg if typed else OmegaConf.merge(OmegaConf.structured(schema), cfg))
     except MissingMandatoryValue as e:
         key = getattr(e, "full_key", "") or "?"
         group = key.split(".")[0]

@@ -71,6 +71,10 @@ def test_every_group_folder_is_covered():
 def test_group_option_composes_and_validates(primary, group, option):
     cfg = compose_cfg(primary, [f"{group}={option}"])
     c = to_schema(cfg, PRIMARIES[primary])
+    # Hydra composed ``cfg`` against the schema, so to_schema skips merging it into the schema again:
+    # the same object as with the merge
+    assert OmegaConf.get_type(cfg) is PRIMARIES[primary]
+    assert c == OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PRIMARIES[primary]), cfg))
     if isinstance(c, RunConfig):  # the catalog entries the run will load exist and validate
         assert c.demand.segments and c.fleet.gpus and c.fleet.precisions
         for gpu in c.fleet.gpus:
