@@ -33,6 +33,7 @@ class TableArrays(NamedTuple):
     share: np.ndarray  # (S, J, K, G, T) each flow's share of its pool's GPUs per period
     weight: np.ndarray  # (G, J, K, T) the pools' charge weights (subgradient of the load-duration cost)
     pool_cost: np.ndarray  # (G, J, K) USD/day
+    busy: np.ndarray  # (G, J, K, T) GPUs busy with the load that sizes each period (``share``'s total)
 
 
 _LAST: list = []  # [(prob, breakdown, TableArrays)] of the latest plan: its tables share one call
@@ -208,13 +209,14 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     GPUs go to the loads that need them — to the interactive flows by their peak load where the
     interactive peak binds, and by their mean load plus the batch placed there where the period's
     mean load binds (batch riding in spare room pays nothing). Rounding slack of an integer fleet
-    is shared pro rata.
+    is shared pro rata. A row's ``gpus`` are its share of its pools' GPUs in their busiest period,
+    and its ``peak_utilization`` the share of those GPUs its load keeps busy then (at most the
+    fleet's ``peak_utilization`` or ``daily_utilization`` cap, whichever sized the pool).
     """
     dp = prob.demand
     offer = np.asarray(dp.offer_mask)
     work = np.asarray(b.work, float)  # (S, J, K, G) GPU-s/s
-    alloc_cost, alloc_gpus = flow_allocation(prob, b)  # (S, J, K, G) USD/day, peak GPUs attributed
-    peak_f = table_arrays(prob, b).peak_f  # (S, T)
+    alloc_cost, alloc_gpus, alloc_busy = flow_allocation(prob, b)  # (S, J, K, G) USD/day, GPUs attributed, busy
     mu = np.asarray(b.price_multiplier, float)
     reqs = np.asarray(b.requests_per_day, float)
     rev = np.asarray(b.revenue, float)
@@ -233,7 +235,10 @@ def plan_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             gpu_alloc = alloc_gpus[s, j].sum(0)  # (G,)
             cost = float(alloc_cost[s, j].sum())
             tok_in, tok_out = reqs[s, j] * isl, reqs[s, j] * osl
-            peak_util = (work[s, j].sum() * peak_f[s].max() / max(gpu_alloc.sum(), 1e-300)) if gpu_alloc.sum() > 0 else 0.0
+            # the busy share of its GPUs where they are counted (their pools' busiest period), so within
+            # the pools' utilisation caps like fleet.csv's (its own peak over GPUs counted in another
+            # period, e.g. an off-peak batch-sized one, read above 1)
+            peak_util = alloc_busy[s, j].sum() / gpu_alloc.sum() if gpu_alloc.sum() > 0 else 0.0
             mixes = ", ".join(f"{labels.precisions[k]} {mix[s, j, k]:.0%}" for k in np.argsort(-mix[s, j])
                               if mix[s, j, k] >= 0.005)
             by_type = ", ".join(f"{labels.gpus[g]} {gpu_alloc[g]:.1f}" for g in range(len(labels.gpus))
@@ -289,12 +294,14 @@ def _table_arrays(prob: Problem, work, period_gpus, reserved):
     else:
         weight = charge_weights(period_gpus, kappa, nu)
     pool_cost = econ.cycle_fleet_cost_per_pool(period_gpus, prob, reserved)
-    return peak_f, daily_need, kappa, nu, share, weight, pool_cost
+    busy = jnp.transpose(total[0], (2, 0, 1, 3))  # (G, J, K, T)
+    return peak_f, daily_need, kappa, nu, share, weight, pool_cost, busy
 
 
-def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray]:
-    """``(cost, gpus)`` (S, J, K, G): USD/day of GPU cost attributed to each flow (they sum to the
-    fleet's cost), and each flow's share of its pools' GPUs in their busiest period.
+def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cost, gpus, busy)`` (S, J, K, G): USD/day of GPU cost attributed to each flow (they sum to
+    the fleet's cost), each flow's share of its pools' GPUs in their busiest period, and the GPUs its
+    load keeps busy there (its part of the load that sizes the pool in that period).
 
     Each flow's share of a pool's GPUs in a period is its share of the binding load there (peak or
     daily, the batch by where it was placed); a period carries the pool's cost in proportion to
@@ -308,7 +315,9 @@ def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray
     cost = (share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]).sum(-1)
     top = need.argmax(-1)  # (G, J, K)
     at_top = np.take_along_axis(share, np.transpose(top, (1, 2, 0))[None, ..., None], -1)[..., 0]
-    return cost, at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None]
+    busy_top = np.take_along_axis(arrays.busy, top[..., None], -1)[..., 0]  # (G, J, K)
+    return (cost, at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None],
+            at_top * np.transpose(busy_top, (1, 2, 0))[None])
 
 
 def price_bound_note(mu: float, log_lo: float, log_hi: float) -> str:

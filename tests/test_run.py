@@ -199,6 +199,13 @@ def test_cli_default_run_writes_plots(tmp_path, cli_jax_cache):
     assert set(summary["plots"]) <= set(json.loads((tmp_path / "manifest.json").read_text())["files"])
     assert not list(tmp_path.glob(".staging-*"))
     assert "Pricing plan" in (tmp_path / "plan.md").read_text()
+    # each row's utilisation is its GPUs' busy share where they are counted: within the fleet's caps
+    # (0.8 at the interactive peak, 0.9 on the mean load), never above them as a row's own peak over
+    # GPUs counted in another period was (the chat row of the batch-sized 8B pool read 1.62)
+    plan = pd.read_csv(tmp_path / "plan.csv")
+    served = plan[plan["gpus"] > 0]
+    assert len(served) and ((served["peak_utilization"] > 0) & (served["peak_utilization"] <= 0.9 + 1e-4)).all(), \
+        served[["segment", "model", "gpus", "peak_utilization"]]
 
 
 @pytest.mark.slow  # CI time (hours added to the model); in the nightly command (README)
