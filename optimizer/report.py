@@ -34,6 +34,34 @@ def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
+def readable_number(x) -> str:
+    """A table cell as a colleague reads it: thousands separated and no exponent from 1,000 up
+    (``31,545`` rather than ``3.155e+04``), four significant digits below (``387.4``, ``0.0164``),
+    whole numbers as such; an empty cell for NaN."""
+    if not _is_number(x):
+        return "" if x is None else str(x)
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if not np.isfinite(x):
+        return "" if np.isnan(x) else str(x)
+    short = f"{x:.4g}"
+    return f"{x:,.0f}" if abs(float(short)) >= 1000 else short
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """``df`` as a Markdown table: every number by :func:`readable_number`, columns holding numbers
+    right-aligned (also where some cells are words, e.g. ``no cap``)."""
+    numeric = tuple(any(_is_number(v) for v in df[c]) for c in df.columns)
+    cells = pd.DataFrame({c: [readable_number(v) for v in df[c]] for c in df.columns}, columns=df.columns)
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=tuple("right" if num else "left" for num in numeric))
+
+
 def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segments: pd.DataFrame,
                     reserved: pd.DataFrame | None = None) -> str:
     """The `plan.md` report a pricing or finance colleague reads."""
@@ -50,11 +78,12 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
               f"GPUs paid around the clock (reserved), against the peak and mean GPUs run over "
               f"{summary['periods']['count']} periods of {summary['periods']['hours_each']:g} h; the rest "
               f"is on-demand, paid per hour used.", "",
-              reserved.astype(object).where(reserved.notna(), "no cap").to_markdown(index=False, floatfmt=",.4g"), ""] if reserved is not None and len(reserved) else []),
+              markdown_table(reserved.astype(object).where(reserved.notna(), "no cap")), ""]
+             if reserved is not None and len(reserved) else []),
            "## Prices, mix and margin per segment and model", "",
-           plan.drop(columns=["gpus_by_type"]).to_markdown(index=False, floatfmt=",.4g"), "",
+           markdown_table(plan.drop(columns=["gpus_by_type"])), "",
            "## Per segment (USD/day)", "", segments.to_markdown(index=False, floatfmt=",.2f"), "",
-           "## Fleet", "", fleet.to_markdown(index=False, floatfmt=",.4g"), "",
+           "## Fleet", "", markdown_table(fleet), "",
            "## How this was solved", "",
            f"- Relaxed solve (continuous fleet): {s['relaxed']['status']}, margin "
            f"${s['relaxed']['margin_usd_per_day']:,.2f}/day, {_solver_line(s['relaxed'], summary)}, "
@@ -74,8 +103,10 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
                    f"${loss:,.2f}/day ({summary.get('integrality_loss_pct', 0):.3f} %)"
                    + (" — negative: the relaxed solve is within solver tolerance of the integer one" if loss < 0 else "")
                    + ".")
-    out += [f"- Max constraint violation {summary['violation']:.2e} (normalised), gradient norm "
-            f"{summary['grad_norm']:.2e}.", "",
+    viol, grad = summary["violation"], summary.get("grad_norm")
+    has_grad = grad is not None and np.isfinite(grad)  # the augmented Lagrangian's; the dual has none
+    out += [f"- Largest constraint violation (normalised): {'none' if viol <= 0 else f'{viol:.2g}'}"
+            + (f"; gradient norm {grad:.2g}" if has_grad else "") + ".", "",
             "Prices are per million tokens; cached input is billed at the segment's cached-price ratio. "
             "GPU cost is attributed to segments by their share of each pool's GPU-time.", ""]
     return "\n".join(out)
@@ -134,7 +165,14 @@ def _solver_line(stage: dict, summary: dict) -> str:
     """How a stage was solved, e.g. ``dual solver, 1000 steps, certified gap 0.05 %``."""
     if stage.get("method") == "dual":
         gap = stage.get("gap")
-        return f"dual solver, {stage['iterations']} steps" + (f", certified gap {100 * gap:.3f} %" if gap is not None else "")
+        line = f"dual solver, {stage['iterations']} steps"
+        if gap is None:
+            return line
+        line += f", certified gap {100 * gap:.3f} %"
+        if summary.get("shared_price_sheets"):  # convergence is then stationarity with the sheets found
+            line += (" to the bound with per-segment prices, which includes what one price sheet per product "
+                     "gives up")
+        return line
     return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
 
 

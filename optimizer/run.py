@@ -39,6 +39,8 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet, reserved=None) -> di
         "violation": float(res.final.violation), "grad_norm": float(res.final.stats.grad_norm),
         "solver": {k: asdict(v) for k, v in res.stages.items()},
         "solver_settings": asdict(cfg.solver),
+        # a product sold to several segments at one price sheet: the dual's bound is per-segment pricing's
+        "shared_price_sheets": bool(res.labels.has_shared_products),
         "integrality_loss_usd_per_day": None if res.integrality_loss_usd_per_day is None
         else round(res.integrality_loss_usd_per_day, 2),
     }

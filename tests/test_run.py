@@ -198,7 +198,8 @@ def test_cli_default_run_writes_plots(tmp_path, cli_jax_cache):
     assert summary["plots"] == ["demand_margin_vs_price.png", "cost_per_mtok.png", "fleet.png", "fleet_hourly.png"]
     assert set(summary["plots"]) <= set(json.loads((tmp_path / "manifest.json").read_text())["files"])
     assert not list(tmp_path.glob(".staging-*"))
-    assert "Pricing plan" in (tmp_path / "plan.md").read_text()
+    report = (tmp_path / "plan.md").read_text()
+    assert "Pricing plan" in report and "e+0" not in report  # $31,545/day, not 3.155e+04
     # each row's utilisation is its GPUs' busy share where they are counted: within the fleet's caps
     # (0.8 at the interactive peak, 0.9 on the mean load), never above them as a row's own peak over
     # GPUs counted in another period was (the chat row of the batch-sized 8B pool read 1.62)
@@ -234,3 +235,17 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
     assert float(res.relaxed.bound) == pytest.approx(bound, rel=1e-9)  # the run's own certificate
     assert float(b.margin) <= bound * (1 + 1e-4)  # the bound: per-segment prices (the default shares sheets)
     assert float(res.relaxed.multipliers[g]) > 0  # the cap's shadow price
+
+
+def test_report_tables_read_as_numbers_a_colleague_writes():
+    from optimizer.report import markdown_table, readable_number
+
+    assert [readable_number(v) for v in (31545.37, 66907926.4, 999.96, 999.94, 387.44, 0.016443, 0.0, 3, np.nan,
+                                         True, "fp8")] == ["31,545", "66,907,926", "1,000", "999.9", "387.4",
+                                                           "0.01644", "0", "3", "", "True", "fp8"]
+    table = pd.DataFrame({"gpu": ["h100-sxm", "b200"], "cost_usd_per_day": [5568.8, 31545.37],
+                          "cap": [np.nan, 3.0]})
+    lines = markdown_table(table.astype(object).where(table.notna(), "no cap")).splitlines()
+    assert lines[1] == "|:---------|-------------------:|-------:|"  # numbers right-aligned, words left
+    assert lines[2].split("|")[2:4] == ["              5,569 ", " no cap "]
+    assert lines[3].split("|")[2:4] == ["             31,545 ", "      3 "]
