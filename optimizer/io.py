@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 
@@ -73,6 +74,34 @@ def import_writers() -> None:
     import tabulate  # noqa: F401
 
 
+def readable_number(x) -> str:
+    """A table cell as a colleague reads it: thousands separated and no exponent from 1,000 up
+    (``31,545`` rather than ``3.155e+04``), four significant digits below (``387.4``, ``0.0164``),
+    whole numbers as such; an empty cell for NaN."""
+    if not _is_number(x):
+        return "" if x is None else str(x)
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if not np.isfinite(x):
+        return "" if np.isnan(x) else str(x)
+    short = f"{x:.4g}"
+    return f"{x:,.0f}" if abs(float(short)) >= 1000 else short
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """``df`` as a Markdown table: every number by :func:`readable_number`, columns holding numbers
+    right-aligned (also where some cells are words, e.g. ``no cap``)."""
+    numeric = tuple(any(_is_number(v) for v in df[c]) for c in df.columns)
+    cells = pd.DataFrame({c: [readable_number(v) for v in df[c]] for c in df.columns}, columns=df.columns)
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=tuple("right" if num else "left" for num in numeric))
+
+
 def write_frame(path: str | Path, df: pd.DataFrame) -> Path:
     """Atomically write a DataFrame; the format follows the suffix (.csv, .parquet, .json, .md)."""
     path = Path(path)
@@ -84,7 +113,7 @@ def write_frame(path: str | Path, df: pd.DataFrame) -> Path:
     if suffix == ".json":
         return atomic_write(path, lambda p: df.to_json(p, orient="records", indent=2, date_format="iso"))
     if suffix == ".md":
-        return write_text(path, df.to_markdown(index=False) + "\n")
+        return write_text(path, markdown_table(df) + "\n")
     raise ValueError(f"unsupported table format '{suffix}' for {path}; use .csv, .parquet, .json or .md")
 
 
@@ -163,8 +192,6 @@ def publish(outdir: str | Path, write: Callable[[Path], None], status: str) -> l
 def check_finite(df: pd.DataFrame, what: str) -> pd.DataFrame:
     """``df`` if every numeric cell is finite, else :class:`~optimizer.errors.SolverFailure` naming the columns
     (a NaN or inf is reported, never exported as a result)."""
-    import numpy as np
-
     from optimizer.errors import SolverFailure
 
     num = df.select_dtypes("number")

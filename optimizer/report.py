@@ -10,6 +10,7 @@ import pandas as pd
 
 from optimizer import figures as figs
 from optimizer import io
+from optimizer.io import markdown_table
 from optimizer.economics import usd_per_gpu_second
 
 
@@ -32,34 +33,6 @@ def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
     for note in summary.get("prices_at_bound", []):
         lines.append(f"warning: price at its search bound, the optimum may lie beyond it: {note}")
     return "\n".join(lines)
-
-
-def readable_number(x) -> str:
-    """A table cell as a colleague reads it: thousands separated and no exponent from 1,000 up
-    (``31,545`` rather than ``3.155e+04``), four significant digits below (``387.4``, ``0.0164``),
-    whole numbers as such; an empty cell for NaN."""
-    if not _is_number(x):
-        return "" if x is None else str(x)
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    x = float(x)
-    if not np.isfinite(x):
-        return "" if np.isnan(x) else str(x)
-    short = f"{x:.4g}"
-    return f"{x:,.0f}" if abs(float(short)) >= 1000 else short
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """``df`` as a Markdown table: every number by :func:`readable_number`, columns holding numbers
-    right-aligned (also where some cells are words, e.g. ``no cap``)."""
-    numeric = tuple(any(_is_number(v) for v in df[c]) for c in df.columns)
-    cells = pd.DataFrame({c: [readable_number(v) for v in df[c]] for c in df.columns}, columns=df.columns)
-    return cells.to_markdown(index=False, disable_numparse=True,
-                             colalign=tuple("right" if num else "left" for num in numeric))
 
 
 def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segments: pd.DataFrame,

@@ -238,7 +238,7 @@ def test_tight_gpu_cap_single_run_is_certified_by_the_dual(tmp_path):
 
 
 def test_report_tables_read_as_numbers_a_colleague_writes():
-    from optimizer.report import markdown_table, readable_number
+    from optimizer.io import markdown_table, readable_number
 
     assert [readable_number(v) for v in (31545.37, 66907926.4, 999.96, 999.94, 387.44, 0.016443, 0.0, 3, np.nan,
                                          True, "fp8")] == ["31,545", "66,907,926", "1,000", "999.9", "387.4",
