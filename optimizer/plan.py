@@ -331,6 +331,18 @@ def price_bound_note(mu: float, log_lo: float, log_hi: float) -> str:
     return ""
 
 
+def loss_making(plan: pd.DataFrame) -> list[str]:
+    """One line per plan row whose revenue does not cover the GPU cost attributed to it (the
+    peak-load way), saying whether its product is shared with other segments (a shared price sheet
+    may keep a losing buyer for the others' sake) or its own."""
+    losing = plan[(plan["margin_usd_per_day"] < 0) & (plan["revenue_usd_per_day"] > 0)]
+    buyers = plan.groupby("product")["segment"].nunique()
+    return [f"{r.segment}/{r.model}: margin {r.margin_usd_per_day:,.0f} USD/day ({r.margin_pct:.1f} % of its revenue) "
+            + (f"at product {r.product}, shared with {buyers[r.product] - 1} other segment(s)"
+               if buyers[r.product] > 1 else f"at product {r.product}, its own")
+            for r in losing.itertuples()]
+
+
 def segment_summary(plan: pd.DataFrame) -> pd.DataFrame:
     """Revenue, cost and margin per segment, USD/day."""
     g = plan.groupby("segment", sort=False)[["revenue_usd_per_day", "cost_usd_per_day", "margin_usd_per_day"]].sum()

@@ -32,6 +32,8 @@ def console_summary(summary: dict, plan: pd.DataFrame | None) -> str:
         lines.append(plan[cols].to_markdown(index=False, floatfmt=".3f"))
     for note in summary.get("prices_at_bound", []):
         lines.append(f"warning: price at its search bound, the optimum may lie beyond it: {note}")
+    for note in summary.get("loss_making", []):
+        lines.append(f"note: loses money: {note}")
     return "\n".join(lines)
 
 
@@ -45,8 +47,13 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            f"**Margin ${t['margin_usd_per_day']:,.0f}/day** ({t['margin_pct']:.1f} % of revenue): revenue "
            f"${t['revenue_usd_per_day']:,.0f}/day, GPU cost ${t['gpu_cost_usd_per_day']:,.0f}/day on "
            f"{t['gpus']:,.0f} GPUs ({', '.join(f'{k} {v:,.0f}' for k, v in summary['gpus_by_type'].items())}).", "",
-           *[f"> **Warning:** price at its search bound (the optimum may lie beyond it): {n}" for n in
-             summary.get("prices_at_bound", [])], "",
+           *[line for n in summary.get("prices_at_bound", [])
+             for line in (f"> **Warning:** price at its search bound (the optimum may lie beyond it): {n}", "")],
+           *[line for n in summary.get("loss_making", []) for line in (
+               f"> **Note:** loses money (GPU cost attributed the peak-load way): {n}."
+               + (" A shared price sheet may keep it for the other buyers' sake; a product of its own (a contract: "
+                  "a product in `demand.products` open to it alone) would price it apart." if "shared" in n else ""),
+               "")],
            *(["## Capacity to reserve", "",
               f"GPUs paid around the clock (reserved), against the peak and mean GPUs run over "
               f"{summary['periods']['count']} periods of {summary['periods']['hours_each']:g} h; the rest "

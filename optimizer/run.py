@@ -17,8 +17,8 @@ from optimizer import progress as progress_mod
 from optimizer.catalog import to_schema
 from optimizer.engine import Result, optimize
 from optimizer.errors import SolverFailure
-from optimizer.plan import (check_on_demand_caps, fleet_hourly_table, fleet_table, plan_table, prepare_tables, reserved_commitment,
-                            segment_summary)
+from optimizer.plan import (check_on_demand_caps, fleet_hourly_table, fleet_table, loss_making, plan_table, prepare_tables,
+                            reserved_commitment, segment_summary)
 from optimizer.price_sheet import PRICE_COLUMNS, price_sheet_markdown, price_sheet_table
 from optimizer.report import console_summary, markdown_report
 from optimizer.schema import RunConfig
@@ -64,6 +64,7 @@ def build_summary(res: Result, cfg: RunConfig, plan, fleet, reserved=None) -> di
         summary["segments"] = segment_summary(plan).to_dict(orient="records")
         at = plan[plan["price_at_bound"] != ""]
         summary["prices_at_bound"] = [f"{r.segment}/{r.model}: {r.price_at_bound}" for r in at.itertuples()]
+        summary["loss_making"] = loss_making(plan)
     return summary
 
 

@@ -249,3 +249,27 @@ def test_report_tables_read_as_numbers_a_colleague_writes():
     assert lines[1] == "|:---------|-------------------:|-------:|"  # numbers right-aligned, words left
     assert lines[2].split("|")[2:4] == ["              5,569 ", " no cap "]
     assert lines[3].split("|")[2:4] == ["             31,545 ", "      3 "]
+
+
+def test_rows_that_lose_money_are_named_with_whether_their_product_is_shared():
+    from optimizer.plan import loss_making
+    from optimizer.report import console_summary, markdown_report
+
+    plan = pd.DataFrame({"segment": ["chat", "coding", "rag"], "model": ["dsv3", "dsv3", "llama-70b"],
+                         "product": ["dsv3", "dsv3", "rag-contract"], "revenue_usd_per_day": [100.0, 50.0, 20.0],
+                         "margin_usd_per_day": [60.0, -70.0, -5.0], "margin_pct": [60.0, -140.0, -25.0]})
+    notes = loss_making(plan)
+    assert notes == ["coding/dsv3: margin -70 USD/day (-140.0 % of its revenue) at product dsv3, shared with 1 other "
+                     "segment(s)", "rag/llama-70b: margin -5 USD/day (-25.0 % of its revenue) at product rag-contract, "
+                     "its own"]
+    assert loss_making(plan.assign(margin_usd_per_day=[1.0, 2.0, 3.0])) == []
+    summary = {"scenario": "s", "status": "converged", "loss_making": notes}
+    assert console_summary(summary, None).count("note: loses money") == 2
+    shared = "A shared price sheet may keep it for the other buyers' sake"
+    md = markdown_report({**summary, "totals": {"margin_usd_per_day": 0.0, "margin_pct": 0.0, "revenue_usd_per_day": 0.0,
+                                                "gpu_cost_usd_per_day": 0.0, "gpus": 0.0},
+                          "gpus_by_type": {}, "solver": {"relaxed": {"status": "converged", "margin_usd_per_day": 0.0,
+                                                                     "method": "dual", "iterations": 1, "gap": None,
+                                                                     "wall_s": 0.1}},
+                          "violation": 0.0}, plan.assign(gpus_by_type=""), pd.DataFrame(), pd.DataFrame())
+    assert md.count("> **Note:** loses money") == 2 and md.count(shared) == 1
