@@ -83,7 +83,7 @@ def run_sweep_job(c: RunConfig, cfg, outdir: Path) -> dict:
         g = summary["optimality_gap_bound"]
         print(f"certified optimality gap (margin vs upper bound): median {100 * g['p50']:.3f} %, "
               f"p99 {100 * g['p99']:.3f} %, max {100 * g['max']:.3f} %")
-    print(out["effects"].to_markdown(index=False, floatfmt=",.4g"))
+    print(io.markdown_table(out["effects"]))
     print(f"\nwritten: {outdir / 'sweep.parquet'}")
     return summary
 
