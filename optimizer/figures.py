@@ -216,6 +216,10 @@ class Drawing:
             given = []
         self.theirs = {f.path for f in given} | (set(early) if self.helper else set())
 
+    def add(self, figures: list[Figure]) -> None:
+        """More figures, drawn here by :meth:`finish` (after those handed on at the start)."""
+        self.figures = self.figures + list(figures)
+
     def finish(self) -> list[Path]:
         """Draw this process's share, then the figures the helper did not write; the paths in
         ``figures``' order."""

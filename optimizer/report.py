@@ -156,16 +156,16 @@ def _solver_line(stage: dict, summary: dict) -> str:
     return f"augmented Lagrangian, {stage['iterations']} Adam steps x {summary['solver_settings']['starts']} starts"
 
 
-def start_plots(folder: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None,
-                helper=None, early: list | None = None) -> figs.Drawing:
-    """The run's plots — demand and margin vs price per product (chosen price marked), cost per Mtok
-    per pool, fleet mix, and the fleet over the day (reserved vs on-demand GPUs, utilisation) per
-    GPU type — to be written in ``folder``: ``helper`` (an :class:`optimizer.figures.Helper`) starts
-    on its share at once (beside the :func:`early_figures` ``early`` it was handed during the solve),
-    while the run writes its other files; :func:`finish_plots` draws the rest."""
+def start_plots(folder: Path, result, helper=None, early: list | None = None) -> figs.Drawing:
+    """The run's plots, to be written in ``folder``, started as soon as the plan is solved: the
+    demand and margin vs each product's price (chosen price marked) goes to ``helper`` (an
+    :class:`optimizer.figures.Helper`) at once, beside the :func:`early_figures` ``early`` (GPU cost
+    per Mtok per pool) it was handed during the solve, while the run builds its tables and writes
+    its files; :meth:`~optimizer.figures.Drawing.add` then takes the fleet figures
+    (:func:`fleet_figures`) and :func:`finish_plots` draws the rest."""
     early = early or []
-    return figs.Drawing(figures(folder, result, plan, fleet, hourly, early), helper,
-                        early=frozenset(f.path for f in early))
+    return figs.Drawing(plan_figures(folder, result) + (early or early_figures(folder, result.prob, result.labels)),
+                        helper, early=frozenset(f.path for f in early))
 
 
 def finish_plots(drawing: figs.Drawing, outdir: Path) -> list[Path]:
@@ -192,15 +192,13 @@ def early_figures(folder: Path, prob, labels) -> list:
                         folder / "cost_per_mtok.png")]
 
 
-def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
-            hourly: pd.DataFrame | None = None, early: list | None = None) -> list:
-    """What each figure of a run shows, as plain data (:class:`optimizer.figures.Figure`);
-    ``early``: the :func:`early_figures` of ``result``'s problem already made (else made here)."""
+def plan_figures(outdir: Path, result) -> list:
+    """The figure of the plan's prices: 1. demand and margin vs each main product's price (its whole
+    sheet; other prices held), on the relaxed cost model."""
     prob, labels = result.prob, result.labels
     dec = result.final.decision
     S, J = np.asarray(prob.demand.offer_mask).shape
     R = len(labels.products)
-    # 1. demand and margin vs each product's price (its whole sheet; other prices held), relaxed cost model
     mults = PRICE_MULTIPLES
     program, deltas = price_response_program(prob, dec)
     reqs_all, margins_all = (np.asarray(x) for x in program(dec, prob, deltas))
@@ -212,12 +210,14 @@ def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
     price = np.asarray(b.price_per_request)
     panels = [{"requests": (reqs_all[r] * (flow == r)).sum((-1, -2)), "margins": margins_all[r],
                "marks": competitor_marks(prob, labels, price, r), "title": labels.products[r]} for r in shown]
-    out = [figs.Figure("demand_margin_vs_price", {"multiples": np.asarray(mults), "panels": panels},
-                       outdir / "demand_margin_vs_price.png")]
-    out += early or early_figures(outdir, prob, labels)  # 2. cost per million tokens of each pool
-    # 3. fleet composition; 4. the fleet over the day
-    out.append(figs.Figure("fleet", {"fleet": fleet[["gpu", "model", "precision", "gpus"]].copy()},
-                           outdir / "fleet.png"))
+    return [figs.Figure("demand_margin_vs_price", {"multiples": np.asarray(mults), "panels": panels},
+                        outdir / "demand_margin_vs_price.png")]
+
+
+def fleet_figures(outdir: Path, result, fleet: pd.DataFrame, hourly: pd.DataFrame | None = None) -> list:
+    """The fleet's figures: 3. its composition; 4. the fleet over the day (several periods only)."""
+    prob, labels = result.prob, result.labels
+    out = [figs.Figure("fleet", {"fleet": fleet[["gpu", "model", "precision", "gpus"]].copy()}, outdir / "fleet.png")]
     if hourly is not None and len(hourly) and hourly["period"].nunique() > 1:
         caps = {}
         if int(np.shape(prob.on_demand_cap)[-1]):  # each capped type's on-demand cap per period, drawn over the bars
@@ -226,3 +226,4 @@ def figures(outdir: Path, result, plan: pd.DataFrame, fleet: pd.DataFrame,
         out.append(figs.Figure("fleet_hourly", {"hourly": hourly.copy(), "on_demand_caps": caps},
                                outdir / "fleet_hourly.png"))
     return out
+

@@ -153,15 +153,18 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
     plotting = []  # the report's program and matplotlib, loaded beside the rest of the run
 
     def prepare(prob, labels) -> None:  # in the background, while the relaxed solve runs
-        io.import_writers()
-        prepare_tables(prob)
-        if c.output.plots:
+        if c.output.plots:  # the helper's figures first: it is idle until it has them
             if helper is not None and helper.draw(made := report.early_figures(scratch, prob, labels)):
                 early.extend(made)
             plotting.append(threading.Thread(target=report.prepare, args=(prob, labels), name="plots-prepare"))
             plotting[-1].start()
+        io.import_writers()
+        prepare_tables(prob)
 
     res = optimize(c, show_bar=show, also_compile=prepare)
+    drawing = None
+    if res.ok and c.output.plots:  # the helper draws the prices' figure while the tables and files are made
+        drawing = report.start_plots(scratch, res, helper, early)
     plan = plan_table(res.prob, res.labels, res.final_breakdown)
     fleet = fleet_table(res.prob, res.labels, res.final_breakdown)
     hourly = fleet_hourly_table(res.prob, res.labels, res.final_breakdown, c.time.hours_per_period)
@@ -176,9 +179,8 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
         io.check_finite(fleet, "the fleet table")
         io.check_finite(hourly, "the hourly fleet table")
         io.check_finite(sheet[PRICE_COLUMNS], "the price sheet")
-    drawing = None
-    if res.ok and c.output.plots:  # the helper draws its share while the files below are written
-        drawing = report.start_plots(scratch, res, plan, fleet, hourly, helper, early)
+    if drawing is not None:  # drawn here while the helper draws its share
+        drawing.add(report.fleet_figures(scratch, res, fleet, hourly))
 
     def write(stage: Path) -> None:
         io.write_text(stage / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
