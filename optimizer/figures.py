@@ -209,16 +209,18 @@ class Drawing:
 
     def __init__(self, figures: list[Figure], helper: "Helper | None" = None, handed=HELPER_FIGURES,
                  early: frozenset[Path] = frozenset()):
-        self.figures = figures
+        self.figures, self.handed = [], handed
         self.helper = helper if helper is not None and helper.running() else None
-        given = [f for f in figures if f.kind in handed and f.path not in early] if self.helper else []
-        if given and not self.helper.draw(given):
-            given = []
-        self.theirs = {f.path for f in given} | (set(early) if self.helper else set())
+        self.theirs = set(early) if self.helper else set()
+        self.add(figures, early)
 
-    def add(self, figures: list[Figure]) -> None:
-        """More figures, drawn here by :meth:`finish` (after those handed on at the start)."""
+    def add(self, figures: list[Figure], early: frozenset[Path] = frozenset()) -> None:
+        """More figures: those of the kinds handed go to the helper at once, the others are drawn
+        by :meth:`finish`."""
         self.figures = self.figures + list(figures)
+        given = [f for f in figures if f.kind in self.handed and f.path not in early] if self.helper else []
+        if given and self.helper.draw(given):
+            self.theirs |= {f.path for f in given}
 
     def finish(self) -> list[Path]:
         """Draw this process's share, then the figures the helper did not write; the paths in
