@@ -2,8 +2,8 @@
 
 Each measurement is a fresh process running the installed console script (``.venv/bin/tokenmargin``;
 where it is missing, or for another checkout, ``python -c`` calling its entry ``optimizer.cli.console_main``,
-or ``main`` in a checkout before it) on the built-in default scenario, with both checkouts'
-packages byte-compiled first:
+or ``main`` in a checkout before it; side by side with ``--before``, both checkouts that way) on the
+built-in default scenario, with both checkouts' packages byte-compiled first:
 
 * **cold** — an empty JAX cache folder (``TOKENMARGIN_JAX_CACHE`` set to a new temporary folder), so
   every program is traced, exported and compiled;
@@ -16,7 +16,8 @@ packages byte-compiled first:
 Goals (issue 11): cold ≤ 8 s and warm ≤ 4 s on the 2-core CI machine, margin unchanged within 0.01 %
 of ``--reference-margin`` (the margin before the change measured).
 
-Usage: ``python benchmarks/single_run.py [--repeats 3] [--reference-margin 51041.27]``; writes
+Usage: ``python benchmarks/single_run.py [--repeats 3] [--warm-runs 1] [--before REV] [--reference-margin
+51012.60]``; writes
 ``benchmarks/results/single_run.{md,json}``.
 """
 
@@ -63,22 +64,26 @@ def compile_bytecode(tree: Path) -> None:
                    check=True, capture_output=True)
 
 
-def one_round(work: Path, k: int, code: Path | None = None) -> dict:
-    """A cold run, a warm run and the import floor, side by side (``code``: another checkout's
-    package, imported first through PYTHONPATH, e.g. the commit before a change)."""
-    tag = "before" if code is not None else "after"
+def one_round(work: Path, k: int, code: Path | None = None, warm_runs: int = 1, tag: str = "after") -> dict:
+    """A cold run, ``warm_runs`` warm runs (their median is the round's warm time) and the import
+    floor (``code``: a checkout whose package is imported first through PYTHONPATH, e.g. the
+    commit before a change, or this one when compared side by side, so both start alike)."""
     cache = work / f"cache-{tag}-{k}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENMARGIN_JAX_CACHE": str(cache)}
     if code is not None:
         env["PYTHONPATH"] = str(code)
     row = {}
-    for mode in ("cold", "warm"):
-        run_dir = work / f"run-{tag}-{k}-{mode}"
-        secs, r = timed(command(code) + [f"hydra.run.dir={run_dir}", "output.progress=false"], env, code or ROOT)
-        if r.returncode != 0:
-            raise SystemExit(f"{mode} run failed ({r.returncode}):\n{r.stderr[-3000:]}")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        row[f"{mode}_s"] = round(secs, 3)
+    for mode, n in (("cold", 1), ("warm", warm_runs)):
+        times = []
+        for i in range(n):
+            run_dir = work / f"run-{tag}-{k}-{mode}-{i}"
+            secs, r = timed(command(code) + [f"hydra.run.dir={run_dir}", "output.progress=false"], env, code or ROOT)
+            if r.returncode != 0:
+                raise SystemExit(f"{mode} run failed ({r.returncode}):\n{r.stderr[-3000:]}")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            times.append(round(secs, 3))
+        row[f"{mode}_s"] = statistics.median(times)
+        row[f"{mode}_runs_s"] = times
         row[f"{mode}_margin_usd_per_day"] = summary["totals"]["margin_usd_per_day"]
         row[f"{mode}_plots"] = len(summary.get("plots", []))
     secs, r = timed([sys.executable, "-c", "import jax, hydra, pandas, matplotlib.pyplot"], env, ROOT)
@@ -89,11 +94,14 @@ def one_round(work: Path, k: int, code: Path | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--reference-margin", type=float, default=51041.27,
-                    help="margin (USD/day) of the default run before the change measured (51,041.27: the hourly "
-                         "default of commit ef16148; 48,199 before the hourly model)")
+    ap.add_argument("--reference-margin", type=float, default=51012.60,
+                    help="margin (USD/day) of the default run before the change measured (51,012.60 since "
+                         "commit 2b95c2d; 51,041.27 at ef16148, 48,199 before the hourly model)")
     ap.add_argument("--before", default=None,
                     help="also time this git revision side by side (same machine, same packages), e.g. ef16148")
+    ap.add_argument("--warm-runs", type=int, default=1,
+                    help="warm runs per round (their median is the round's warm time); a warm run takes a few "
+                         "seconds and varies by ±15 %% on a shared 2-core machine")
     args = ap.parse_args()
     before: list[dict] = []
     compile_bytecode(ROOT)
@@ -106,8 +114,9 @@ def main() -> None:
                     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.before], cwd=ROOT,
                                    check=True)
                     compile_bytecode(tree)
-                before.append(one_round(Path(tmp), k, tree))
-            rows.append(one_round(Path(tmp), k))
+                before.append(one_round(Path(tmp), k, tree, args.warm_runs, "before"))
+            # side by side, this checkout starts the way the other does (python -c, PYTHONPATH)
+            rows.append(one_round(Path(tmp), k, ROOT if args.before else None, args.warm_runs))
         if args.before:
             subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / "before")], cwd=ROOT, check=False)
     med = {k: statistics.median(r[k] for r in rows) for k in ("cold_s", "warm_s", "floor_s")}
@@ -128,8 +137,9 @@ def main() -> None:
                             "after_over_before": {k: round(med[k] / med_b[k], 3) for k in med}}
     io.write_json(OUT / "single_run.json", result)
     lines = ["# Default `tokenmargin` run, wall time from the shell", "",
-             f"{args.repeats} rounds on {os.cpu_count()} CPU cores; each round: a cold run (empty JAX cache), a warm "
-             "run (same cache), and the import floor (`import jax, hydra, pandas, matplotlib.pyplot`).", "",
+             f"{args.repeats} rounds on {os.cpu_count()} CPU cores; each round: a cold run (empty JAX cache), "
+             f"{args.warm_runs} warm run(s) (same cache; the round's warm time is their median), and the import "
+             "floor (`import jax, hydra, pandas, matplotlib.pyplot`).", "",
              "| round | cold s | warm s | floor s | margin USD/day |", "|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {r['cold_s']:.2f} | {r['warm_s']:.2f} | {r['floor_s']:.2f} | {r['warm_margin_usd_per_day']:,.2f} |"
               for k, r in enumerate(rows)]
@@ -140,8 +150,8 @@ def main() -> None:
               f"{result['margin_change_pct']:+.4f} % (goal within ±0.01 %).", ""]
     if before:
         b = result["before"]
-        lines += [f"Side by side with `{args.before}` (its package through PYTHONPATH, same packages; rounds "
-                  "alternate):", "", "| round | before cold s | after cold s | before warm s | after warm s |",
+        lines += [f"Side by side with `{args.before}` (each package through PYTHONPATH and `python -c`, same "
+                  "packages; rounds alternate):", "", "| round | before cold s | after cold s | before warm s | after warm s |",
                   "|---:|---:|---:|---:|---:|"]
         lines += [f"| {k} | {x['cold_s']:.2f} | {y['cold_s']:.2f} | {x['warm_s']:.2f} | {y['warm_s']:.2f} |"
                   for k, (x, y) in enumerate(zip(before, rows))]
