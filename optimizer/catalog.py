@@ -107,7 +107,7 @@ def to_schema(cfg, schema: type[T]) -> T:
 
     try:
         # a node Hydra composed against ``schema`` is already typed and checked: merging it into the
-        # schema again only repeats that (about 0.1 s of a warm run)
+        # schema again only repeats that (a noticeable share of a warm run)
         typed = isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is schema
         obj = OmegaConf.to_object(cfg if typed else OmegaConf.merge(OmegaConf.structured(schema), cfg))
     except MissingMandatoryValue as e:

@@ -89,7 +89,7 @@ def cost_per_mtok(data: dict, plt):
     vals = piv.to_numpy(float)  # (pools, segments); NaN where a segment does not use the pool
     rows, cols = vals.shape
     # the legend sits right of the bars (it covered some where matplotlib's "best" spot put it, and
-    # finding that spot cost 0.08 s a draw): the figure widens by its width, in inches
+    # finding that spot searched the whole figure at each draw): the figure widens by its width, in inches
     legend_w = 0.55 + 0.075 * max([len(str(c)) for c in piv.columns] + [len(str(piv.columns.name or ""))])
     fig, ax = plt.subplots(figsize=(10 + legend_w, max(3, 0.28 * rows)))
     shown = np.isfinite(vals) & (vals > 0)
@@ -357,11 +357,11 @@ FRAME_HEADER = 8
 
 def warm_up(plt) -> None:
     """Do, before the first figure arrives, what drawing it would otherwise do first: import pandas
-    (the figures' data holds frames, and unpickling the first one imported it: about 0.5 s of a
-    warm default run, after the figure had arrived) and render a small figure with the elements
-    ours use (log axis, twin axis, title, legend), which loads the fonts and the renderer's caches
-    (about 0.1 s off the first real figure). The helper is idle then: the run is still composing
-    its configuration and building the problem."""
+    (the figures' data holds frames, and unpickling the first one imported it, on the run's critical
+    path, after the figure had arrived) and render a small figure with the elements ours use (log
+    axis, twin axis, title, legend), which loads the fonts and the renderer's caches. The helper is
+    idle then: the run is still composing its configuration and building the problem
+    (``benchmarks/single_run.py`` measures the effect)."""
     import io
 
     import pandas  # noqa: F401

@@ -52,7 +52,7 @@ def markdown_report(summary: dict, plan: pd.DataFrame, fleet: pd.DataFrame, segm
            *[line for n in summary.get("loss_making", []) for line in (
                f"> **Note:** loses money (GPU cost attributed the peak-load way): {n}."
                + (" A shared price sheet may keep it for the other buyers' sake; a product of its own (a contract: "
-                  "a product in `demand.products` open to it alone) would price it apart." if "shared" in n else ""),
+                  "a product in `demand.products` open to it alone) would price it apart." if ", shared with " in n else ""),
                "")],
            *(["## Capacity to reserve", "",
               f"GPUs paid around the clock (reserved), against the peak and mean GPUs run over "
