@@ -70,10 +70,9 @@ WEIGHT_WIDTH = 1e-4
 start temperature; it narrows with the temperature (``× t / t_start``), so the charges' Frank–Wolfe
 target nears the exact subgradient as the option choice nears its argmax. The charges settle where
 the smoothing puts them, not at the dual's minimum, by about what the band spreads: with a fixed band
-the bound rose with more steps on high-volume 24-period scenarios, and at 1 % of the peak need
-(narrowing to 0.2 %) `wide` rows under a budget priced at twice the rent stalled 1–3 % above their
-plans (at a fixed temperature the charges reached a fixed point of the smoothed target 0.8 % above
-the plan; at 0.01 % it is within 0.2 %)."""
+the bound rose with more steps on high-volume 24-period scenarios, and with a band of 1 % `wide`
+rows under a budget priced at twice the rent stalled above their plans at a fixed point of the
+smoothed target (README: the `wide` design table)."""
 FILLED_TOL = 1e-9
 """Relative tolerance of "the batch filled this period's free room" (:func:`charge_target`)."""
 CLIP_ITERS = 1

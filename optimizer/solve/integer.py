@@ -39,7 +39,7 @@ def limit_cut(cut, broken, over, overshoot, step, attempt):
     :data:`CUT_SHARE` of the overshoot, × ``2**(attempt − 1)``, whichever is more: lowering the
     relaxation spreads over the pools and periods, and a period's whole replicas drop only when its
     need crosses a whole replica, so the step grows until one does (from one replica-period of rent
-    it took more rounds than a sweep gives on a 24-period budget whose rounding adds 700 USD/day).
+    alone it took more rounds than a sweep gives where rounding adds many replica-periods).
     ``attempt`` (…,) counts the earlier cuts; limits not broken keep ``cut``."""
     doubling = np.expand_dims(2.0 ** np.maximum(np.asarray(attempt, float) - 1.0, 0.0), -1)
     grow = cut + np.maximum(over, np.maximum(step, CUT_SHARE * overshoot) * doubling)
