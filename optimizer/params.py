@@ -239,12 +239,32 @@ def build_mtp(model: ModelConfig, k: int, dtype=jnp.float64) -> Speculation:
     return Speculation(f(float(k)), f(model.mtp_accepted_tokens[k - 1]), f(model.mtp_layers / model.layers))
 
 
+def transferred(fitted: dict[str, float], default: float, shares: dict[str, float], family: str) -> float:
+    """One efficiency factor of GPU ``family``: its fitted value; else, where ``family`` and some fitted
+    families have a measured microbenchmark share (achieved / catalog peak), the mean over those fitted
+    families f of ``fitted[f] × shares[family] / shares[f]`` (as efficient relative to its own
+    microbenchmark as they are to theirs), at most 1; else ``default``."""
+    if family in fitted:
+        return float(fitted[family])
+    ref = [f for f in fitted if f in shares]
+    if family not in shares or not ref:
+        return float(default)
+    return min(1.0, sum(fitted[f] * shares[family] / shares[f] for f in ref) / len(ref))
+
+
+def family_factors(eff: EfficiencyConfig, family: str) -> tuple[float, float, float]:
+    """``(bw_eff, flops_eff, prefill_flops_eff)`` of GPU ``family``: bandwidth carried by ``hbm_share``,
+    both compute factors by ``matmul_share`` to families absent from the fit (:func:`transferred`)."""
+    return (transferred(eff.bw_eff, eff.default_bw_eff, eff.hbm_share, family),
+            transferred(eff.flops_eff, eff.default_flops_eff, eff.matmul_share, family),
+            transferred(eff.prefill_flops_eff, eff.default_prefill_flops_eff, eff.matmul_share, family))
+
+
 def efficiency_for(eff: EfficiencyConfig, family: str, dtype=jnp.float64) -> Efficiency:
-    """Efficiency factors of a GPU family (falls back to the defaults for unfitted families)."""
+    """Efficiency factors of a GPU family (unfitted families: :func:`family_factors`)."""
     f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
-    return Efficiency(bw_eff=f(eff.bw_eff.get(family, eff.default_bw_eff)),
-                      flops_eff=f(eff.flops_eff.get(family, eff.default_flops_eff)),
-                      prefill_flops_eff=f(eff.prefill_flops_eff.get(family, eff.default_prefill_flops_eff)),
+    bw, fl, pf = family_factors(eff, family)
+    return Efficiency(bw_eff=f(bw), flops_eff=f(fl), prefill_flops_eff=f(pf),
                       moe_eff=f(eff.moe_eff), step_overhead_s=f(eff.step_overhead_ms / 1000.0), mem_util=f(eff.mem_util),
                       layer_overhead_s=f(eff.layer_overhead_us * 1e-6),
                       moe_layer_overhead_s=f(eff.moe_layer_overhead_us * 1e-6),
@@ -319,9 +339,7 @@ class EfficiencyTable(NamedTuple):
 
 def efficiency_table(eff: EfficiencyConfig, dtype=jnp.float64, xp=jnp) -> EfficiencyTable:
     """Per-family arrays from an :class:`EfficiencyConfig` (``xp``: ``jnp``, or ``np`` for host-side inputs)."""
-    bw = [eff.bw_eff.get(f, eff.default_bw_eff) for f in GPU_FAMILIES]
-    fl = [eff.flops_eff.get(f, eff.default_flops_eff) for f in GPU_FAMILIES]
-    pf = [eff.prefill_flops_eff.get(f, eff.default_prefill_flops_eff) for f in GPU_FAMILIES]
+    bw, fl, pf = zip(*(family_factors(eff, f) for f in GPU_FAMILIES))
     return EfficiencyTable(xp.asarray(bw, dtype), xp.asarray(fl, dtype), xp.asarray(pf, dtype),
                            xp.asarray(eff.moe_eff, dtype), xp.asarray(eff.step_overhead_ms / 1000.0, dtype),
                            xp.asarray(eff.mem_util, dtype), xp.asarray(eff.layer_overhead_us * 1e-6, dtype),

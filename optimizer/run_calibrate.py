@@ -93,8 +93,10 @@ def run(cfg, outdir: Path) -> Path:
     errs = "; ".join(f"{k} {report[k]['n_predicted']} rows, median APE {report[k]['median_ape_pct_before']:.1f}% -> "
                      f"{report[k]['median_ape_pct_after']:.1f}%" for k in regimes)
     fitted.source = (f"fitted by `{command.strip()}` on {shown}" + (f" + {slo.name}" if slo else "")
-                     + f" (sha256 {digest}); {errs}; families absent from the data use "
-                     f"default_* = mean of the fitted families")
+                     + f" (sha256 {digest}); {errs}; families absent from the data take the "
+                     "fitted factors scaled by their measured matmul_share / hbm_share (microbenchmarks, not fitted; "
+                     "sources in conf/efficiency/start.yaml), or default_* = mean of the fitted families where no "
+                     "share is measured")
     header = ("# Roofline efficiency factors fitted by tokenmargin-calibrate.\n"
               f"# Data: {shown}" + (f" + {slo.name}" if slo else "") + f" (sha256 {digest}).\n"
               f"# Command: {command.strip()}\n"

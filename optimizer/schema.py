@@ -207,7 +207,10 @@ class PrecisionConfig:
 class EfficiencyConfig:
     """Calibrated efficiency factors of the roofline model (fitted by tokenmargin-calibrate).
 
-    Per-family factors are keyed by GPU family; ``default_*`` applies to families absent from the fit.
+    Per-family factors are keyed by GPU family. A family absent from the fit takes the fitted
+    families' factors scaled by its measured microbenchmark share relative to theirs (``hbm_share``
+    for bandwidth, ``matmul_share`` for both compute factors; :func:`optimizer.params.family_factors`),
+    or ``default_*`` where no share relates it to a fitted family.
     """
 
     bw_eff: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # achieved / peak memory bandwidth, per family
@@ -223,6 +226,8 @@ class EfficiencyConfig:
     moe_layer_overhead_us: float = accepts(0.0, **NON_NEGATIVE)  # extra per MoE layer per step (router, top-k, permute, grouped GEMM launches), us
     collective_latency_us: float = accepts(0.0, **NON_NEGATIVE)  # latency of one collective (all-reduce, EP dispatch or combine), microseconds
     ep_imbalance: float = accepts(1.0, ge=1.0)  # busiest / mean tokens per expert-parallel rank at large EP (>= 1)
+    matmul_share: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # measured BF16 matmul TFLOPS / catalog peak, per family (carries compute factors to unfitted families)
+    hbm_share: dict[str, float] = accepts(default_factory=dict, **FRACTION)  # measured HBM (STREAM) bandwidth / catalog peak, per family (carries bw_eff to unfitted families)
     source: str = ""  # command and data that produced the values
 
 

@@ -50,6 +50,7 @@ SCHEMA = {"config": RunConfig, "estimate": EstimateConfig, "calibrate": Calibrat
     ("fleet.budget_usd_per_day=-100", "fleet.budget_usd_per_day", "> 0 or null"),
     ("efficiency.mem_util=1.5", "efficiency.mem_util", "(0, 1]"),
     ("efficiency.bw_eff.hopper=nan", "efficiency.bw_eff.hopper", "(0, 1]"),
+    ("efficiency.matmul_share.cdna3=1.5", "efficiency.matmul_share.cdna3", "(0, 1]"),
     ("solver.starts=0", "solver.starts", "an integer >= 1"),
     ("demand.segments.consumer_chat.elasticity=inf", "demand.segments.consumer_chat.elasticity", "> 0"),
     ("demand.segments.consumer_chat.input_tokens_per_day=nan", "demand.segments.consumer_chat.input_tokens_per_day",
