@@ -82,15 +82,21 @@ def _main_layout(prob: Problem, labels: Labels, work: np.ndarray, g: int, j: int
 
 
 def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
-    """One row per pool with GPUs: its deployment, GPUs (prefill / decode), replicas, cost, utilisation."""
+    """One row per pool with GPUs: its deployment, GPUs (prefill / decode), replicas, cost, utilisation.
+
+    ``peak_utilization`` is the busy share of the pool's GPUs in its busiest period (the interactive
+    peak, or the period's mean load with the batch placed there, whichever sized the pool: at most the
+    fleet's cap of that kind; below it by the rounding slack of whole replicas), like the plan rows';
+    ``daily_utilization`` its mean load over the day on those GPUs."""
     gpus, rep = np.asarray(b.gpus, float), np.asarray(prob.tp, float)
-    peak, daily = np.asarray(b.peak_load, float), np.asarray(b.daily_load, float)
+    daily = np.asarray(b.daily_load, float)
     price = np.asarray(prob.usd_per_gpu_hour, float)
     work = np.asarray(b.work, float)
     pre = np.asarray(prob.prefill_share, float)
     per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
     reserved = np.asarray(b.reserved, float)
-    pool_cost = table_arrays(prob, b).pool_cost
+    arrays = table_arrays(prob, b)
+    pool_cost, busy = arrays.pool_cost, np.asarray(arrays.busy, float)
     hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
     on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
     od_rate = price * np.asarray(prob.on_demand_ratio, float)
@@ -102,6 +108,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
         w = work[:, j, k, g]
         share = float((w * pre[:, j, k, g]).sum() / max(w.sum(), 1e-300))
         disagg = main is not None and main.disaggregated
+        top = int(np.argmax(per_period[g, j, k]))  # the busiest period: the one the pool's GPUs are sized for
         rows.append({
             "gpu": labels.gpus[g], "model": labels.models[j], "precision": labels.precisions[k],
             "deployment": main.label() if main else "", "other_deployments": "; ".join(x.label() for x in used[1:]),
@@ -115,7 +122,8 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             "usd_per_gpu_hour": _r(price[g], 4),
             "on_demand_usd_per_gpu_hour": _r(od_rate[g], 4) if od_rate[g] < 1e5 * max(price[g], 1e-9) else None,
             "cost_usd_per_day": _r(pool_cost[g, j, k], 2),
-            "peak_utilization": _r(peak[g, j, k] / n, 4), "daily_utilization": _r(daily[g, j, k] / n, 4),
+            "peak_utilization": _r(busy[g, j, k, top] / per_period[g, j, k, top], 4) if per_period[g, j, k, top] > 0 else 0.0,
+            "daily_utilization": _r(daily[g, j, k] / n, 4),
         })
     return pd.DataFrame(rows, columns=FLEET_COLUMNS)
 
