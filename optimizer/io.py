@@ -189,13 +189,15 @@ def publish(outdir: str | Path, write: Callable[[Path], None], status: str) -> l
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_finite(df: pd.DataFrame, what: str) -> pd.DataFrame:
+def check_finite(df: pd.DataFrame, what: str, blank_ok: tuple[str, ...] = ()) -> pd.DataFrame:
     """``df`` if every numeric cell is finite, else :class:`~optimizer.errors.SolverFailure` naming the columns
-    (a NaN or inf is reported, never exported as a result)."""
+    (a NaN or inf is reported, never exported as a result). In the ``blank_ok`` columns an empty cell
+    (NaN: "does not apply", e.g. no on-demand rent for a GPU type) is allowed; an inf is not."""
     from optimizer.errors import SolverFailure
 
     num = df.select_dtypes("number")
-    bad = [c for c in num.columns if not np.isfinite(num[c].to_numpy(float)).all()]
+    bad = [c for c in num.columns
+           if not (np.isfinite(v := num[c].to_numpy(float)) | (np.isnan(v) if c in blank_ok else False)).all()]
     if bad:
         raise SolverFailure(f"{what} has non-finite values (NaN or inf) in {', '.join(map(str, bad[:8]))}"
                             f"{' ...' if len(bad) > 8 else ''}; nothing was exported")

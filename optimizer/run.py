@@ -176,7 +176,7 @@ def _single_run(c: RunConfig, cfg, outdir: Path, helper, scratch: Path) -> dict:
     if res.ok:  # a NaN or inf is reported, never exported as a plan
         check_on_demand_caps(res.prob, res.labels, res.final_breakdown)
         io.check_finite(plan, "the plan")
-        io.check_finite(fleet, "the fleet table")
+        io.check_finite(fleet, "the fleet table", blank_ok=("on_demand_usd_per_gpu_hour",))  # blank: no on-demand rent
         io.check_finite(hourly, "the hourly fleet table")
         io.check_finite(sheet[PRICE_COLUMNS], "the price sheet")
     if drawing is not None:  # drawn here while the helper draws its share

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from optimizer.catalog import to_schema
 from optimizer.errors import SolverFailure
+from optimizer.io import check_finite
 from optimizer.run import PLAN_FILES, run
 from optimizer.schema import RunConfig, register_configs
 
@@ -278,3 +279,19 @@ def test_rows_that_lose_money_are_named_with_whether_their_product_is_shared():
                                                                      "wall_s": 0.1}},
                           "violation": 0.0}, plan.assign(gpus_by_type=""), pd.DataFrame(), pd.DataFrame())
     assert md.count("> **Note:** loses money") == 2 and md.count(shared) == 1
+
+
+def test_a_fleet_mixing_gpus_with_and_without_an_on_demand_rent_is_exported(tmp_path):
+    """MI325X has no sourced on-demand rent, B200 has: the fleet table leaves MI325X's blank (it was
+    reported as a NaN plan and nothing was exported), and a NaN anywhere else is still refused."""
+    cfg = compose_run(["fleet.gpus=[mi325x,b200]", "output.plots=false", "output.progress=false"])
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "converged" and summary["recommended"]
+    fleet = pd.read_csv(tmp_path / "fleet.csv")
+    rent = fleet.set_index("gpu")["on_demand_usd_per_gpu_hour"]
+    assert rent.loc[["mi325x"]].isna().all() and (rent.loc[["b200"]] > 0).all()
+    with pytest.raises(SolverFailure, match="cost_usd_per_day"):
+        check_finite(fleet.assign(cost_usd_per_day=np.nan), "the fleet table", blank_ok=("on_demand_usd_per_gpu_hour",))
+    with pytest.raises(SolverFailure, match="on_demand_usd_per_gpu_hour"):
+        check_finite(fleet.assign(on_demand_usd_per_gpu_hour=np.inf), "the fleet table",
+                     blank_ok=("on_demand_usd_per_gpu_hour",))
