@@ -216,9 +216,9 @@ def _row_layouts(hw, model, prec, rec: dict, mem_util: float) -> list[Layout]:
         lays = with_draft_lengths(lays, model, spec)  # drafts the candidate set skips (e.g. MTP-2, MTP-5)
     if ep is not None and np.isfinite(ep) and model.num_experts > 0:
         e = int(ep)  # a given EP degree (e.g. TP8 attention with MoE TP4 x EP2) on every candidate shape
-        if gpus is None or (gpus % e == 0 and model.num_experts % e == 0):
+        if gpus is None or gpus % e == 0:  # (experts ep does not divide: redundant slots, params.expert_slots)
             lays = lays + [Layout(lay.gpus, lay.tp, e, lay.disaggregated, lay.spec_k) for lay in lays
-                           if lay.gpus % e == 0 and model.num_experts % e == 0]
+                           if lay.gpus % e == 0]
     out = []
     for lay in dict.fromkeys(lays):
         if tp is not None and np.isfinite(tp):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from optimizer.errors import ConfigError
-from optimizer.params import Layout, scaleup, validate_layout
+from optimizer.params import Layout, expert_slots, scaleup, validate_layout
 from optimizer.schema import HardwareConfig, ModelConfig, PrecisionConfig
 
 MAX_REPLICA_GPUS = 64
@@ -41,7 +41,7 @@ def fits_one_sequence(hw: HardwareConfig, model: ModelConfig, prec: PrecisionCon
     """Host-side check that a layout holds its per-GPU weights plus one ``context``-token sequence of KV."""
     routed = model.routed_expert_params_b * 1e9 * prec.bytes_per_weight
     dense = model.total_params_b * 1e9 * prec.bytes_per_weight - routed
-    per_gpu = dense / layout.tp + routed / layout.gpus
+    per_gpu = dense / layout.tp + routed * expert_slots(model.num_experts, layout.ep) / layout.gpus
     kv_tok = (model.kv_bytes_per_token_bf16 + model.window_kv_bytes_per_token_bf16) * prec.bytes_per_kv / 2.0
     shards = 1 if model.attention == "mla" else max(1, min(layout.tp, model.num_kv_heads))
     return hw.memory_gb * 1e9 * mem_util - per_gpu >= kv_tok * context / shards

@@ -79,7 +79,7 @@ def estimate_layouts(cfg: EstimateConfig) -> list[Layout]:
         for x in lays:
             t = cfg.tp if cfg.tp is not None else x.tp
             e = cfg.ep if cfg.ep is not None else x.ep
-            if x.gpus % t == 0 and (model.num_experts == 0 or (x.gpus % e == 0 and model.num_experts % e == 0)):
+            if x.gpus % t == 0 and (model.num_experts == 0 or x.gpus % e == 0):
                 extra.append(Layout(x.gpus, t, e, x.disaggregated, x.spec_k))
         lays = extra
     out = []

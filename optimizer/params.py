@@ -123,6 +123,18 @@ def scaleup(hw: HardwareConfig) -> tuple[float, int]:
     return 0.0, 1
 
 
+def expert_slots(num_experts: int, ep: int) -> float:
+    """Expert slots a replica holds per routed expert: ``ceil(E / ep) · ep / E`` (1 where ``ep`` divides
+    ``E``; 1 for a dense model). Where it does not, every EP rank still gets ``ceil(E / ep)`` slots and
+    the extra ones hold redundant copies of busy experts — DeepSeek-V3's decode runs EP144 with 2 slots
+    per GPU for its 256 experts (32 redundant), its prefill EP32 with 9 — so they cost memory and, at
+    large batch, the bandwidth of reading them; the load balance they buy is the one ``ep_imbalance``
+    describes."""
+    if num_experts <= 0 or ep <= 1:
+        return 1.0
+    return math.ceil(num_experts / ep) * ep / num_experts
+
+
 def validate_layout(hw: HardwareConfig, model: ModelConfig, layout: Layout) -> None:
     """Check a layout against the GPU's links and the model's experts (messages name the accepted values)."""
     g, tp, ep = layout.gpus, layout.tp, layout.ep
@@ -139,9 +151,9 @@ def validate_layout(hw: HardwareConfig, model: ModelConfig, layout: Layout) -> N
     if model.num_experts == 0 and tp != g:
         raise ConfigError(f"model '{model.key}' is dense: its replica is tensor-parallel over all its GPUs, so "
                           f"tp must equal gpus ({g}); got tp={tp} (pipeline parallelism is not modelled)")
-    if ep > 1 and (g % ep or model.num_experts % ep):
-        raise ConfigError(f"ep={ep} must divide both the replica's gpus={g} and model '{model.key}''s "
-                          f"{model.num_experts} routed experts")
+    if ep > 1 and g % ep:
+        raise ConfigError(f"ep={ep} must divide the replica's gpus={g}; accepted ep values: "
+                          f"{[d for d in range(1, g + 1) if g % d == 0]}")
     bw, domain = scaleup(hw)
     if g > 1 and bw <= 0 and hw.scaleout_bw_gb_s <= 0:
         raise ConfigError(f"a {g}-GPU replica needs a link between GPUs, but GPU '{hw.key}' has no scale-up, PCIe "
@@ -198,6 +210,7 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
     bpw, bkv = prec.bytes_per_weight, prec.bytes_per_kv / 2.0  # catalog KV is at 2 B/element
     routed = model.routed_expert_params_b * GB
     total = model.total_params_b * GB
+    slots = expert_slots(model.num_experts, layout.ep)
     attn_full, attn_win, attn_prefill = attention_flops_coefficients(model)
     moe = model.num_experts > 0
     link, domain = scaleup(hw)
@@ -206,8 +219,8 @@ def build_deployment(hw: HardwareConfig, model: ModelConfig, prec: PrecisionConf
     else:
         f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
     return Deployment(
-        weight_bytes=f(total * bpw), dense_weight_bytes=f((total - routed) * bpw),
-        expert_weight_bytes=f(routed * bpw),
+        weight_bytes=f((total - routed + routed * slots) * bpw), dense_weight_bytes=f((total - routed) * bpw),
+        expert_weight_bytes=f(routed * slots * bpw),
         num_experts=f(model.num_experts if moe else 1.0),
         experts_per_token=f(model.experts_per_token if moe else 1.0),
         active_params=f(model.active_params_b * GB),

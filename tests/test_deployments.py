@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.roofline import alltoall_time, decode_step, expert_bytes_per_gpu, kv_transfer_time, max_batch
+from kernels.roofline import (alltoall_time, decode_step, expert_bytes_per_gpu, kv_transfer_time, max_batch,
+                              weight_bytes_per_gpu)
 from kernels.serving import NO_SPECULATION, Speculation, Workload, max_throughput_point, operating_point, slo_batch
 from optimizer import catalog
-from optimizer.deployments import candidate_layouts
+from optimizer.deployments import candidate_layouts, fits_one_sequence
 from optimizer.errors import ConfigError
-from optimizer.params import Layout, build_deployment, build_mtp, efficiency_for, validate_layout
+from optimizer.params import Layout, build_deployment, build_mtp, efficiency_for, expert_slots, validate_layout
 from tests.helpers import assert_grad_matches_fd
 
 EFF = efficiency_for(catalog.load_efficiency("calibrated"), "hopper")
@@ -171,3 +172,23 @@ def test_tp_over_pcie_and_multi_node_layouts():
         validate_layout(H200, llama70, Layout(8, 1, 8))
     with pytest.raises(ConfigError, match="MTP"):
         validate_layout(H200, llama70, Layout(2, 2, 1, spec_k=1))
+
+
+def test_an_ep_degree_that_does_not_divide_the_experts_holds_redundant_slots():
+    """DeepSeek-V3's production decode runs EP144 over 18 H800 nodes: 256 experts in 2 slots per GPU
+    (288 slots, 32 of them redundant copies). Each GPU holds ceil(E / ep) experts' weights."""
+    h800 = catalog.load_hardware("h800")
+    assert expert_slots(256, 144) == pytest.approx(288 / 256) and expert_slots(256, 32) == 1.0
+    assert expert_slots(0, 8) == 1.0 and expert_slots(256, 1) == 1.0
+    validate_layout(h800, DSV3, Layout(144, 1, 144))  # accepted now
+    with pytest.raises(ConfigError, match=r"ep=7 must divide the replica's gpus=144; accepted ep values: \[1, 2, 3"):
+        validate_layout(h800, DSV3, Layout(144, 1, 7))
+    d144 = build_deployment(h800, DSV3, FP8, Layout(144, 1, 144), dtype=None)
+    d128 = build_deployment(h800, DSV3, FP8, Layout(128, 1, 128), dtype=None)
+    per_expert = DSV3.routed_expert_params_b * 1e9 * FP8.bytes_per_weight / 256
+    assert weight_bytes_per_gpu(d144) - float(d144.dense_weight_bytes) == pytest.approx(2 * per_expert)
+    assert weight_bytes_per_gpu(d128) - float(d128.dense_weight_bytes) == pytest.approx(2 * per_expert)
+    assert float(d144.expert_weight_bytes) == pytest.approx(288 * per_expert)
+    assert fits_one_sequence(h800, DSV3, FP8, Layout(144, 1, 144), 0.9, 6000.0)
+    p = max_throughput_point(d144, EFF, WL)
+    assert bool(p.fits) and float(p.output_tok_s) > 0
