@@ -127,9 +127,9 @@ def expert_slots(num_experts: int, ep: int) -> float:
     """Expert slots a replica holds per routed expert: ``ceil(E / ep) · ep / E`` (1 where ``ep`` divides
     ``E``; 1 for a dense model). Where it does not, every EP rank still gets ``ceil(E / ep)`` slots and
     the extra ones hold redundant copies of busy experts — DeepSeek-V3's decode runs EP144 with 2 slots
-    per GPU for its 256 experts (32 redundant), its prefill EP32 with 9 — so they cost memory and, at
-    large batch, the bandwidth of reading them; the load balance they buy is the one ``ep_imbalance``
-    describes."""
+    per GPU for its 256 experts (32 redundant) — so they cost memory and, at large batch, the bandwidth
+    of reading them; the load balance they buy is the one ``ep_imbalance`` describes. Redundant copies
+    beyond that (DeepSeek's prefill: EP32 with 9 slots per GPU, where 8 would do) are not modelled."""
     if num_experts <= 0 or ep <= 1:
         return 1.0
     return math.ceil(num_experts / ep) * ep / num_experts
