@@ -98,6 +98,7 @@ def cases(d: Path) -> list[dict]:
         ("efficiency.bw_eff.hopper=nan", "efficiency.bw_eff.hopper"),
         ("speculative.acceptance=2", "speculative.acceptance"),
         ("model=llama-3p3-70b tp=3", "tp=3"),
+        ("model=deepseek-v3 hardware=h800 gpus=144 tp=1 ep=7", "ep=7 must divide the replica's gpus=144"),
         ("gpus=0", "gpus"),
         ("precision=fp4", "precision 'fp4'"),
         ("isl=-5", "isl"),
@@ -122,10 +123,13 @@ def cases(d: Path) -> list[dict]:
          lambda s: s["recommended"]),
         ("demand.products.llama-70b.input_usd_per_mtok=0.5",  # a product's list price (segments buy products)
          lambda s: s["recommended"]),
+        ("fleet.gpus=[mi325x,b200]",  # one GPU type without an on-demand rent beside one with it
+         lambda s: s["recommended"]),
     ]
     good_est = [
         ("model=llama-3.3-70b hardware=h200-sxm precision=fp8", "alias"),
         ("model=deepseek-v3 hardware=h200-sxm precision=fp8 isl=4383 osl=1211 target.tpot_ms=40", ""),
+        ("model=deepseek-v3 hardware=h800 precision=fp8 gpus=144 tp=1 ep=144", ""),  # EP144: redundant expert slots
     ]
     out = [{"app": "tokenmargin", "args": FAST + a.split(" "), "expect": k} for a, k in run]  # the case's value wins
     out += [{"app": "tokenmargin-estimate", "args": a.split(" "), "expect": k} for a, k in est]
