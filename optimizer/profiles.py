@@ -4,7 +4,7 @@ A profile is the shape of a segment's request rate over one cycle, mean 1.0 (``l
 ``flat`` is 1.0 in every period; a workload name is one of the hour-of-day profiles of public
 traces in ``benchmarks/data/load_profiles.csv`` (a copy of ``shared/data/load_profiles.csv``, with
 its sources and the time-zone caveat); a path is a CSV with columns ``hour`` and
-``load_vs_mean`` (any number of equal-length steps over the cycle). Profiles are resampled to the
+``load_vs_mean`` (any number of equal-length steps over the cycle, ``hour`` the start of each). Profiles are resampled to the
 grid by averaging the cycle's load over each period (exact for 24 one-hour periods). pandas and
 files live here, at the edge; the model sees a (S, T) array.
 """
@@ -36,7 +36,16 @@ def profile_names() -> list[str]:
     return [FLAT, *bundled_profiles()]
 
 
-def _read_csv(path: Path, where: str) -> np.ndarray:
+def _hours(x: np.ndarray, most: int = 8) -> str:
+    shown = ", ".join(f"{v:g}" for v in x[:most])
+    return f"[{shown}{', ...' if x.size > most else ''}]"
+
+
+def _read_csv(path: Path, where: str, cycle_hours: float = 24.0) -> np.ndarray:
+    """The rows' ``load_vs_mean`` in the order of their ``hour``: the start hour of each of n equal
+    steps over the cycle (0, c/n, 2c/n, ...; every hour of the day for 24 rows, 0 and 12 for two
+    half-days). A gap, a duplicate or an uneven step is refused (a day of 23 rows would otherwise
+    be stretched over 24 hours)."""
     try:
         df = pd.read_csv(path)
     except Exception as e:  # noqa: BLE001  (any reader error is the user's file)
@@ -44,9 +53,19 @@ def _read_csv(path: Path, where: str) -> np.ndarray:
     missing = {"hour", "load_vs_mean"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where} = '{path}': the CSV needs columns hour, load_vs_mean (missing {sorted(missing)})")
-    load = df.sort_values("hour")["load_vs_mean"].to_numpy(float)
+    df = df.sort_values("hour")
+    load = df["load_vs_mean"].to_numpy(float)
     if load.size == 0 or not np.all(np.isfinite(load)) or np.any(load < 0) or load.sum() <= 0:
         raise ConfigError(f"{where} = '{path}': load_vs_mean must be finite, >= 0 and not all 0")
+    hours = pd.to_numeric(df["hour"], errors="coerce").to_numpy(float)
+    expected = np.arange(load.size) * cycle_hours / load.size
+    if not np.allclose(hours, expected, rtol=0.0, atol=1e-6 * cycle_hours):
+        whole = np.isfinite(hours).all() and np.allclose(hours, np.round(hours)) and hours.min() >= 0
+        gaps = sorted(set(range(int(round(cycle_hours)))) - set(np.round(hours).astype(int))) if whole else []
+        hint = f"; missing hours {_hours(np.asarray(gaps, float))}" if gaps and whole else ""
+        raise ConfigError(f"{where} = '{path}': column hour must hold the start hour of each row, equal steps over "
+                          f"the {cycle_hours:g}-hour cycle from 0 (for {load.size} rows: {_hours(expected)}); got "
+                          f"{_hours(hours)}{hint}")
     return load
 
 
@@ -63,7 +82,7 @@ def cycle_load(name: str, where: str, cycle_hours: float = 24.0) -> np.ndarray:
                               f"(time.periods x time.hours_per_period = {cycle_hours:g} h); use 'flat' or a CSV")
         load = np.tile(table[name], int(round(days)))
     elif name.endswith(".csv") or "/" in name:
-        load = _read_csv(Path(name).expanduser(), where)
+        load = _read_csv(Path(name).expanduser(), where, cycle_hours)
     else:
         raise ConfigError(f"{where} = '{name}': accepted '{FLAT}', a workload of load_profiles.csv "
                           f"{list(table)}, or a path to a CSV with columns hour, load_vs_mean")

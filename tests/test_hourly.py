@@ -18,7 +18,9 @@ from optimizer import economics as econ
 from optimizer.decision import reference_decision
 from optimizer.engine import optimize
 from optimizer.objective import evaluate
+from optimizer.errors import ConfigError
 from optimizer.problem import build_problem
+from optimizer.profiles import cycle_load
 from optimizer.solve import Dual, DualStart
 from optimizer.solve.dual import pool_period_shape, solve_dual
 from optimizer.schema import TimeConfig
@@ -172,7 +174,7 @@ def test_a_flat_profile_needs_no_on_demand_gpus():
 
 
 def _two_period(tmp_path, volumes, idle, method="auto"):
-    rows = {"peak": "hour,load_vs_mean\n0,2\n1,0\n", "off": "hour,load_vs_mean\n0,0\n1,2\n"}
+    rows = {"peak": "hour,load_vs_mean\n0,2\n12,0\n", "off": "hour,load_vs_mean\n0,0\n12,2\n"}
     segs = {}
     for name, vol in zip(rows, volumes):
         path = tmp_path / f"{name}.csv"
@@ -469,3 +471,26 @@ def test_a_day_at_three_rents_under_a_budget_is_certified():
     b = evaluate(sol.decision, prob)
     assert float(b.gpu_cost) <= 41877.05 * (1 + 1e-4)
     assert float(np.asarray(b.gpus)[2].sum()) <= 185.77 * (1 + 1e-4)
+
+
+def test_a_profile_csv_holds_the_start_hour_of_equal_steps_over_the_cycle(tmp_path):
+    """A user's day of 23 rows (hour 23 forgotten) was stretched over 24 hours; it is refused, naming
+    the hours expected and the one missing. Start hours of equal steps are read in any row order."""
+    def csv(name, rows):
+        path = tmp_path / name
+        path.write_text("hour,load_vs_mean\n" + "".join(f"{h},{v}\n" for h, v in rows))
+        return str(path)
+
+    day = [(h, 1.5 if 8 <= h < 20 else 0.5) for h in range(24)]
+    np.testing.assert_allclose(cycle_load(csv("day.csv", day[::-1]), "p"), [v for _, v in day])  # any order
+    np.testing.assert_allclose(cycle_load(csv("halves.csv", [(12, 1.0), (0, 3.0)]), "p"), [1.5, 0.5])
+    np.testing.assert_allclose(cycle_load(csv("half_hours.csv", [(h / 2, 1.0) for h in range(48)]), "p"), np.ones(48))
+    with pytest.raises(ConfigError, match=r"p = '.*short.csv': column hour must hold the start hour of each row, "
+                                          r"equal steps over the 24-hour cycle from 0 \(for 23 rows: \[0, 1.04348.*"
+                                          r"missing hours \[23\]"):
+        cycle_load(csv("short.csv", day[:-1]), "p")
+    with pytest.raises(ConfigError, match=r"for 2 rows: \[0, 12\]\); got \[0, 1\]"):  # step indices, not hours
+        cycle_load(csv("indices.csv", [(0, 1.0), (1, 2.0)]), "p")
+    with pytest.raises(ConfigError, match="missing hours"):  # a duplicate hour
+        cycle_load(csv("twice.csv", day[:23] + [(22, 1.0)]), "p")
+    np.testing.assert_allclose(cycle_load(csv("two_days.csv", [(0, 1.0), (24, 3.0)]), "p", 48.0), [0.5, 1.5])

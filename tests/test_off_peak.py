@@ -79,7 +79,7 @@ def test_firm_peak_prices_from_one_segment_with_an_off_peak_sheet(tmp_path):
     off-peak sheet (b: the idle value ν forgone; β: the rest of the reserved rent)."""
     p0, p1 = 2 * 2e11 / 2.1e11, 2 * 1e10 / 2.1e11
     path = tmp_path / "day.csv"
-    path.write_text(f"hour,load_vs_mean\n0,{p0!r}\n1,{p1!r}\n")
+    path.write_text(f"hour,load_vs_mean\n0,{p0!r}\n12,{p1!r}\n")
     products = {"day": _product(), "night": _product(["12:00-24:00"], of="day")}
     cfg = _config({"chat": _segment(2.1e11, profile=str(path), peak_to_mean=p0)}, products, 2,
                   idle_value_usd_per_gpu_hour=0.6 * 2.69)
