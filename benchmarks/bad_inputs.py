@@ -91,6 +91,10 @@ def cases(d: Path) -> list[dict]:
          "demand.products.deepseek-v3-off-peak.tier"),
         ("experiment=china-140t demand.products.deepseek-v3-off-peak.hours=[00:00-24:00]",
          "demand.products.deepseek-v3-off-peak.hours"),
+        # a day of hourly loads with hour 23 forgotten (was stretched over 24 hours)
+        ("demand.segments.consumer_chat.profile="
+         + _csv(d, "day23.csv", "hour,load_vs_mean\n" + "".join(f"{h},1\n" for h in range(23))),
+         "missing hours [23]"),
     ]
     (d / "afile").write_text("")
     est = [
