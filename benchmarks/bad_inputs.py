@@ -91,6 +91,10 @@ def cases(d: Path) -> list[dict]:
          "demand.products.deepseek-v3-off-peak.tier"),
         ("experiment=china-140t demand.products.deepseek-v3-off-peak.hours=[00:00-24:00]",
          "demand.products.deepseek-v3-off-peak.hours"),
+        # on-demand rents for a GPU the catalog offers none: below its reserved rent (were clipped to it)
+        ("fleet.gpus=[mi325x,b200] sweep.name=od "
+         "+sweep.axes.od={path:fleet.on_demand_usd_per_gpu_hour.mi325x,values:[1.0,1.5]}",
+         "on-demand rent of mi325x below its reserved rent"),
         # a day of hourly loads with hour 23 forgotten (was stretched over 24 hours)
         ("demand.segments.consumer_chat.profile="
          + _csv(d, "day23.csv", "hour,load_vs_mean\n" + "".join(f"{h},1\n" for h in range(23))),

@@ -14,7 +14,7 @@ from optimizer.engine import optimize
 from optimizer.errors import ConfigError
 from optimizer.schema import AxisConfig, SolverConfig, SweepConfig
 from optimizer.sweep import design, resolve_path, run_sweep
-from optimizer.problem import scenario_inputs
+from optimizer.problem import NO_CAP, scenario_inputs
 from tests.scenarios import run_config, segment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,17 @@ def test_rent_axes_keep_on_demand_above_reserved_and_idle_below():
         check_rents(numbers, targets, [True, False, False], idle, names, list(labels.gpus))
     # a reserved-rent axis alone keeps the documented clipping (sweep=what-if takes B200 to 13 > 10.57)
     check_rents(numbers, targets[1:2], [False], pd.DataFrame({"rent": [3.0, 9.0]}), ["rent"], list(labels.gpus))
+    # a GPU the base offers no on-demand rent (MI325X has none in the catalog): an axis of rents offers
+    # it, checked like any other (a rent below reserved was clipped to it: every row the same plan)
+    od = np.asarray(numbers.on_demand_usd_per_gpu_hour, float).copy()
+    od[1] = NO_CAP
+    no_od = numbers._replace(on_demand_usd_per_gpu_hour=od)
+    check_rents(no_od, targets[:1], [False], pd.DataFrame({"od": [3.59, 5.0]}), ["od"], list(labels.gpus))
+    with pytest.raises(ConfigError, match=r"on-demand rent of h200-sxm below its reserved rent \(scenario 0: 1 < 3.59"):
+        check_rents(no_od, targets[:1], [False], pd.DataFrame({"od": [1.0, 1.5]}), ["od"], list(labels.gpus))
+    with pytest.raises(ConfigError, match=r"sweep.axes.od scales the on-demand rent of h200-sxm, which has none in "
+                                          r"the base scenario .* \(relative: false\)"):
+        check_rents(no_od, targets[:1], [True], pd.DataFrame({"od": [1.2, 1.5]}), ["od"], list(labels.gpus))
 
 
 # the augmented-Lagrangian variant in the nightly command (README); the dual is the sweep's default

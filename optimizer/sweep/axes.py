@@ -262,22 +262,30 @@ def check_rents(numbers: Numbers, targets: list[Target], relative: list[bool], p
                 names: list[str], gpus: list[str]) -> None:
     """With an axis on an on-demand rent or on the idle value, every scenario must keep each GPU's
     on-demand rent at or above its reserved rent and its idle value below it, as a single run's
-    config must (the reserved-rent axes count too). Without one, a reserved rent swept above the
+    config must (the reserved-rent axes count too), including a GPU whose on-demand rent only the axis
+    sets (the base scenario offers it none: an axis of rents in USD/GPU-hour offers it; one that
+    scales the missing rent is refused). Without such an axis, a reserved rent swept above the
     on-demand rent is clipped to it, as :func:`optimizer.problem.on_demand_ratio` says."""
     axes = [(n, t, rel) for n, t, rel in zip(names, targets, relative) if t.field in RENT_FIELDS]
     if not any(t.field != "usd_per_gpu_hour" for _, t, _ in axes):
         return
     rows = {f: np.tile(np.broadcast_to(np.asarray(getattr(numbers, f), float), (len(gpus),)), (len(plan), 1))
             for f in RENT_FIELDS}  # (scenarios, G) USD per GPU-hour
-    offered = rows["on_demand_usd_per_gpu_hour"][0] < NO_CAP / 10
+    none = rows["on_demand_usd_per_gpu_hour"][0] >= NO_CAP / 10  # (G,) no on-demand rent in the base scenario
     for n, t, rel in axes:
         v = plan[n].to_numpy(float)[:, None]
         cols = list(t.index) if t.index else slice(None)  # a per-GPU rent, or the idle value of every GPU
+        if t.field == "on_demand_usd_per_gpu_hour" and rel and none[cols].any():
+            gpu = gpus[t.index[0]]
+            raise ConfigError(f"sweep.axes.{n} scales the on-demand rent of {gpu}, which has none in the base scenario "
+                              f"(none in the catalog); set fleet.on_demand_usd_per_gpu_hour.{gpu} (the rent the axis "
+                              f"scales) or give the axis rents in USD/GPU-hour (relative: false)")
         rows[t.field][:, cols] = rows[t.field][:, cols] * v if rel else v
     swept = ", ".join(f"sweep.axes.{n}" for n, _, _ in axes)
     reserved, on_demand, idle = (rows[f] for f in RENT_FIELDS)
+    offered = on_demand < NO_CAP / 10  # (scenarios, G): an axis may offer a GPU the base does not
     for g, gpu in enumerate(gpus):
-        bad = np.flatnonzero(offered[g] & (on_demand[:, g] < reserved[:, g] * (1 - 1e-9)))
+        bad = np.flatnonzero(offered[:, g] & (on_demand[:, g] < reserved[:, g] * (1 - 1e-9)))
         if bad.size:
             i = bad[0]
             raise ConfigError(f"{swept}: {bad.size} scenario(s) put the on-demand rent of {gpu} below its reserved "
