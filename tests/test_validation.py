@@ -121,7 +121,11 @@ def test_sweep_axis_values_are_validated_like_single_runs():
                       (AxisConfig(path="demand.segments.chat.elasticity", values=[0.2, 1.0], relative=True),
                        "elasticity = 0.4"),
                       (AxisConfig(path="efficiency.mem_util", values=[0.5, 1.2]), "(0, 1]"),
-                      (AxisConfig(path="quality.llama-3p1-8b.fp8", values=[0.9, 1.1]), "(0, 1]")]:
+                      (AxisConfig(path="quality.llama-3p1-8b.fp8", values=[0.9, 1.1]), "(0, 1]"),
+                      # an efficiency axis of a family no fleet GPU is in changed nothing (a swing of 0)
+                      (AxisConfig(path="efficiency.flops_eff.cdna3", values=[0.2, 0.3]),
+                       "sweeps GPU family 'cdna3', which no GPU of fleet.gpus is in (h100-sxm: hopper), so it "
+                       "changes nothing; accepted families here: hopper")]:
         sw = SweepConfig(name="t", axes={"a": axis}, mode="sample" if axis.uniform else "grid", samples=4)
         with pytest.raises(ConfigError, match=re.escape(msg)):
             check_axes(base, axes_of(sw), design(sw))

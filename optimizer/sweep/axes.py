@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from optimizer.catalog import MODEL_ALIASES, canonical_model
+from optimizer.catalog import MODEL_ALIASES, canonical_model, load_hardware
 from optimizer.errors import ConfigError
 from optimizer.problem import NO_CAP, Labels, Numbers
 from optimizer.schema import GPU_FAMILIES, AxisConfig, RunConfig, SweepConfig
@@ -244,6 +244,13 @@ def check_axes(cfg: RunConfig, axes: dict[str, AxisConfig], plan: pd.DataFrame) 
         if ax.path.startswith("fleet.on_demand_usd_per_gpu_hour.") and not cfg.fleet.on_demand:
             raise ConfigError(f"sweep.axes.{n} (path {ax.path}) sweeps an on-demand rent, but fleet.on_demand is "
                               f"false; set fleet.on_demand=true (on-demand GPUs offered) or drop the axis")
+        part = ax.path.split(".")
+        if len(part) == 3 and part[0] == "efficiency" and part[1] in EFF_PER_FAMILY:
+            fleet = {g: load_hardware(g).family for g in cfg.fleet.gpus}
+            if part[2] not in fleet.values():
+                raise ConfigError(f"sweep.axes.{n} (path {ax.path}) sweeps GPU family '{part[2]}', which no GPU of "
+                                  f"fleet.gpus is in ({', '.join(f'{g}: {f}' for g, f in fleet.items())}), so it "
+                                  f"changes nothing; accepted families here: {', '.join(sorted(set(fleet.values())))}")
         if ax.path.startswith("fleet.on_demand_cap."):
             gpu = ax.path[len("fleet.on_demand_cap."):]
             if cfg.fleet.on_demand_cap.get(gpu) is None:
