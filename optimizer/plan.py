@@ -96,7 +96,8 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
     per_period = np.asarray(b.period_gpus, float)  # (G, J, K, T)
     reserved = np.asarray(b.reserved, float)
     arrays = table_arrays(prob, b)
-    pool_cost, busy = arrays.pool_cost, np.asarray(arrays.busy, float)
+    pool_cost, peak_gpus = arrays.pool_cost, per_period.max(-1)
+    peak_util = np.where(peak_gpus > 0, at_busiest(arrays.busy, per_period) / np.maximum(peak_gpus, 1e-300), 0.0)
     hours = HOURS_PER_DAY / per_period.shape[-1]  # per period, scaled to a day
     on_demand_h = np.maximum(per_period - reserved[..., None], 0.0).sum(-1) * hours
     od_rate = price * np.asarray(prob.on_demand_ratio, float)
@@ -108,7 +109,6 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
         w = work[:, j, k, g]
         share = float((w * pre[:, j, k, g]).sum() / max(w.sum(), 1e-300))
         disagg = main is not None and main.disaggregated
-        top = int(np.argmax(per_period[g, j, k]))  # the busiest period: the one the pool's GPUs are sized for
         rows.append({
             "gpu": labels.gpus[g], "model": labels.models[j], "precision": labels.precisions[k],
             "deployment": main.label() if main else "", "other_deployments": "; ".join(x.label() for x in used[1:]),
@@ -122,7 +122,7 @@ def fleet_table(prob: Problem, labels: Labels, b: Breakdown) -> pd.DataFrame:
             "usd_per_gpu_hour": _r(price[g], 4),
             "on_demand_usd_per_gpu_hour": _r(od_rate[g], 4) if od_rate[g] < 1e5 * max(price[g], 1e-9) else None,
             "cost_usd_per_day": _r(pool_cost[g, j, k], 2),
-            "peak_utilization": _r(busy[g, j, k, top] / per_period[g, j, k, top], 4) if per_period[g, j, k, top] > 0 else 0.0,
+            "peak_utilization": _r(peak_util[g, j, k], 4),
             "daily_utilization": _r(daily[g, j, k] / n, 4),
         })
     return pd.DataFrame(rows, columns=FLEET_COLUMNS)
@@ -306,6 +306,12 @@ def _table_arrays(prob: Problem, work, period_gpus, reserved):
     return peak_f, daily_need, kappa, nu, share, weight, pool_cost, busy
 
 
+def at_busiest(x: np.ndarray, period_gpus: np.ndarray) -> np.ndarray:
+    """(G, J, K) the value of ``x`` (G, J, K, T) in each pool's busiest period (most GPUs run: the
+    period its GPUs are sized for)."""
+    return np.take_along_axis(x, period_gpus.argmax(-1)[..., None], -1)[..., 0]
+
+
 def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(cost, gpus, busy)`` (S, J, K, G): USD/day of GPU cost attributed to each flow (they sum to
     the fleet's cost), each flow's share of its pools' GPUs in their busiest period, and the GPUs its
@@ -323,7 +329,7 @@ def flow_allocation(prob: Problem, b: Breakdown) -> tuple[np.ndarray, np.ndarray
     cost = (share * np.transpose(from_pool * pool_cost[..., None], (1, 2, 0, 3))[None]).sum(-1)
     top = need.argmax(-1)  # (G, J, K)
     at_top = np.take_along_axis(share, np.transpose(top, (1, 2, 0))[None, ..., None], -1)[..., 0]
-    busy_top = np.take_along_axis(arrays.busy, top[..., None], -1)[..., 0]  # (G, J, K)
+    busy_top = at_busiest(arrays.busy, need)  # (G, J, K)
     return (cost, at_top * np.transpose(np.asarray(b.gpus, float), (1, 2, 0))[None],
             at_top * np.transpose(busy_top, (1, 2, 0))[None])
 

@@ -62,7 +62,7 @@ def _read_csv(path: Path, where: str, cycle_hours: float = 24.0) -> np.ndarray:
     if not np.allclose(hours, expected, rtol=0.0, atol=1e-6 * cycle_hours):
         whole = np.isfinite(hours).all() and np.allclose(hours, np.round(hours)) and hours.min() >= 0
         gaps = sorted(set(range(int(round(cycle_hours)))) - set(np.round(hours).astype(int))) if whole else []
-        hint = f"; missing hours {_hours(np.asarray(gaps, float))}" if gaps and whole else ""
+        hint = f"; missing hours {_hours(np.asarray(gaps, float))}" if gaps else ""
         raise ConfigError(f"{where} = '{path}': column hour must hold the start hour of each row, equal steps over "
                           f"the {cycle_hours:g}-hour cycle from 0 (for {load.size} rows: {_hours(expected)}); got "
                           f"{_hours(hours)}{hint}")
